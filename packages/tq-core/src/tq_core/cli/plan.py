@@ -1,0 +1,355 @@
+"""`tq plan`: how many KV tokens fit in a GPU memory budget, for bf16, fp8 and tq bit configs.
+
+Every tq figure comes from :class:`tq_core.layout.CacheLayout` (page bytes, alignment padding
+included), so the plan is what an adapter would allocate; this module does no byte arithmetic
+of codes. bf16 and fp8 rows are plain 2 and 1 bytes per element.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+from tq_core.codec import TQCodec
+from tq_core.config import NORM_DTYPES, TQConfig
+from tq_core.errors import TQConfigError, TQUnsupportedModelError
+
+DEFAULT_BITS = "K8V8,K6V4,K5V4,K4V4,K3V3,K2V2"
+# Two-letter-or-more units only: a bare "G" could mean GB or GiB, and a plan that is off by 7%
+# is worse than an error.
+UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
+_MEMORY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
+_BITS = re.compile(r"^K(\d+)V(\d+)$", re.IGNORECASE)
+_MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+
+
+def parse_memory(text: str) -> int:
+    """``"40GiB"`` / ``"80GB"`` / ``"512MiB"`` / ``"1073741824"`` -> bytes."""
+    match = _MEMORY.match(text)
+    unit = match.group(2).lower() if match else ""
+    if not match or unit not in UNITS | {"": 1}:
+        raise TQConfigError(
+            f"--kv-memory {text!r} is not a memory size; write a number with a unit such as "
+            "40GiB, 80GB or 512MiB (units: B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+        )
+    nbytes = int(Fraction(match.group(1)) * UNITS.get(unit, 1))
+    if nbytes <= 0:
+        raise TQConfigError(f"--kv-memory {text!r} must be more than 0 bytes")
+    return nbytes
+
+
+def parse_bits(text: str) -> list[tuple[int, int]]:
+    """``"K4V4,K6V4"`` -> ``[(4, 4), (6, 4)]``; widths are validated later by TQConfig."""
+    pairs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        match = _BITS.match(item)
+        if not match:
+            raise TQConfigError(f"--bits item {item!r} is not like K4V4; write e.g. K4V4,K6V4")
+        pairs.append((int(match.group(1)), int(match.group(2))))
+    if not pairs:
+        raise TQConfigError("--bits is empty; write e.g. K4V4,K6V4")
+    return pairs
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the KV cache of a model depends on; ``sliding[i]`` says layer i is sliding-window."""
+
+    model_type: str
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    sliding: tuple[bool, ...]
+    sliding_window: int | None
+
+    @property
+    def num_sliding(self) -> int:
+        return sum(self.sliding)
+
+
+def load_model_config(path: str | Path) -> dict:
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TQConfigError(f"model config {str(path)!r} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TQConfigError(f"cannot read model config {str(path)!r}: {error}") from None
+    if not isinstance(config, dict):
+        raise TQConfigError(f"model config {str(path)!r} is not a JSON object")
+    return config
+
+
+def model_shape(config: dict) -> ModelShape:
+    """Read an HF config.json; multimodal configs (Gemma 3) keep the LM in ``text_config``."""
+    text = config.get("text_config")
+    cfg = {**config, **text} if isinstance(text, dict) else config
+    model_type = str(cfg.get("model_type") or config.get("model_type") or "unknown")
+    if cfg.get("kv_lora_rank") is not None or model_type in _MLA_MODEL_TYPES:
+        raise TQUnsupportedModelError(
+            f"{model_type} uses multi-head latent attention (MLA, kv_lora_rank), whose cache is "
+            "one compressed latent, not per-head K/V; tq supports MHA, GQA and MQA models"
+        )
+    if cfg.get("is_encoder_decoder"):
+        raise TQUnsupportedModelError(
+            f"{model_type} is an encoder-decoder model; tq supports decoder-only models"
+        )
+
+    def positive_int(key: str, default: int | None = None) -> int:
+        value = cfg.get(key)
+        value = default if value is None else value
+        if value is None:
+            raise TQConfigError(f"model config has no {key}; is it a decoder LM's config.json?")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TQConfigError(f"model config {key}={value!r} must be a positive integer")
+        return value
+
+    num_layers = positive_int("num_hidden_layers")
+    num_heads = positive_int("num_attention_heads")
+    num_kv_heads = positive_int("num_key_value_heads", num_heads)
+    head_dim = cfg.get("head_dim") or positive_int("hidden_size") // num_heads
+    head_dim = positive_int("head_dim", head_dim)
+    sliding = _sliding_layers(cfg, model_type, num_layers)
+    window = positive_int("sliding_window") if any(sliding) else None
+    return ModelShape(model_type, num_layers, num_kv_heads, head_dim, sliding, window)
+
+
+def _sliding_layers(cfg: dict, model_type: str, num_layers: int) -> tuple[bool, ...]:
+    # Qwen-style configs carry a sliding_window that is off unless use_sliding_window is true.
+    if cfg.get("use_sliding_window") is False:
+        return (False,) * num_layers
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or len(layer_types) != num_layers:
+            raise TQConfigError(f"layer_types must list one type per layer ({num_layers})")
+        unknown = sorted(set(map(str, layer_types)) - {"sliding_attention", "full_attention"})
+        if unknown:
+            raise TQUnsupportedModelError(
+                f"layer type {unknown[0]!r} is not supported; tq plans full_attention and "
+                "sliding_attention layers"
+            )
+        return tuple(kind == "sliding_attention" for kind in layer_types)
+    if cfg.get("sliding_window") is None:
+        return (False,) * num_layers
+    # Gemma 2 alternates sliding and full layers; Gemma 3 / Cohere 2 name the period.
+    pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern")
+    pattern = pattern or (2 if model_type == "gemma2" else None)
+    if pattern:
+        return tuple((layer + 1) % pattern != 0 for layer in range(num_layers))
+    # Mistral: every layer slides. Qwen 2 with use_sliding_window: layers below
+    # max_window_layers stay full (it is only read when the switch is on, as in transformers).
+    first_sliding = (cfg.get("max_window_layers") or 0) if cfg.get("use_sliding_window") else 0
+    return tuple(layer >= first_sliding for layer in range(num_layers))
+
+
+@dataclass(frozen=True)
+class Row:
+    """K+V bytes of one token, summed over full-attention and over sliding-window layers.
+
+    Fractions keep capacities exact when block_size makes page padding fractional per token.
+    """
+
+    label: str
+    full: Fraction
+    sliding: Fraction
+
+    @property
+    def bytes_per_token(self) -> Fraction:
+        return self.full + self.sliding
+
+
+def plain_row(label: str, bytes_per_element: int, shape: ModelShape) -> Row:
+    per_layer = Fraction(2 * shape.num_kv_heads * shape.head_dim * bytes_per_element)
+    return Row(
+        label, per_layer * (shape.num_layers - shape.num_sliding), per_layer * shape.num_sliding
+    )
+
+
+def tq_row(shape: ModelShape, config: TQConfig, block_size: int) -> Row:
+    """Per-layer bits come from the config's policy, so skipped boundary layers count as bf16."""
+    sums = {False: Fraction(0), True: Fraction(0)}
+    for layer, is_sliding in enumerate(shape.sliding):
+        layout = TQCodec.from_config(config, layer, shape.num_layers).cache_layout(
+            shape.num_kv_heads, block_size
+        )
+        sums[is_sliding] += Fraction(layout.page_bytes, layout.block_size)
+    return Row(f"K{config.k_bits}V{config.v_bits}", sums[False], sums[True])
+
+
+def capacity(row: Row, shape: ModelShape, memory: int, num_seqs: int) -> dict:
+    """Tokens that fit. A sliding layer keeps at most ``window`` tokens of each sequence, so
+    ``num_seqs`` sequences of c tokens cost ``num_seqs * (c * full + min(c, window) * sliding)``.
+    """
+    window = shape.sliding_window
+    if not window:
+        kv_tokens = math.floor(memory / row.full)
+    elif row.full == 0:
+        # Every layer is sliding: no sequence grows past the window, so count whole windows.
+        window_seqs = math.floor(memory / (window * row.sliding))
+        return {"kv_tokens": math.floor(memory / row.sliding), "window_seqs": window_seqs}
+    elif memory >= num_seqs * window * row.bytes_per_token:
+        # Sequences longer than the window: their sliding layers are full at a window each.
+        kv_tokens = math.floor((memory - num_seqs * window * row.sliding) / row.full)
+    else:
+        # Sequences shorter than the window: sliding layers hold every token too.
+        kv_tokens = num_seqs * math.floor(memory / (num_seqs * row.bytes_per_token))
+    return {"kv_tokens": kv_tokens, "context_per_seq": kv_tokens // num_seqs}
+
+
+def plan(
+    shape: ModelShape,
+    memory: int,
+    bits,
+    *,
+    block_size=16,
+    norm_dtype="float32",
+    skip_first_layers=0,
+    skip_last_layers=0,
+    num_seqs=1,
+) -> dict:
+    """The whole plan as a JSON-able dict: the model, the settings and one entry per KV format."""
+    if isinstance(num_seqs, bool) or not isinstance(num_seqs, int) or num_seqs < 1:
+        raise TQConfigError(f"--num-seqs={num_seqs!r} must be an integer >= 1")
+    rows = [plain_row("bf16", 2, shape), plain_row("fp8", 1, shape)]
+    for k_bits, v_bits in bits:
+        config = TQConfig(
+            head_dim=shape.head_dim,
+            k_bits=k_bits,
+            v_bits=v_bits,
+            norm_dtype=norm_dtype,
+            skip_first_layers=skip_first_layers,
+            skip_last_layers=skip_last_layers,
+        )
+        rows.append(tq_row(shape, config, block_size))
+    bf16 = rows[0].bytes_per_token
+    entries = [
+        {
+            "kv": row.label,
+            "bytes_per_token": float(row.bytes_per_token),
+            "vs_bf16": float(bf16 / row.bytes_per_token),
+            **capacity(row, shape, memory, num_seqs),
+        }
+        for row in rows
+    ]
+    return {
+        "model": {**shape.__dict__, "sliding": list(shape.sliding)},
+        "kv_memory_bytes": memory,
+        "block_size": block_size,
+        "norm_dtype": norm_dtype,
+        "skip_first_layers": skip_first_layers,
+        "skip_last_layers": skip_last_layers,
+        "num_seqs": num_seqs,
+        "rows": entries,
+    }
+
+
+def format_plan(result: dict, source: str = "") -> str:
+    model, seqs = result["model"], result["num_seqs"]
+    all_sliding = model["sliding_window"] is not None and all(model["sliding"])
+    last = "window seqs" if all_sliding else "context per seq"
+    header = ["KV", "bytes/token", "vs bf16", "KV tokens", last]
+    table = [header] + [
+        [
+            row["kv"],
+            f"{row['bytes_per_token']:,.2f}".removesuffix(".00"),
+            f"{row['vs_bf16']:.2f}x",
+            f"{row['kv_tokens']:,}",
+            f"{row['window_seqs' if all_sliding else 'context_per_seq']:,}",
+        ]
+        for row in result["rows"]
+    ]
+    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    lines = [
+        f"{source or 'model'}: {model['model_type']}, {model['num_layers']} layers, "
+        f"{model['num_kv_heads']} KV heads, head_dim {model['head_dim']}",
+        f"KV memory {result['kv_memory_bytes']:,} bytes, block size {result['block_size']}, "
+        f"{seqs} sequence{'s' if seqs > 1 else ''}",
+        "",
+    ]
+    for line in table:
+        cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
+        lines.append("  ".join(cells))
+    lines += [
+        "",
+        "bytes/token: K+V of one token summed over all layers; tq rows from CacheLayout "
+        f"(norms {result['norm_dtype']}, page padding included).",
+    ]
+    skipped = result["skip_first_layers"] + result["skip_last_layers"]
+    if skipped:
+        lines.append(
+            f"tq rows keep the first {result['skip_first_layers']} and last "
+            f"{result['skip_last_layers']} layers uncompressed (bf16)."
+        )
+    window, num_sliding = model["sliding_window"], sum(model["sliding"])
+    if all_sliding:
+        lines.append(
+            f"Every layer is sliding-window: each sequence holds at most {window:,} "
+            f"tokens; 'window seqs' is how many sequences of a full window fit."
+        )
+    elif num_sliding:
+        lines.append(
+            f"{num_sliding} of {model['num_layers']} layers are sliding-window "
+            f"({window:,} tokens): counted as {seqs} x {window:,} tokens each (every "
+            "sequence at least a window long); KV tokens count the full-attention "
+            "layers' tokens."
+        )
+    return "\n".join(lines)
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="KV tokens that fit in GPU memory, per bit width",
+        description="KV-cache capacity of a model (HF config.json) at bf16, fp8 and tq bits.",
+    )
+    parser.add_argument("config", help="path to the model's HF config.json")
+    parser.add_argument(
+        "--kv-memory", required=True, help="GPU memory for the KV cache, e.g. 40GiB, 80GB, 512MiB"
+    )
+    parser.add_argument("--bits", default=DEFAULT_BITS, help=f"tq configs (default {DEFAULT_BITS})")
+    parser.add_argument("--block-size", type=int, default=16, help="tokens per page (16)")
+    parser.add_argument("--norm-dtype", default="float32", help=" or ".join(NORM_DTYPES))
+    parser.add_argument(
+        "--skip-first-layers",
+        type=int,
+        default=0,
+        help="keep the first N layers uncompressed (bf16)",
+    )
+    parser.add_argument(
+        "--skip-last-layers", type=int, default=0, help="keep the last N layers uncompressed (bf16)"
+    )
+    parser.add_argument(
+        "--num-seqs",
+        type=int,
+        default=1,
+        help="concurrent sequences; sliding layers keep a window of each (1)",
+    )
+    parser.add_argument("--json", metavar="PATH", help="also write the plan as JSON to PATH")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    memory = parse_memory(args.kv_memory)
+    bits = parse_bits(args.bits)
+    shape = model_shape(load_model_config(args.config))
+    result = plan(
+        shape,
+        memory,
+        bits,
+        block_size=args.block_size,
+        norm_dtype=args.norm_dtype,
+        skip_first_layers=args.skip_first_layers,
+        skip_last_layers=args.skip_last_layers,
+        num_seqs=args.num_seqs,
+    )
+    print(format_plan(result, args.config))
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        except OSError as error:
+            raise TQConfigError(f"cannot write --json {args.json!r}: {error}") from None
+    return 0
