@@ -4,8 +4,8 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import random_unit_vectors
 
+from conftest import random_unit_vectors
 from tq_core import TQCodec
 from tq_core.codebook import coordinate_density_grid, lloyd_max_centroids
 
