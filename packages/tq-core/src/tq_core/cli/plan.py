@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
+from tq_core.cli.bits import parse_bit_configs
 from tq_core.codec import TQCodec
 from tq_core.config import NORM_DTYPES, TQConfig
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
@@ -24,7 +25,6 @@ DEFAULT_BITS = "K8V8,K6V4,K5V4,K4V4,K3V3,K2V2"
 UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
 UNITS.update({"kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40})
 _MEMORY = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)\s*$", re.IGNORECASE)
-_BITS = re.compile(r"^K(\d+)V(\d+)$", re.IGNORECASE)
 _MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
 
 
@@ -43,19 +43,6 @@ def parse_memory(text: str) -> int:
     return nbytes
 
 
-def parse_bits(text: str) -> list[tuple[int, int]]:
-    """``"K4V4,K6V4"`` -> ``[(4, 4), (6, 4)]``; widths are validated later by TQConfig."""
-    pairs = []
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        match = _BITS.match(item)
-        if not match:
-            raise TQConfigError(f"--bits item {item!r} is not like K4V4; write e.g. K4V4,K6V4")
-        pairs.append((int(match.group(1)), int(match.group(2))))
-    if not pairs:
-        raise TQConfigError("--bits is empty; write e.g. K4V4,K6V4")
-    return pairs
-
-
 @dataclass(frozen=True)
 class ModelShape:
     """What the KV cache of a model depends on; ``sliding[i]`` says layer i is sliding-window."""
@@ -66,10 +53,6 @@ class ModelShape:
     head_dim: int
     sliding: tuple[bool, ...]
     sliding_window: int | None
-
-    @property
-    def num_sliding(self) -> int:
-        return sum(self.sliding)
 
 
 def load_model_config(path: str | Path) -> dict:
@@ -88,7 +71,7 @@ def model_shape(config: dict) -> ModelShape:
     """Read an HF config.json; multimodal configs (Gemma 3) keep the LM in ``text_config``."""
     text = config.get("text_config")
     cfg = {**config, **text} if isinstance(text, dict) else config
-    model_type = str(cfg.get("model_type") or config.get("model_type") or "unknown")
+    model_type = str(cfg.get("model_type") or "unknown")
     if cfg.get("kv_lora_rank") is not None or model_type in _MLA_MODEL_TYPES:
         raise TQUnsupportedModelError(
             f"{model_type} uses multi-head latent attention (MLA, kv_lora_rank), whose cache is "
@@ -139,6 +122,8 @@ def _sliding_layers(cfg: dict, model_type: str, num_layers: int) -> tuple[bool, 
     pattern = cfg.get("sliding_window_pattern") or cfg.get("_sliding_window_pattern")
     pattern = pattern or (2 if model_type == "gemma2" else None)
     if pattern:
+        if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+            raise TQConfigError(f"sliding_window_pattern={pattern!r} must be a positive integer")
         return tuple((layer + 1) % pattern != 0 for layer in range(num_layers))
     # Mistral: every layer slides. Qwen 2 with use_sliding_window: layers below
     # max_window_layers stay full (it is only read when the switch is on, as in transformers).
@@ -164,9 +149,8 @@ class Row:
 
 def plain_row(label: str, bytes_per_element: int, shape: ModelShape) -> Row:
     per_layer = Fraction(2 * shape.num_kv_heads * shape.head_dim * bytes_per_element)
-    return Row(
-        label, per_layer * (shape.num_layers - shape.num_sliding), per_layer * shape.num_sliding
-    )
+    sliding = sum(shape.sliding)
+    return Row(label, per_layer * (shape.num_layers - sliding), per_layer * sliding)
 
 
 def tq_row(shape: ModelShape, config: TQConfig, block_size: int) -> Row:
@@ -177,7 +161,8 @@ def tq_row(shape: ModelShape, config: TQConfig, block_size: int) -> Row:
             shape.num_kv_heads, block_size
         )
         sums[is_sliding] += Fraction(layout.page_bytes, layout.block_size)
-    return Row(f"K{config.k_bits}V{config.v_bits}", sums[False], sums[True])
+    label = f"K{config.k_bits}V{config.v_bits}" + ("+qjl" if config.key_qjl else "")
+    return Row(label, sums[False], sums[True])
 
 
 def capacity(row: Row, shape: ModelShape, memory: int, num_seqs: int) -> dict:
@@ -200,102 +185,72 @@ def capacity(row: Row, shape: ModelShape, memory: int, num_seqs: int) -> dict:
     return {"kv_tokens": kv_tokens, "context_per_seq": kv_tokens // num_seqs}
 
 
-def plan(
-    shape: ModelShape,
-    memory: int,
-    bits,
-    *,
-    block_size=16,
-    norm_dtype="float32",
-    skip_first_layers=0,
-    skip_last_layers=0,
-    num_seqs=1,
-) -> dict:
-    """The whole plan as a JSON-able dict: the model, the settings and one entry per KV format."""
+def plan(shape: ModelShape, memory: int, bits, block_size=16, num_seqs=1, **tq_options) -> dict:
+    """The plan as a JSON-able dict. ``tq_options`` (norm_dtype, skip_first_layers,
+    skip_last_layers, ...) go to TQConfig, which validates them and says which layers stay bf16."""
     if isinstance(num_seqs, bool) or not isinstance(num_seqs, int) or num_seqs < 1:
         raise TQConfigError(f"--num-seqs={num_seqs!r} must be an integer >= 1")
     rows = [plain_row("bf16", 2, shape), plain_row("fp8", 1, shape)]
-    for k_bits, v_bits in bits:
-        config = TQConfig(
-            head_dim=shape.head_dim,
-            k_bits=k_bits,
-            v_bits=v_bits,
-            norm_dtype=norm_dtype,
-            skip_first_layers=skip_first_layers,
-            skip_last_layers=skip_last_layers,
-        )
+    for k_bits, v_bits, key_qjl in bits:
+        config = TQConfig(shape.head_dim, k_bits, v_bits, key_qjl=key_qjl, **tq_options)
         rows.append(tq_row(shape, config, block_size))
-    bf16 = rows[0].bytes_per_token
     entries = [
         {
             "kv": row.label,
             "bytes_per_token": float(row.bytes_per_token),
-            "vs_bf16": float(bf16 / row.bytes_per_token),
+            "vs_bf16": float(rows[0].bytes_per_token / row.bytes_per_token),
             **capacity(row, shape, memory, num_seqs),
         }
         for row in rows
     ]
-    return {
-        "model": {**shape.__dict__, "sliding": list(shape.sliding)},
-        "kv_memory_bytes": memory,
-        "block_size": block_size,
-        "norm_dtype": norm_dtype,
-        "skip_first_layers": skip_first_layers,
-        "skip_last_layers": skip_last_layers,
-        "num_seqs": num_seqs,
-        "rows": entries,
-    }
+    model = {**shape.__dict__, "sliding": list(shape.sliding)}
+    settings = {"kv_memory_bytes": memory, "block_size": block_size, "num_seqs": num_seqs}
+    return {"model": model, **settings, "tq_options": tq_options, "rows": entries}
 
 
-def format_plan(result: dict, source: str = "") -> str:
-    model, seqs = result["model"], result["num_seqs"]
-    all_sliding = model["sliding_window"] is not None and all(model["sliding"])
-    last = "window seqs" if all_sliding else "context per seq"
-    header = ["KV", "bytes/token", "vs bf16", "KV tokens", last]
-    table = [header] + [
-        [
-            row["kv"],
-            f"{row['bytes_per_token']:,.2f}".removesuffix(".00"),
-            f"{row['vs_bf16']:.2f}x",
-            f"{row['kv_tokens']:,}",
-            f"{row['window_seqs' if all_sliding else 'context_per_seq']:,}",
-        ]
+def format_plan(result: dict, source: str = "model") -> str:
+    """An aligned table with a header naming the model and footnotes saying how we counted."""
+    model, seqs, options = result["model"], result["num_seqs"], result["tq_options"]
+    window, num_sliding = model["sliding_window"], sum(model["sliding"])
+    all_sliding = num_sliding == model["num_layers"]
+    gib = result["kv_memory_bytes"] / 2**30
+    capped = "window seqs" if all_sliding else "context per seq"
+    table = [["KV", "bytes/token", "vs bf16", "KV tokens", capped]] + [
+        [row["kv"], f"{row['bytes_per_token']:,.2f}".removesuffix(".00"), f"{row['vs_bf16']:.2f}x",
+         f"{row['kv_tokens']:,}", f"{row['window_seqs' if all_sliding else 'context_per_seq']:,}"]
         for row in result["rows"]
-    ]
-    widths = [max(len(line[i]) for line in table) for i in range(len(header))]
+    ]  # fmt: skip
+    widths = [max(len(line[i]) for line in table) for i in range(len(table[0]))]
     lines = [
-        f"{source or 'model'}: {model['model_type']}, {model['num_layers']} layers, "
+        f"{source}: {model['model_type']}, {model['num_layers']} layers, "
         f"{model['num_kv_heads']} KV heads, head_dim {model['head_dim']}",
-        f"KV memory {result['kv_memory_bytes']:,} bytes, block size {result['block_size']}, "
+        f"KV memory {gib:,.2f}".removesuffix(".00")
+        + f" GiB ({result['kv_memory_bytes']:,} bytes), block size {result['block_size']}, "
         f"{seqs} sequence{'s' if seqs > 1 else ''}",
         "",
     ]
     for line in table:
-        cells = [line[0].ljust(widths[0])] + [c.rjust(w) for c, w in zip(line[1:], widths[1:])]
-        lines.append("  ".join(cells))
+        # Labels left-aligned, numbers right-aligned so digits line up.
+        cells = [cell.rjust(width) for cell, width in zip(line, widths, strict=True)]
+        lines.append("  ".join([line[0].ljust(widths[0]), *cells[1:]]))
     lines += [
         "",
         "bytes/token: K+V of one token summed over all layers; tq rows from CacheLayout "
-        f"(norms {result['norm_dtype']}, page padding included).",
+        f"(norms {options.get('norm_dtype', 'float32')}, page padding included).",
     ]
-    skipped = result["skip_first_layers"] + result["skip_last_layers"]
-    if skipped:
-        lines.append(
-            f"tq rows keep the first {result['skip_first_layers']} and last "
-            f"{result['skip_last_layers']} layers uncompressed (bf16)."
-        )
-    window, num_sliding = model["sliding_window"], sum(model["sliding"])
+    first, last = options.get("skip_first_layers", 0), options.get("skip_last_layers", 0)
+    if first or last:
+        lines.append(f"tq rows keep the first {first} and last {last} layers in bf16.")
     if all_sliding:
         lines.append(
-            f"Every layer is sliding-window: each sequence holds at most {window:,} "
-            f"tokens; 'window seqs' is how many sequences of a full window fit."
+            f"Every layer is sliding-window: each sequence holds at most {window:,} tokens; "
+            "'window seqs' is how many sequences of a full window fit."
         )
     elif num_sliding:
         lines.append(
-            f"{num_sliding} of {model['num_layers']} layers are sliding-window "
-            f"({window:,} tokens): counted as {seqs} x {window:,} tokens each (every "
-            "sequence at least a window long); KV tokens count the full-attention "
-            "layers' tokens."
+            f"{num_sliding} of {model['num_layers']} layers are sliding-window ({window:,} "
+            f"tokens) and hold at most {window:,} tokens of each of the {seqs} sequence(s); "
+            "KV tokens and context count what fits in the full-attention layers after that."
         )
     return "\n".join(lines)
 
@@ -306,46 +261,25 @@ def add_parser(subparsers) -> None:
         help="KV tokens that fit in GPU memory, per bit width",
         description="KV-cache capacity of a model (HF config.json) at bf16, fp8 and tq bits.",
     )
-    parser.add_argument("config", help="path to the model's HF config.json")
-    parser.add_argument(
-        "--kv-memory", required=True, help="GPU memory for the KV cache, e.g. 40GiB, 80GB, 512MiB"
-    )
-    parser.add_argument("--bits", default=DEFAULT_BITS, help=f"tq configs (default {DEFAULT_BITS})")
-    parser.add_argument("--block-size", type=int, default=16, help="tokens per page (16)")
-    parser.add_argument("--norm-dtype", default="float32", help=" or ".join(NORM_DTYPES))
-    parser.add_argument(
-        "--skip-first-layers",
-        type=int,
-        default=0,
-        help="keep the first N layers uncompressed (bf16)",
-    )
-    parser.add_argument(
-        "--skip-last-layers", type=int, default=0, help="keep the last N layers uncompressed (bf16)"
-    )
-    parser.add_argument(
-        "--num-seqs",
-        type=int,
-        default=1,
-        help="concurrent sequences; sliding layers keep a window of each (1)",
-    )
-    parser.add_argument("--json", metavar="PATH", help="also write the plan as JSON to PATH")
+    add = parser.add_argument
+    add("config", help="path to the model's HF config.json")
+    add("--kv-memory", required=True, help="GPU memory for the KV cache: 40GiB, 80GB, 512MiB")
+    add("--bits", default=DEFAULT_BITS, help=f"tq configs, +qjl allowed (default {DEFAULT_BITS})")
+    add("--block-size", type=int, default=16, help="tokens per page (default 16)")
+    add("--norm-dtype", default="float32", help="norm dtype: " + " or ".join(NORM_DTYPES))
+    add("--skip-first-layers", type=int, default=0, help="keep the first N layers in bf16")
+    add("--skip-last-layers", type=int, default=0, help="keep the last N layers in bf16")
+    add("--num-seqs", type=int, default=1, help="sequences sharing the cache (default 1)")
+    add("--json", metavar="PATH", help="also write the plan as JSON to PATH")
     parser.set_defaults(run=run)
 
 
 def run(args) -> int:
-    memory = parse_memory(args.kv_memory)
-    bits = parse_bits(args.bits)
+    memory, bits = parse_memory(args.kv_memory), parse_bit_configs(args.bits)
     shape = model_shape(load_model_config(args.config))
-    result = plan(
-        shape,
-        memory,
-        bits,
-        block_size=args.block_size,
-        norm_dtype=args.norm_dtype,
-        skip_first_layers=args.skip_first_layers,
-        skip_last_layers=args.skip_last_layers,
-        num_seqs=args.num_seqs,
-    )
+    names = ("norm_dtype", "skip_first_layers", "skip_last_layers")
+    tq_options = {name: getattr(args, name) for name in names}
+    result = plan(shape, memory, bits, args.block_size, args.num_seqs, **tq_options)
     print(format_plan(result, args.config))
     if args.json:
         try:
