@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import json
 import pathlib
-import platform
 import sys
 import time
 
 import torch
 
-from tq_core import __version__
 from tq_core.cli.bits import parse_bit_configs
+from tq_core.cli.provenance import environment_record
 from tq_core.codec import TQCodec
 
 DEFAULT_BITS = "K8V8,K6V4,K5V4,K4V4,K3V3,K2V2"
@@ -121,14 +120,13 @@ def run(args) -> int:
         _progress(f"[{index}/{len(configs)}] encoding {name} over all {info['num_layers']} layers")
         rows.append(measure(keys, values, info, k_bits, v_bits, key_qjl))
     print_table(rows, info)
+    _progress(f"done in {time.perf_counter() - start:.0f} s")
     if args.json:
         record = {
+            "command": "tq demo " + " ".join(sys.argv[2:]),
             "info": info,
             "rows": rows,
-            "tq_core": __version__,
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "machine": platform.machine(),
+            "environment": environment_record(),
             "seconds": time.perf_counter() - start,
         }
         args.json.write_text(json.dumps(record, indent=2) + "\n")
