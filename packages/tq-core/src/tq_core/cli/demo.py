@@ -92,7 +92,7 @@ def print_table(rows: list[dict], info: dict) -> None:
     bf16 = rows[0]["bf16_bytes_per_token"]
     print(
         f"{'bf16':<10}{bf16:>12,}{1:>8.2f}x{bf16 * tokens / 2**20:>8.2f}"
-        f"{0:>11.4f}{0:>11.4f}{1:>9.4f}{1:>9.4f}"
+        f"{0:>11}{0:>11}{1:>9.4f}{1:>9.4f}"
     )
     for row in rows:
         name = f"K{row['k_bits']}V{row['v_bits']}" + ("+qjl" if row["key_qjl"] else "")
