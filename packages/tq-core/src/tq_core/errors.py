@@ -15,3 +15,7 @@ class TQUnsupportedModelError(TQError, ValueError):
 
 class TQInputError(TQError, ValueError):
     """A tensor handed to a tq op has the wrong dtype, shape, device or range."""
+
+
+class TQMissingDependencyError(TQError, RuntimeError):
+    """An optional package a command needs (the demo's transformers, a model package) is absent."""

