@@ -219,7 +219,7 @@ def _good_store_args(generator):
         (lambda a: a.update(slot_mapping=torch.tensor([0.0, 1, 2, 3, 4])), "int32 or int64"),
         (lambda a: a.update(slot_mapping=torch.tensor([0, 1, 2])), "3 slots for 5 tokens"),
         (lambda a: a.update(kv_cache=a["kv_cache"].view(torch.int8)), "uint8"),
-        (lambda a: a.update(kv_cache=a["kv_cache"][:, :-16]), "uint8 \\[num_blocks"),
+        (lambda a: a.update(kv_cache=a["kv_cache"][:, :-16]), "uint8 \\[num_blocks, >= "),
         (
             lambda a: a.update(
                 kv_cache=torch.zeros(8, a["kv_cache"].shape[1] * 2, dtype=torch.uint8)[::2, ::2]
@@ -272,8 +272,68 @@ def test_bad_attention_inputs_raise_clear_errors(generator):
             torch.randn(5, 4, 64),
             batch.kv_cache,
             batch.block_table,
-            torch.tensor([0, 2, 4]),
+            torch.tensor([0, 2, 6]),
             batch.seq_lens,
             batch.layout,
             0.125,
         )
+
+
+def test_padding_sequences_and_rows_of_a_fixed_size_batch_get_zeros(generator):
+    # CUDA-graph batches are padded to a captured size: seq_len 0 sequences, trailing rows.
+    codec = TQCodec(64, 4, 4)
+    batch = build_paged_batch(codec, [30, 12], 2, 16, generator)
+    padded_lens = torch.tensor([30, 0, 12, 0], dtype=torch.int32)
+    padded_table = torch.cat(
+        [
+            batch.block_table[:1],
+            batch.block_table[:1] * 0,
+            batch.block_table[1:],
+            batch.block_table[:1] * 0,
+        ]
+    )
+    query = torch.randn(4, 1, 4, 64, generator=generator)
+    out = torch.full_like(query, float("nan"))
+    ops.decode_attention(
+        rotate_query(query, 0),
+        batch.kv_cache,
+        padded_table,
+        padded_lens,
+        batch.layout,
+        0.125,
+        out=out,
+    )
+    assert torch.equal(out[[1, 3]], torch.zeros_like(out[[1, 3]]))
+    unpadded = run_decode(
+        batch,
+        codec,
+        query[[0, 2]],
+    )
+    torch.testing.assert_close(unrotate_output(out[[0, 2]], 0), unpadded, rtol=1e-5, atol=1e-6)
+
+    rows = torch.randn(8, 4, 64, generator=generator)
+    start_loc = torch.tensor([0, 3, 5], dtype=torch.int32)  # rows 5..7 are padding
+    prefill = ops.prefill_attention(
+        rows, batch.kv_cache, batch.block_table, start_loc, batch.seq_lens, batch.layout, 0.125
+    )
+    assert torch.equal(prefill[5:], torch.zeros_like(prefill[5:]))
+    assert torch.isfinite(prefill).all()
+
+
+def test_engine_pages_longer_than_the_layout_are_accepted(generator):
+    # Engines round pages up to their own sizes; tq uses the first page_bytes of each row.
+    codec = TQCodec(128, 4, 4)
+    batch = build_paged_batch(codec, [40, 9], 2, 16, generator)
+    wide = torch.randint(
+        0,
+        256,
+        (batch.kv_cache.shape[0], batch.layout.page_bytes + 96),
+        dtype=torch.uint8,
+        generator=generator,
+    )
+    wide[:, : batch.layout.page_bytes] = batch.kv_cache
+    query = rotate_query(torch.randn(2, 1, 4, 128, generator=generator), 0)
+    args = (batch.block_table, batch.seq_lens, batch.layout, 0.1)
+    torch.testing.assert_close(
+        ops.decode_attention(query, wide, *args), ops.decode_attention(query, batch.kv_cache, *args)
+    )

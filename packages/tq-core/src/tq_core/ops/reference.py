@@ -123,7 +123,8 @@ def prefill_attention(
     """Attention of new tokens (ragged batch) against the compressed cache, causal.
 
     query: float [num_tokens, num_q_heads, head_dim], rotated, sequences back to back.
-    query_start_loc: int [num_seqs + 1], sequence i owns rows start[i]:start[i + 1].
+    query_start_loc: int [num_seqs + 1], sequence i owns rows start[i]:start[i + 1]; rows past
+    start[num_seqs] (a padded batch) and sequences with no query rows are padding.
     block_table: int [num_seqs, max_blocks]; seq_lens: int [num_seqs] (new tokens included).
     Returns (or fills ``out``) [num_tokens, num_q_heads, head_dim] in query's dtype, rotated.
     """
@@ -135,10 +136,12 @@ def prefill_attention(
     query_lens = torch.tensor(
         [starts[i + 1] - starts[i] for i in range(num_seqs)], device=seq_lens.device
     )
-    if starts[-1] != query.shape[0] or bool((query_lens < 0).any()):
+    if starts[0] != 0 or starts[-1] > query.shape[0] or bool((query_lens < 0).any()):
         raise TQInputError(f"query_start_loc {starts} does not split {query.shape[0]} query tokens")
     validation.check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout)
     result = torch.empty_like(query) if out is None else out
+    # Rows past the last sequence are CUDA-graph padding: defined zeros, never garbage.
+    result[starts[-1] :] = 0
     for i in range(num_seqs):
         start, end, seq_len = starts[i], starts[i + 1], int(seq_lens[i])
         if end == start:
@@ -167,7 +170,8 @@ def decode_attention(
 
     query: float [num_seqs, num_query_tokens, num_q_heads, head_dim], rotated; several query
     tokens per sequence are speculative-decoding verification, causal among themselves.
-    block_table: int [num_seqs, max_blocks]; seq_lens: int [num_seqs] (new tokens included).
+    block_table: int [num_seqs, max_blocks]; seq_lens: int [num_seqs] (new tokens included;
+    0 marks a padding sequence, whose output is zeros).
     Returns (or fills ``out``) [num_seqs, num_query_tokens, num_q_heads, head_dim], rotated.
     """
     validation.check_float("query", query, 4)
@@ -177,18 +181,25 @@ def decode_attention(
             f"decode_attention takes 1 to 8 query tokens per sequence, got {num_query_tokens}; "
             "use prefill_attention for longer chunks"
         )
-    query_start_loc = torch.arange(num_seqs + 1, device=query.device) * num_query_tokens
-    flat_out = None if out is None else out.view(-1, *query.shape[2:])
-    result = prefill_attention(
-        query.reshape(-1, *query.shape[2:]),
+    validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
+    # seq_len 0 marks a padding sequence of a fixed-size (CUDA-graph) batch: it gets zeros.
+    query_lens = (seq_lens > 0).to(seq_lens.dtype) * num_query_tokens
+    validation.check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout)
+    active = (seq_lens > 0).nonzero().flatten()
+    result = torch.zeros_like(query) if out is None else out.zero_()
+    if active.numel() == 0:
+        return result
+    query_start_loc = torch.arange(active.numel() + 1, device=query.device) * num_query_tokens
+    attended = prefill_attention(
+        query[active].reshape(-1, *query.shape[2:]),
         kv_cache,
-        block_table,
+        block_table[active],
         query_start_loc,
-        seq_lens,
+        seq_lens[active],
         layout,
         scale,
         sliding_window=sliding_window,
         logit_softcap=logit_softcap,
-        out=flat_out,
     )
-    return result.view(query.shape) if out is None else out
+    result[active] = attended.view(active.numel(), *query.shape[1:]).to(result.dtype)
+    return result
