@@ -142,16 +142,45 @@ def prefill_attention(
     result = torch.empty_like(query) if out is None else out
     # Rows past the last sequence are CUDA-graph padding: defined zeros, never garbage.
     result[starts[-1] :] = 0
-    for i in range(num_seqs):
+    _attend_sequences(
+        query,
+        kv_cache,
+        block_table,
+        starts,
+        seq_lens,
+        layout,
+        scale,
+        sliding_window,
+        logit_softcap,
+        result,
+    )
+    return result
+
+
+def _attend_sequences(
+    query,
+    kv_cache,
+    block_table,
+    starts,
+    seq_lens,
+    layout,
+    scale,
+    sliding_window,
+    logit_softcap,
+    result,
+) -> None:
+    """The shared body of both attention ops, on validated inputs: sequence i's query rows
+    starts[i]:starts[i + 1] attend to its cached tokens. Sequences with no rows or seq_len 0
+    (padding) are left as they are in ``result``."""
+    for i in range(len(starts) - 1):
         start, end, seq_len = starts[i], starts[i + 1], int(seq_lens[i])
-        if end == start:
+        if end == start or seq_len == 0:
             continue
         keys, values = gather_kv(kv_cache, block_table[i], seq_len, layout)
         positions = torch.arange(seq_len - (end - start), seq_len, device=query.device)
         result[start:end] = attend(
             query[start:end], keys, values, positions, scale, sliding_window, logit_softcap
         ).to(result.dtype)
-    return result
 
 
 def decode_attention(
@@ -185,21 +214,18 @@ def decode_attention(
     # seq_len 0 marks a padding sequence of a fixed-size (CUDA-graph) batch: it gets zeros.
     query_lens = (seq_lens > 0).to(seq_lens.dtype) * num_query_tokens
     validation.check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout)
-    active = (seq_lens > 0).nonzero().flatten()
     result = torch.zeros_like(query) if out is None else out.zero_()
-    if active.numel() == 0:
-        return result
-    query_start_loc = torch.arange(active.numel() + 1, device=query.device) * num_query_tokens
-    attended = prefill_attention(
-        query[active].reshape(-1, *query.shape[2:]),
+    starts = [i * num_query_tokens for i in range(num_seqs + 1)]
+    _attend_sequences(
+        query.reshape(-1, *query.shape[2:]),
         kv_cache,
-        block_table[active],
-        query_start_loc,
-        seq_lens[active],
+        block_table,
+        starts,
+        seq_lens,
         layout,
         scale,
-        sliding_window=sliding_window,
-        logit_softcap=logit_softcap,
+        sliding_window,
+        logit_softcap,
+        result.view(-1, *query.shape[2:]),
     )
-    result[active] = attended.view(active.numel(), *query.shape[1:]).to(result.dtype)
     return result
