@@ -16,6 +16,9 @@ nox.options.error_on_missing_interpreters = True
 TORCH = "torch==2.13.0"
 RUFF = "ruff==0.17.6"
 TEST_TOOLS = ("pytest==9.0.3", "hypothesis==6.155.2")
+# The Triton kernels' CI path is Triton's interpreter: 3.6.0 is what the lent H100 image runs,
+# and its interpreter needs numpy < 2.4 (it converts 1-element arrays to ints, an error in 2.4).
+KERNEL_TEST_DEPS = ("triton==3.6.0", "numpy==2.3.5")
 # Packages that have code and tests today; tq-vllm, tq-sglang and tq-hf hold only a README.
 PACKAGES_WITH_CODE = ("tq-core",)
 # Versions checked with the demo (transformers' GGUF loader changes between releases).
@@ -33,7 +36,7 @@ def lint(session: nox.Session) -> None:
 
 def _install_core(session: nox.Session, extra: str = "test") -> None:
     session.install(TORCH)
-    session.install(*TEST_TOOLS)
+    session.install(*TEST_TOOLS, *KERNEL_TEST_DEPS)
     session.install("-e", f"packages/tq-core[{extra}]")
 
 

@@ -1,6 +1,8 @@
 """The reference ops on CUDA: same bytes and same attention as on the CPU.
 
 Cross-device agreement is what lets a page written by one engine on a GPU be read anywhere.
+These call ``reference`` directly: on CUDA, ``ops`` dispatches to the Triton kernels, which
+test_triton_ops.py checks against this reference.
 Skipped cleanly where there is no GPU (CI); run on the lent H100 with `pytest -m gpu`.
 """
 
@@ -10,8 +12,8 @@ import pytest
 import torch
 
 from paged_scenario import build_paged_batch, relative_error
-from tq_core import TQCodec, ops, rotate_query
-from tq_core.ops import gather_kv
+from tq_core import TQCodec, rotate_query
+from tq_core.ops import gather_kv, reference
 
 pytestmark = [
     pytest.mark.gpu,
@@ -37,9 +39,9 @@ def test_cuda_store_encodes_like_the_cpu_and_bytes_decode_alike_everywhere(
     keys, values = torch.cat(batch.keys), torch.cat(batch.values)
     slots = torch.arange(keys.shape[0])
     cpu_cache = torch.zeros_like(batch.kv_cache)
-    ops.store(keys, values, cpu_cache, slots, batch.layout)
+    reference.store(keys, values, cpu_cache, slots, batch.layout)
     gpu_cache = torch.zeros_like(batch.kv_cache).cuda()
-    ops.store(keys.cuda(), values.cuda(), gpu_cache, slots.cuda(), batch.layout)
+    reference.store(keys.cuda(), values.cuda(), gpu_cache, slots.cuda(), batch.layout)
     # The same bytes decode to the same K/V on either device (the format's promise) ...
     from_cpu_bytes = _decode_all(cpu_cache, batch, "cpu")
     torch.testing.assert_close(
@@ -65,8 +67,8 @@ def test_cuda_decode_and_prefill_match_the_cpu(dtype, generator):
     batch = build_paged_batch(codec, [300, 17, 64], 2, 16, generator)
     query = rotate_query(torch.randn(3, 2, 8, 128, generator=generator), codec.seed)
     args = (batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 1 / math.sqrt(128))
-    cpu = ops.decode_attention(query, *args, sliding_window=100, logit_softcap=30.0)
-    gpu = ops.decode_attention(
+    cpu = reference.decode_attention(query, *args, sliding_window=100, logit_softcap=30.0)
+    gpu = reference.decode_attention(
         query.cuda().to(dtype),
         *(a.cuda() if torch.is_tensor(a) else a for a in args),
         sliding_window=100,

@@ -18,7 +18,8 @@ SUPPORTED_HEAD_DIMS = (64, 128, 256)
 NORM_DTYPES = ("float32", "float16")
 
 # Environment variables that are not codec settings but share the prefix.
-_NON_CONFIG_ENV = frozenset({"TQ_CACHE_DIR"})
+# Read elsewhere: the model cache folder (cli) and the kernel choice (ops/__init__.py).
+_NON_CONFIG_ENV = frozenset({"TQ_CACHE_DIR", "TQ_KERNELS"})
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

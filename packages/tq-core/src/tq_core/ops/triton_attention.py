@@ -1,0 +1,381 @@
+"""Triton paged attention over packed K/V: ``decode_attention`` and ``prefill_attention``.
+
+One kernel serves both. A program owns one sequence, one KV head and either a tile of query
+tokens (prefill) or a split of the key range (decode, flash-decoding). Its query rows are
+(token, query head of the KV head's group) pairs, so each K/V tile is loaded and unpacked once
+for the whole GQA group and feeds ``tl.dot`` directly. K/V never exist in bf16 outside
+registers: a tile's codes become centroids (a table of at most 256 floats, cached on chip), the
+key norms scale the scores, and the value norms scale the softmax weights, so the per-element
+work is unpack + one table load. Splits write unnormalized partial results to a fixed workspace
+and a second small kernel merges them. No host sync, no allocation after the first call with a
+given shape: both ops can be captured in CUDA graphs.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from tq_core.errors import TQInputError
+from tq_core.layout import CacheLayout
+from tq_core.ops import triton_layout, validation
+from tq_core.ops.triton_common import load_vectors
+
+_LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _attention_kernel(
+    q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
+    partial_acc_ptr, partial_stats_ptr, k_cent_ptr, v_cent_ptr,
+    stride_qr, stride_qh, stride_or, stride_oh, stride_page, stride_bt,
+    num_seqs, num_rows, scale, softcap, window,
+    GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    K_BITS: tl.constexpr,
+    K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
+    K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
+    K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
+    K_NORM_OFF: tl.constexpr, K_NORM_F16: tl.constexpr,
+    V_BITS: tl.constexpr,
+    V_P0_OFF: tl.constexpr, V_P0_W: tl.constexpr, V_P0_SHIFT: tl.constexpr,
+    V_P1_OFF: tl.constexpr, V_P1_W: tl.constexpr, V_P1_SHIFT: tl.constexpr,
+    V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
+    V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
+):  # fmt: skip
+    # Centroids and softmax weights fit fp16 (11-bit mantissa) better than bf16. Raw bf16 layers
+    # (an uncompressed layer of the policy) multiply in fp32: their range may exceed fp16, and
+    # Triton 3.6's interpreter, which runs these kernels in CI, gets bf16 products wrong.
+    K_DOT: tl.constexpr = tl.float32 if K_BITS == 16 else tl.float16
+    V_DOT: tl.constexpr = tl.float32 if V_BITS == 16 else tl.float16
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    if NUM_SPLITS > 1:
+        tile = 0
+        split = tl.program_id(2)
+    else:
+        tile = tl.program_id(2)
+        split = 0
+    rows = tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, D)
+    heads = kv_head * GROUP + rows % GROUP
+    if UNIFORM_Q > 0:
+        start = seq * UNIFORM_Q
+        query_len = UNIFORM_Q
+    else:
+        start = tl.load(query_start_ptr + seq)
+        if seq == num_seqs:
+            query_len = num_rows - start
+        else:
+            query_len = tl.load(query_start_ptr + seq + 1) - start
+    first_token = tile * TOKENS_PER_TILE
+    token = first_token + rows // GROUP
+    row_ok = (rows < TOKENS_PER_TILE * GROUP) & (token < query_len)
+    out_off = (start + token).to(tl.int64) * stride_or + heads * stride_oh
+    if seq == num_seqs:
+        # Rows past the last sequence are padding (a CUDA-graph batch): defined zeros.
+        zeros = tl.zeros([BLOCK_M, D], dtype=out_ptr.dtype.element_ty)
+        tl.store(out_ptr + out_off[:, None] + dims[None, :], zeros, mask=row_ok[:, None])
+        return
+    if first_token >= query_len:
+        return
+
+    seq_len = tl.load(seq_lens_ptr + seq)
+    context = seq_len - query_len  # keys before the first new token
+    query_pos = context + token
+    q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
+    q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
+    q = q.to(K_DOT)
+
+    key_end = tl.minimum(seq_len, context + tl.minimum(first_token + TOKENS_PER_TILE, query_len))
+    key_start = 0
+    if HAS_WINDOW:
+        key_start = tl.maximum(context + first_token - window + 1, 0)
+    if NUM_SPLITS > 1:
+        span = tl.maximum(key_end - key_start, 0)
+        per_split = tl.cdiv(tl.cdiv(span, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        key_start = key_start + split * per_split
+        key_end = tl.minimum(key_end, key_start + per_split)
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    kv_slot_base = kv_head * BLOCK_SIZE
+    for tile_start in range(key_start, key_end, BLOCK_N):
+        pos = tile_start + tl.arange(0, BLOCK_N)
+        pos_ok = pos < key_end
+        page = tl.load(
+            block_table_ptr + seq.to(tl.int64) * stride_bt + pos // BLOCK_SIZE,
+            mask=pos_ok,
+            other=0,
+        )
+        page_base = page.to(tl.int64) * stride_page
+        slot = kv_slot_base + pos % BLOCK_SIZE
+        k, k_norm = load_vectors(
+            cache_ptr, k_cent_ptr, page_base, slot, pos_ok, D, K_BITS,
+            K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W, K_P1_SHIFT,
+            K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16, K_DOT,
+        )  # fmt: skip
+        scores = tl.dot(q, tl.trans(k)) * (k_norm * scale)[None, :]
+        if HAS_SOFTCAP:
+            # softcap * tanh(s / softcap), with tanh from exp (no libdevice in the interpreter).
+            scores = softcap * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap) + 1.0))
+        scores = scores * 1.4426950408889634  # log2(e): exp2 below
+        visible = pos_ok[None, :] & (pos[None, :] <= query_pos[:, None])
+        if HAS_WINDOW:
+            visible = visible & (pos[None, :] > query_pos[:, None] - window)
+        scores = tl.where(visible, scores, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(scores, axis=1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(scores - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        v, v_norm = load_vectors(
+            cache_ptr, v_cent_ptr, page_base, slot, pos_ok, D, V_BITS,
+            V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W, V_P1_SHIFT,
+            V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16, V_DOT,
+        )  # fmt: skip
+        weights = (p * v_norm[None, :]).to(V_DOT)
+        acc = acc * alpha[:, None] + tl.dot(weights, v)
+        m_i = m_new
+
+    if NUM_SPLITS > 1:
+        part = ((seq * NUM_KV_HEADS + kv_head) * NUM_SPLITS + split).to(tl.int64)
+        tl.store(partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :], acc)
+        tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i)
+        tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i)
+    else:
+        result = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
+        tl.store(
+            out_ptr + out_off[:, None] + dims[None, :],
+            result.to(out_ptr.dtype.element_ty),
+            mask=row_ok[:, None],
+        )
+
+
+@triton.jit
+def _merge_splits_kernel(
+    partial_acc_ptr, partial_stats_ptr, out_ptr, stride_or, stride_oh,
+    GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, NUM_SPLITS: tl.constexpr,
+):  # fmt: skip
+    """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one program."""
+    seq = tl.program_id(0)
+    kv_head = tl.program_id(1)
+    rows = tl.arange(0, BLOCK_M)
+    dims = tl.arange(0, D)
+    first = ((seq * NUM_KV_HEADS + kv_head) * NUM_SPLITS).to(tl.int64)
+    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for split in range(NUM_SPLITS):
+        m_max = tl.maximum(
+            m_max, tl.load(partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows)
+        )
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for split in range(NUM_SPLITS):
+        part = first + split
+        weight = tl.exp2(tl.load(partial_stats_ptr + (part * 2) * BLOCK_M + rows) - m_use)
+        total += weight * tl.load(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows)
+        partial = tl.load(partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :])
+        acc += weight[:, None] * partial
+    result = acc / tl.where(total > 0, total, 1.0)[:, None]
+    token = rows // GROUP
+    heads = kv_head * GROUP + rows % GROUP
+    out_off = (seq * UNIFORM_Q + token).to(tl.int64) * stride_or + heads * stride_oh
+    row_ok = rows < UNIFORM_Q * GROUP
+    tl.store(
+        out_ptr + out_off[:, None] + dims[None, :],
+        result.to(out_ptr.dtype.element_ty),
+        mask=row_ok[:, None],
+    )
+
+
+@functools.cache
+def _multiprocessors(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4  # the interpreter: a few splits, so tests exercise the merge
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+_WORKSPACES: dict[torch.device, torch.Tensor] = {}
+
+
+def _workspace(device: torch.device, numel: int) -> torch.Tensor:
+    """A float32 scratch of at least ``numel`` elements, kept per device and grown on demand,
+    so steady-state calls (and CUDA-graph replays) allocate nothing. Calls on one device must
+    not run concurrently on different streams."""
+    buffer = _WORKSPACES.get(device)
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(numel, dtype=torch.float32, device=device)
+        _WORKSPACES[device] = buffer
+    return buffer
+
+
+def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
+    """Splits of the key range per (sequence, KV head): enough programs to fill the GPU
+    (about four per multiprocessor), never splits shorter than 256 tokens of the longest
+    sequence the block table can hold. Shapes only, so a CUDA graph fixes it."""
+    programs = max(1, num_seqs * layout.num_kv_heads)
+    wanted = triton.cdiv(4 * _multiprocessors(device), programs)
+    return max(1, min(wanted, max_tokens // 256, 64))
+
+
+def _kernel_constants(layout: CacheLayout) -> dict:
+    return {
+        **triton_layout.field_constants(layout, "key", "K_"),
+        **triton_layout.field_constants(layout, "value", "V_"),
+    }
+
+
+def _block_n(head_dim: int) -> int:
+    return 32 if head_dim >= 256 else 64
+
+
+def _launch(
+    query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
+    sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
+):  # fmt: skip
+    device = query_rows.device
+    group = query_rows.shape[1] // layout.num_kv_heads
+    num_seqs = seq_lens.shape[0]
+    partials = num_seqs * layout.num_kv_heads * num_splits * block_m if num_splits > 1 else 0
+    workspace = _workspace(device, max(1, partials * (layout.head_dim + 2)))
+    partial_acc = workspace[: partials * layout.head_dim]
+    partial_stats = workspace[partials * layout.head_dim :]
+    _attention_kernel[grid](
+        query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
+        partial_acc, partial_stats,
+        triton_layout.centroids(layout, "key", device),
+        triton_layout.centroids(layout, "value", device),
+        query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
+        kv_cache.stride(0), block_table.stride(0),
+        num_seqs, query_rows.shape[0], float(scale),
+        float(logit_softcap or 1.0), int(sliding_window or 0),
+        GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
+        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=_block_n(layout.head_dim),
+        TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, NUM_SPLITS=num_splits,
+        HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
+        **_kernel_constants(layout),
+    )  # fmt: skip
+    if num_splits > 1:
+        _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
+            partial_acc, partial_stats, out_rows, out_rows.stride(0), out_rows.stride(1),
+            GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, D=layout.head_dim, BLOCK_M=block_m,
+            UNIFORM_Q=uniform_q, NUM_SPLITS=num_splits,
+        )  # fmt: skip
+
+
+def _check_common(query, sliding_window, logit_softcap) -> None:
+    if query.stride(-1) != 1:
+        raise TQInputError("query must have a contiguous last dimension")
+    if sliding_window is not None and sliding_window < 1:
+        raise TQInputError(f"sliding_window={sliding_window} must be >= 1 (None = no window)")
+    if logit_softcap is not None and not logit_softcap > 0:
+        raise TQInputError(f"logit_softcap={logit_softcap} must be > 0 (None = no cap)")
+
+
+def decode_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    seq_lens: torch.Tensor,
+    layout: CacheLayout,
+    scale: float,
+    *,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    validate: bool = False,
+) -> torch.Tensor:
+    """The Triton twin of ``reference.decode_attention`` (same arguments and result).
+
+    ``num_splits`` overrides the split-K count (a shape-only heuristic by default);
+    ``validate=True`` adds the reference's host-side value checks (not capturable).
+    """
+    validation.check_float("query", query, 4)
+    num_seqs, num_query_tokens, num_q_heads, head_dim = query.shape
+    if not 1 <= num_query_tokens <= 8:
+        raise TQInputError(
+            f"decode_attention takes 1 to 8 query tokens per sequence, got {num_query_tokens}; "
+            "use prefill_attention for longer chunks"
+        )
+    validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
+    _check_common(query, sliding_window, logit_softcap)
+    if validate:
+        query_lens = (seq_lens > 0).to(seq_lens.dtype) * num_query_tokens
+        validation.check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout)
+    result = torch.empty_like(query) if out is None else out
+    if num_seqs == 0:
+        return result
+    query_rows = query.reshape(num_seqs * num_query_tokens, num_q_heads, head_dim)
+    out_rows = result.view(num_seqs * num_query_tokens, num_q_heads, head_dim)
+    group = num_q_heads // layout.num_kv_heads
+    block_m = max(16, triton.next_power_of_2(num_query_tokens * group))
+    max_tokens = block_table.shape[1] * layout.block_size
+    splits = num_splits or _split_count(num_seqs, layout, max_tokens, query.device)
+    _launch(
+        query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
+        sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
+        block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
+        num_splits=splits,
+    )  # fmt: skip
+    return result
+
+
+def prefill_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_table: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    seq_lens: torch.Tensor,
+    layout: CacheLayout,
+    scale: float,
+    *,
+    sliding_window: int | None = None,
+    logit_softcap: float | None = None,
+    out: torch.Tensor | None = None,
+    block_m: int = 64,
+    validate: bool = False,
+) -> torch.Tensor:
+    """The Triton twin of ``reference.prefill_attention`` (same arguments and result).
+
+    Query tiles of ``block_m`` rows (tokens x the GQA group) attend to inline-dequantized K/V.
+    ``validate=True`` adds the reference's host-side checks of query_start_loc and the values.
+    """
+    validation.check_float("query", query, 3)
+    validation.check_index("query_start_loc", query_start_loc, 1)
+    num_seqs = query_start_loc.shape[0] - 1
+    validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
+    _check_common(query, sliding_window, logit_softcap)
+    if validate:
+        starts = query_start_loc.tolist()
+        lengths = torch.tensor(
+            [starts[i + 1] - starts[i] for i in range(num_seqs)], device=seq_lens.device
+        )
+        if starts[0] != 0 or starts[-1] > query.shape[0] or bool((lengths < 0).any()):
+            raise TQInputError(
+                f"query_start_loc {starts} does not split {query.shape[0]} query tokens"
+            )
+        validation.check_attention_values(kv_cache, block_table, seq_lens, lengths, layout)
+    result = torch.empty_like(query) if out is None else out
+    num_tokens, num_q_heads, _ = query.shape
+    if num_tokens == 0:
+        return result
+    group = num_q_heads // layout.num_kv_heads
+    block_m = max(block_m, triton.next_power_of_2(group))
+    tokens_per_tile = block_m // group
+    # Program (num_seqs, ...) zeroes the padding rows past the last sequence.
+    grid = (num_seqs + 1, layout.num_kv_heads, triton.cdiv(num_tokens, tokens_per_tile))
+    _launch(
+        query, result, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
+        sliding_window, logit_softcap, grid=grid, block_m=block_m,
+        tokens_per_tile=tokens_per_tile, uniform_q=0, num_splits=1,
+    )  # fmt: skip
+    return result

@@ -1,0 +1,88 @@
+"""What the Triton kernels need to know about a CacheLayout, as compile-time constants.
+
+A kernel is specialized per layout: the region offsets, plane widths and norm dtype of K and V
+are ``tl.constexpr`` arguments, so every address is a constant plus a per-token offset and the
+unpacking code is straight-line. This module is plain Python (no Triton import) so the reference
+side and the tests can use it too.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from tq_core.codebook import codebook_tensors
+from tq_core.errors import TQConfigError
+from tq_core.layout import CacheLayout, VectorFormat
+from tq_core.packing import plane_shifts, plane_widths
+from tq_core.rotation import hadamard_signs, walsh_hadamard
+
+MAX_PLANES = 3
+
+
+def supported(layout: CacheLayout) -> bool:
+    """Whether the kernels handle this layout (the QJL key residual stays on the reference)."""
+    return not layout.key_format.qjl
+
+
+def field_constants(layout: CacheLayout, tensor: str, prefix: str) -> dict[str, int]:
+    """Constexpr kwargs describing K ("key") or V ("value") of ``layout``, names prefixed.
+
+    ``{prefix}BITS`` is the code width (16 = raw bf16), ``{prefix}P{i}_OFF/_W/_SHIFT`` the region
+    offset, width and bit shift of plane i (width 0 = absent), ``{prefix}NORM_OFF`` and
+    ``{prefix}NORM_F16`` the norm field.
+    """
+    fmt: VectorFormat = layout.key_format if tensor == "key" else layout.value_format
+    if fmt.qjl:
+        raise TQConfigError("the Triton kernels do not implement the QJL key residual")
+    offsets = {region.field: region.offset for region in layout.regions_of(tensor)}
+    constants = {f"{prefix}BITS": fmt.bits, f"{prefix}NORM_F16": int(fmt.norm_dtype == "float16")}
+    widths = plane_widths(fmt.mse_bits) if fmt.compressed else ()
+    shifts = plane_shifts(fmt.mse_bits) if fmt.compressed else ()
+    for i in range(MAX_PLANES):
+        present = i < len(widths)
+        constants[f"{prefix}P{i}_W"] = widths[i] if present else 0
+        constants[f"{prefix}P{i}_SHIFT"] = shifts[i] if present else 0
+        constants[f"{prefix}P{i}_OFF"] = offsets[f"plane{widths[i]}"] if present else 0
+    constants[f"{prefix}NORM_OFF"] = offsets.get("norm", offsets.get("raw", 0))
+    return constants
+
+
+def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    """float32 centroid table of K or V (a one-element dummy for a raw bf16 layer)."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    if not fmt.compressed:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    return codebook_tensors(layout.head_dim, fmt.mse_bits, device)[0]
+
+
+def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    if not fmt.compressed:
+        return torch.zeros(1, dtype=torch.float32, device=device)
+    return codebook_tensors(layout.head_dim, fmt.mse_bits, device)[1]
+
+
+@functools.cache
+def _sign_hadamard_cpu(head_dim: int, seed: int) -> torch.Tensor:
+    # walsh_hadamard(I) row i is H e_i / sqrt(d); scaling by sqrt(d) leaves exact +-1 entries.
+    hadamard = walsh_hadamard(torch.eye(head_dim, dtype=torch.float64)) * head_dim**0.5
+    return (hadamard_signs(head_dim, seed).to(torch.float64)[:, None] * hadamard).round()
+
+
+_ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+
+
+def sign_hadamard(head_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """fp16 [head_dim, head_dim] matrix M of +-1 with x @ M / sqrt(head_dim) = rotate(x).
+
+    The entries are exact in fp16, so a tensor-core product with fp16 parts of x loses nothing
+    but the fp32 accumulation order. (fp16, not bf16: Triton 3.6's interpreter, which runs the
+    kernels in CI, computes bf16 products wrongly.)
+    """
+    key = (head_dim, seed, torch.device(device))
+    if key not in _ROTATION_ON_DEVICE:
+        matrix = _sign_hadamard_cpu(head_dim, seed).to(torch.float16)
+        _ROTATION_ON_DEVICE[key] = matrix.to(device).contiguous()
+    return _ROTATION_ON_DEVICE[key]

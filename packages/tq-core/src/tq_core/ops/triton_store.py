@@ -1,0 +1,200 @@
+"""Triton ``store``: rotate, normalize, quantize, pack and scatter new K and V in one launch.
+
+Per (token, KV head) row: the norm comes from x itself (the rotation is orthonormal); the
+rotation of the unit vector x / ||x|| (every entry in [-1, 1], so fp16 cannot overflow) is a
+tensor-core product with the exact +-1 matrix (triton_layout.sign_hadamard) over fp16 parts of
+it (2 parts carry 22 mantissa bits for half inputs, 3 parts for fp32), done in column chunks so
+head_dim 256 fits in shared memory. Codes come from a
+branchless binary search over the Lloyd-Max boundaries, and each chunk's planes are packed and
+written before the next is computed; the (corrected) norm is written last. Grid axis 1 picks
+K (0) or V (1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from tq_core.errors import TQInputError
+from tq_core.layout import CacheLayout
+from tq_core.ops import triton_layout, validation
+
+_X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
+_BLOCK_ROWS = 32
+
+
+@triton.jit
+def _pack_and_store(
+    codes, cache_ptr, page_base, vector, keep, CHUNK_INDEX, D: tl.constexpr, CHUNK: tl.constexpr,
+    OFF: tl.constexpr, W: tl.constexpr, SHIFT: tl.constexpr,
+):  # fmt: skip
+    """Write the bytes of one plane for the dimensions of one chunk."""
+    PER_BYTE: tl.constexpr = 8 // W
+    CHUNK_BYTES: tl.constexpr = CHUNK * W // 8
+    ROWS: tl.constexpr = codes.shape[0]
+    part = (codes >> SHIFT) & ((1 << W) - 1)
+    grouped = part.reshape(ROWS, CHUNK_BYTES, PER_BYTE)
+    shifts = tl.arange(0, PER_BYTE) * W
+    packed = tl.sum(grouped << shifts[None, None, :], axis=2)
+    cols = CHUNK_INDEX * CHUNK_BYTES + tl.arange(0, CHUNK_BYTES)
+    row_off = page_base + vector * (D * W // 8)
+    ptr = cache_ptr + OFF + row_off[:, None] + cols[None, :]
+    tl.store(ptr, packed.to(tl.uint8), mask=keep[:, None])
+
+
+@triton.jit
+def _encode_rows(
+    x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, cent_ptr, bound_ptr,
+    stride_page, num_rows, inv_sqrt_d,
+    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
+    BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
+    P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
+    NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+):  # fmt: skip
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    in_range = rows < num_rows
+    token = rows // H
+    head = rows % H
+    slot_id = tl.load(slot_ptr + token, mask=in_range, other=-1).to(tl.int64)
+    keep = in_range & (slot_id >= 0)
+    slot_id = tl.where(keep, slot_id, 0)
+    page_base = (slot_id // BLOCK_SIZE) * stride_page
+    # Index of this vector inside a region, in vectors: [kv_head, block_size] row-major.
+    vector = head * BLOCK_SIZE + slot_id % BLOCK_SIZE
+    dims = tl.arange(0, D)
+    x_off = token.to(tl.int64) * stride_xt + head * stride_xh
+    x = tl.load(x_ptr + x_off[:, None] + dims[None, :], mask=keep[:, None], other=0.0)
+    x = x.to(tl.float32)
+    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
+    unit_x = x * inv_norm[:, None]
+    x_hi = unit_x.to(tl.float16)
+    rest = unit_x - x_hi.to(tl.float32)
+    x_mid = rest.to(tl.float16)
+    x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
+    quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for chunk in tl.static_range(D // CHUNK):
+        cols = chunk * CHUNK + tl.arange(0, CHUNK)
+        matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+        y = tl.dot(x_hi, matrix)
+        if X_PARTS > 1:
+            y += tl.dot(x_mid, matrix)
+        if X_PARTS > 2:
+            y += tl.dot(x_lo, matrix)
+        unit = y * inv_sqrt_d
+        if BITS == 16:
+            raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
+                tl.pointer_type(tl.bfloat16)
+            )
+            y = unit * norm[:, None]
+            tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
+        else:
+            # Codes = number of boundaries below the value (torch.bucketize's convention).
+            codes = tl.zeros([BLOCK_T, CHUNK], dtype=tl.int32)
+            for level in tl.static_range(BITS):
+                candidate = codes + (1 << (BITS - 1 - level))
+                boundary = tl.load(bound_ptr + candidate - 1)
+                codes = tl.where(boundary < unit, candidate, codes)
+            centroid = tl.load(cent_ptr + codes)
+            quantized_sq += tl.sum(centroid * centroid, axis=1)
+            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                            P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
+            if P1_W > 0:
+                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                                P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
+            if P2_W > 0:
+                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                                P2_OFF, P2_W, P2_SHIFT)  # fmt: skip
+    if BITS != 16:
+        stored = norm
+        if NORM_CORRECTION:
+            stored = norm / tl.maximum(tl.sqrt(quantized_sq), 1.1754943508222875e-38)
+        if NORM_F16:
+            ptr = (cache_ptr + NORM_OFF + page_base + vector * 2).to(tl.pointer_type(tl.float16))
+            tl.store(ptr, stored.to(tl.float16), mask=keep)
+        else:
+            ptr = (cache_ptr + NORM_OFF + page_base + vector * 4).to(tl.pointer_type(tl.float32))
+            tl.store(ptr, stored, mask=keep)
+
+
+@triton.jit
+def _store_kernel(
+    key_ptr, value_ptr, stride_kt, stride_kh, stride_vt, stride_vh, cache_ptr, slot_ptr,
+    rot_ptr, k_cent_ptr, k_bound_ptr, v_cent_ptr, v_bound_ptr, stride_page, num_rows, inv_sqrt_d,
+    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
+    K_BITS: tl.constexpr,
+    K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
+    K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
+    K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
+    K_NORM_OFF: tl.constexpr, K_NORM_F16: tl.constexpr,
+    V_BITS: tl.constexpr,
+    V_P0_OFF: tl.constexpr, V_P0_W: tl.constexpr, V_P0_SHIFT: tl.constexpr,
+    V_P1_OFF: tl.constexpr, V_P1_W: tl.constexpr, V_P1_SHIFT: tl.constexpr,
+    V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
+    V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
+):  # fmt: skip
+    if tl.program_id(1) == 0:
+        _encode_rows(
+            key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, k_cent_ptr, k_bound_ptr,
+            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS,
+            NORM_CORRECTION, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W, K_P1_SHIFT,
+            K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
+        )  # fmt: skip
+    else:
+        _encode_rows(
+            value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, v_cent_ptr, v_bound_ptr,
+            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS,
+            NORM_CORRECTION, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W, V_P1_SHIFT,
+            V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
+        )  # fmt: skip
+
+
+def store(
+    key: torch.Tensor,
+    value: torch.Tensor,
+    kv_cache: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    layout: CacheLayout,
+    *,
+    validate: bool = False,
+) -> None:
+    """The Triton twin of ``reference.store`` (same arguments and result).
+
+    No host sync and no allocation, so it can be captured in a CUDA graph; ``validate=True``
+    adds the reference's slot-range and duplicate checks (they read the slots on the host).
+    Duplicate slots are the caller's bug: which write wins is then unspecified.
+    """
+    validation.check_store_inputs(key, value, kv_cache, slot_mapping, layout)
+    if validate:
+        validation.check_store_values(slot_mapping, kv_cache, layout)
+    for name, x in (("key", key), ("value", value)):
+        if x.stride(-1) != 1:
+            raise TQInputError(f"{name} must have a contiguous last dimension")
+    num_rows = key.shape[0] * layout.num_kv_heads
+    if num_rows == 0:
+        return
+    head_dim = layout.head_dim
+    device = key.device
+    grid = (triton.cdiv(num_rows, _BLOCK_ROWS), 2)
+    _store_kernel[grid](
+        key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
+        kv_cache, slot_mapping,
+        triton_layout.sign_hadamard(head_dim, layout.codec.seed, device),
+        triton_layout.centroids(layout, "key", device),
+        triton_layout.boundaries(layout, "key", device),
+        triton_layout.centroids(layout, "value", device),
+        triton_layout.boundaries(layout, "value", device),
+        kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim),
+        H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim, CHUNK=64,
+        BLOCK_T=_BLOCK_ROWS, X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
+        NORM_CORRECTION=int(layout.codec.norm_correction),
+        **triton_layout.field_constants(layout, "key", "K_"),
+        **triton_layout.field_constants(layout, "value", "V_"),
+    )  # fmt: skip

@@ -1,0 +1,221 @@
+"""The Triton kernels against the PyTorch reference, on fresh random inputs.
+
+On a CUDA machine the kernels are compiled; elsewhere (CI) they run in Triton's interpreter at
+small shapes (conftest.py sets TRITON_INTERPRET=1). The reference reads the same cache bytes, so
+attention differences come only from the kernels' fp16 tensor-core operands (about 5e-4
+relative) and the output dtype's rounding.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from paged_scenario import build_paged_batch, relative_error
+from tq_core import TQCodec, ops
+from tq_core.errors import TQConfigError
+from tq_core.ops import reference
+
+pytest.importorskip("triton")
+from tq_core.ops import triton_attention, triton_store
+
+ON_GPU = torch.cuda.is_available()
+DEVICE = "cuda" if ON_GPU else "cpu"
+# Output tolerance per output dtype: fp16 dot operands, then the output's own rounding.
+TOLERANCE = {torch.float32: 2e-3, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
+
+# (head_dim, k_bits, v_bits, norm_dtype): every plane split (1..8 bits), raw bf16 layers, fp16
+# norms, and each supported head_dim.
+CODECS = [
+    (64, 4, 4, "float32"),
+    (128, 3, 5, "float32"),
+    (64, 8, 2, "float16"),
+    (64, 6, 7, "float32"),
+    (64, 1, 16, "float32"),
+    (64, 16, 4, "float32"),
+    (256, 4, 8, "float32"),
+]
+
+
+def _batch(codec_spec, seq_lens, num_kv_heads, block_size, generator):
+    head_dim, k_bits, v_bits, norm_dtype = codec_spec
+    codec = TQCodec(head_dim, k_bits, v_bits, norm_dtype=norm_dtype)
+    batch = build_paged_batch(codec, seq_lens, num_kv_heads, block_size, generator)
+    on_device = {
+        name: getattr(batch, name).to(DEVICE) for name in ("kv_cache", "block_table", "seq_lens")
+    }
+    return batch, on_device
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("codec_spec", CODECS)
+def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
+    head_dim, k_bits, v_bits, norm_dtype = codec_spec
+    codec = TQCodec(head_dim, k_bits, v_bits, norm_dtype=norm_dtype)
+    layout = codec.cache_layout(num_kv_heads=3, block_size=16)
+    num_tokens, num_blocks = 45, 5
+    key = (torch.randn(num_tokens, 3, head_dim, generator=generator) * 3 + 0.5).to(dtype)
+    value = torch.randn(num_tokens, 3, head_dim, generator=generator).to(dtype)
+    # Scattered slots in shuffled blocks, some tokens skipped with -1.
+    slots = torch.randperm(num_blocks * 16, generator=generator)[:num_tokens]
+    slots[torch.randperm(num_tokens, generator=generator)[:7]] = -1
+    # Random bytes, rows longer than a page: untouched bytes must stay as they were.
+    cache = torch.randint(
+        0, 256, (num_blocks, layout.page_bytes + 48), dtype=torch.uint8, generator=generator
+    )
+    expected = cache.clone()
+    reference.store(key, value, expected, slots, layout)
+    actual = cache.to(DEVICE)
+    triton_store.store(key.to(DEVICE), value.to(DEVICE), actual, slots.to(DEVICE), layout)
+    actual = actual.cpu()
+
+    def vectors(cache_bytes, region):
+        span = slice(region.offset, region.offset + region.nbytes)
+        return cache_bytes[:, span].reshape(-1, region.bytes_per_vector)
+
+    for tensor in ("key", "value"):
+        regions = layout.regions_of(tensor)
+        planes = [region for region in regions if region.field.startswith("plane")]
+        # Codes: a coordinate within float32 rounding of a codebook boundary may take the
+        # neighbour (and with norm correction that moves the stored norm); beyond a stray
+        # vector it is a bug.
+        same_codes = torch.ones(vectors(actual, regions[0]).shape[0], dtype=torch.bool)
+        for region in planes:
+            same_codes &= (vectors(actual, region) == vectors(expected, region)).all(dim=1)
+        assert (~same_codes).float().mean().item() <= 0.01, f"{tensor}: codes differ"
+        for region in regions:
+            got, want = vectors(actual, region)[same_codes], vectors(expected, region)[same_codes]
+            if region.field == "norm":
+                # float32 sums round differently: a norm may move by an ulp of its dtype.
+                stored = torch.float16 if norm_dtype == "float16" else torch.float32
+                rtol = 1e-3 if norm_dtype == "float16" else 1e-5
+                torch.testing.assert_close(
+                    got.view(stored), want.view(stored), rtol=rtol, atol=0, equal_nan=True
+                )
+            elif region.field == "raw":
+                # The rotated vector in bf16: within one bf16 rounding of the reference.
+                torch.testing.assert_close(
+                    got.view(torch.bfloat16).float(),
+                    want.view(torch.bfloat16).float(),
+                    rtol=8e-3,
+                    atol=1e-6,
+                    equal_nan=True,
+                )
+    # Nothing outside the written slots changed (padding slots, spare bytes of each row).
+    written = torch.zeros(num_blocks * 16, dtype=torch.bool)
+    written[slots[slots >= 0]] = True
+    for region in layout.regions:
+        for block_offset in (~written).nonzero().flatten().tolist():
+            block, offset = divmod(block_offset, 16)
+            for head in range(3):
+                start = region.offset + (head * 16 + offset) * region.bytes_per_vector
+                span = slice(start, start + region.bytes_per_vector)
+                assert torch.equal(actual[block, span], cache[block, span])
+    assert torch.equal(actual[:, layout.page_bytes :], cache[:, layout.page_bytes :])
+
+
+@pytest.mark.parametrize(
+    ("num_q_heads", "num_kv_heads", "num_query_tokens", "num_splits"),
+    [(4, 2, 1, 1), (4, 2, 1, 3), (9, 3, 3, 2), (8, 8, 1, 4), (4, 1, 8, 2)],
+)
+@pytest.mark.parametrize("codec_spec", CODECS)
+def test_decode_matches_the_reference(
+    codec_spec, num_q_heads, num_kv_heads, num_query_tokens, num_splits, generator
+):
+    seq_lens = [37, 70, 0, 9]  # 0: a padding sequence of a fixed-size batch
+    seq_lens = [max(n, num_query_tokens) if n else 0 for n in seq_lens]
+    batch, dev = _batch(codec_spec, seq_lens, num_kv_heads, 16, generator)
+    head_dim = codec_spec[0]
+    query = torch.randn(4, num_query_tokens, num_q_heads, head_dim, generator=generator)
+    scale = 1 / math.sqrt(head_dim)
+    expected = reference.decode_attention(
+        query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, scale
+    )
+    out = torch.full(query.shape, float("nan"), device=DEVICE)
+    triton_attention.decode_attention(
+        query.to(DEVICE), dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout,
+        scale, out=out, num_splits=num_splits,
+    )  # fmt: skip
+    assert not out.isnan().any()
+    assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
+    assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize(
+    ("sliding_window", "logit_softcap", "num_splits"),
+    [(None, 30.0, 1), (20, None, 3), (33, 5.0, 2)],
+)
+def test_decode_window_softcap_and_half_queries(
+    sliding_window, logit_softcap, num_splits, dtype, generator
+):
+    batch, dev = _batch((128, 4, 4, "float32"), [150, 40, 2], 2, 32, generator)
+    query = torch.randn(3, 2, 8, 128, generator=generator)
+    expected = reference.decode_attention(
+        query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.09,
+        sliding_window=sliding_window, logit_softcap=logit_softcap,
+    )  # fmt: skip
+    actual = triton_attention.decode_attention(
+        query.to(DEVICE, dtype), dev["kv_cache"], dev["block_table"], dev["seq_lens"],
+        batch.layout, 0.09, sliding_window=sliding_window, logit_softcap=logit_softcap,
+        num_splits=num_splits,
+    )  # fmt: skip
+    assert actual.dtype == dtype
+    assert relative_error(actual.float().cpu(), expected) < TOLERANCE[dtype]
+
+
+@pytest.mark.parametrize("block_m", [16, 64])
+@pytest.mark.parametrize(
+    ("codec_spec", "num_q_heads", "num_kv_heads", "sliding_window", "logit_softcap"),
+    [
+        (CODECS[0], 4, 2, None, None),
+        (CODECS[1], 9, 3, 25, None),
+        (CODECS[2], 2, 2, None, 20.0),
+        (CODECS[5], 4, 1, 40, 30.0),
+        (CODECS[6], 8, 4, None, None),
+    ],
+)
+def test_prefill_matches_the_reference(
+    codec_spec, num_q_heads, num_kv_heads, sliding_window, logit_softcap, block_m, generator
+):
+    seq_lens = [60, 13, 90]
+    query_lens = [60, 5, 31]  # a whole prompt, then chunks after cached context
+    batch, dev = _batch(codec_spec, seq_lens, num_kv_heads, 16, generator)
+    head_dim = codec_spec[0]
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    num_rows = int(starts[-1]) + 4  # 4 padding rows past the last sequence
+    query = torch.randn(num_rows, num_q_heads, head_dim, generator=generator)
+    scale = 1 / math.sqrt(head_dim)
+    kwargs = {"sliding_window": sliding_window, "logit_softcap": logit_softcap}
+    expected = reference.prefill_attention(
+        query, batch.kv_cache, batch.block_table, starts, batch.seq_lens, batch.layout, scale,
+        **kwargs,
+    )  # fmt: skip
+    out = torch.full(query.shape, float("nan"), device=DEVICE)
+    triton_attention.prefill_attention(
+        query.to(DEVICE), dev["kv_cache"], dev["block_table"], starts.to(DEVICE),
+        dev["seq_lens"], batch.layout, scale, out=out, block_m=block_m, **kwargs,
+    )  # fmt: skip
+    assert not out.isnan().any()
+    assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
+    assert torch.equal(out[-4:].cpu(), torch.zeros(4, num_q_heads, head_dim))
+
+
+def test_dispatch_picks_the_reference_off_gpu_and_obeys_tq_kernels(monkeypatch):
+    layout = TQCodec(64, 4, 4).cache_layout(2, 16)
+    qjl_layout = TQCodec(64, 4, 4, key_qjl=True).cache_layout(2, 16)
+    assert ops.implementation("cpu", layout) == "reference"
+    assert ops.implementation("cuda", qjl_layout) == "reference"
+    assert ops.implementation("cuda", layout) == "triton"
+    monkeypatch.setenv("TQ_KERNELS", "reference")
+    assert ops.implementation("cuda", layout) == "reference"
+    monkeypatch.setenv("TQ_KERNELS", "triton")
+    with pytest.raises(TQConfigError, match="not on a CUDA device"):
+        ops.implementation("cpu", layout)
+    with pytest.raises(TQConfigError, match="QJL"):
+        ops.implementation("cuda", qjl_layout)
+    monkeypatch.setenv("TQ_KERNELS", "fast")
+    with pytest.raises(TQConfigError, match="TQ_KERNELS='fast'"):
+        ops.implementation("cuda", layout)
