@@ -219,3 +219,53 @@ def test_dispatch_picks_the_reference_off_gpu_and_obeys_tq_kernels(monkeypatch):
     monkeypatch.setenv("TQ_KERNELS", "fast")
     with pytest.raises(TQConfigError, match="TQ_KERNELS='fast'"):
         ops.implementation("cuda", layout)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="CUDA graphs need a CUDA GPU")
+def test_every_op_captures_in_a_cuda_graph_and_replays_like_eager(generator):
+    """Capture store + decode + prefill once, then replay on new inputs copied into the captured
+    buffers: the replay must equal eager calls on those inputs (no host sync, no allocation
+    that a replay would miss, no shape-dependent host decision)."""
+    batch, dev = _batch((128, 4, 4, "float32"), [300, 77, 5], 2, 16, generator)
+    layout, cache = batch.layout, dev["kv_cache"]
+    num_new = 6
+    new_keys = torch.randn(num_new, 2, 128, device=DEVICE, dtype=torch.bfloat16)
+    new_values = torch.randn_like(new_keys)
+    free_slots = torch.arange(cache.shape[0] * 16, device=DEVICE)[-num_new:]
+    decode_q = torch.randn(3, 2, 8, 128, device=DEVICE, dtype=torch.bfloat16)
+    starts = torch.tensor([0, 5, 7, 12], dtype=torch.int32, device=DEVICE)
+    prefill_q = torch.randn(16, 8, 128, device=DEVICE, dtype=torch.bfloat16)
+    decode_out, prefill_out = torch.empty_like(decode_q), torch.empty_like(prefill_q)
+    seq_lens, block_table = dev["seq_lens"], dev["block_table"]
+
+    def step():
+        triton_store.store(new_keys, new_values, cache, free_slots, layout)
+        triton_attention.decode_attention(
+            decode_q, cache, block_table, seq_lens, layout, 0.088, out=decode_out
+        )
+        triton_attention.prefill_attention(
+            prefill_q, cache, block_table, starts, seq_lens, layout, 0.088, out=prefill_out
+        )
+
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        step()  # compile and size the workspaces outside the capture
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    for _ in range(2):
+        for buffer in (new_keys, new_values, decode_q, prefill_q):
+            buffer.copy_(torch.randn_like(buffer))
+        cache_before = cache.clone()
+        graph.replay()
+        torch.cuda.synchronize()
+        replayed = (cache.clone(), decode_out.clone(), prefill_out.clone())
+        cache.copy_(cache_before)
+        step()
+        torch.cuda.synchronize()
+        assert torch.equal(replayed[0], cache)
+        assert torch.equal(replayed[1], decode_out)
+        assert torch.equal(replayed[2], prefill_out)

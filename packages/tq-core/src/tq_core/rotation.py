@@ -56,17 +56,41 @@ def walsh_hadamard(x: torch.Tensor) -> torch.Tensor:
     return (y / math.sqrt(head_dim)).reshape(*lead, head_dim)
 
 
+_MATRIX_ON_DEVICE: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def rotation_matrix(head_dim: int, seed: int, device, dtype=torch.float32) -> torch.Tensor:
+    """R^T as a dense [head_dim, head_dim] matrix: ``x @ rotation_matrix(...)`` is R x."""
+    key = (head_dim, seed, torch.device(device), dtype)
+    if key not in _MATRIX_ON_DEVICE:
+        eye = torch.eye(head_dim, dtype=torch.float64)
+        matrix = walsh_hadamard(eye * hadamard_signs(head_dim, seed).double())
+        _MATRIX_ON_DEVICE[key] = matrix.to(device=device, dtype=dtype).contiguous()
+    return _MATRIX_ON_DEVICE[key]
+
+
+def _use_matrix(x: torch.Tensor) -> bool:
+    # On a GPU one fp32 GEMM (full fp32: torch does not use TF32 for matmul by default) costs
+    # one launch where the butterflies cost ~20 small ones; on the CPU the butterflies are the
+    # O(d log d) path.
+    return x.is_cuda
+
+
 def rotate(x: torch.Tensor, seed: int) -> torch.Tensor:
     """R x for x [..., head_dim]; keeps x's dtype (math in float32 for half inputs)."""
-    signs = hadamard_signs(x.shape[-1], seed, x.device)
     work = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+    if _use_matrix(x):
+        return (work @ rotation_matrix(x.shape[-1], seed, x.device, work.dtype)).to(x.dtype)
+    signs = hadamard_signs(x.shape[-1], seed, x.device)
     return walsh_hadamard(work * signs.to(work.dtype)).to(x.dtype)
 
 
 def unrotate(y: torch.Tensor, seed: int) -> torch.Tensor:
     """R^T y for y [..., head_dim], the inverse of :func:`rotate`."""
-    signs = hadamard_signs(y.shape[-1], seed, y.device)
     work = y.float() if y.dtype in (torch.float16, torch.bfloat16) else y
+    if _use_matrix(y):
+        return (work @ rotation_matrix(y.shape[-1], seed, y.device, work.dtype).T).to(y.dtype)
+    signs = hadamard_signs(y.shape[-1], seed, y.device)
     return (walsh_hadamard(work) * signs.to(work.dtype)).to(y.dtype)
 
 

@@ -8,7 +8,7 @@ side and the tests can use it too.
 
 from __future__ import annotations
 
-import functools
+import math
 
 import torch
 
@@ -16,7 +16,7 @@ from tq_core.codebook import codebook_tensors
 from tq_core.errors import TQConfigError
 from tq_core.layout import CacheLayout, VectorFormat
 from tq_core.packing import plane_shifts, plane_widths
-from tq_core.rotation import hadamard_signs, walsh_hadamard
+from tq_core.rotation import rotation_matrix
 
 MAX_PLANES = 3
 
@@ -64,13 +64,6 @@ def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.
     return codebook_tensors(layout.head_dim, fmt.mse_bits, device)[1]
 
 
-@functools.cache
-def _sign_hadamard_cpu(head_dim: int, seed: int) -> torch.Tensor:
-    # walsh_hadamard(I) row i is H e_i / sqrt(d); scaling by sqrt(d) leaves exact +-1 entries.
-    hadamard = walsh_hadamard(torch.eye(head_dim, dtype=torch.float64)) * head_dim**0.5
-    return (hadamard_signs(head_dim, seed).to(torch.float64)[:, None] * hadamard).round()
-
-
 _ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
 
 
@@ -83,6 +76,6 @@ def sign_hadamard(head_dim: int, seed: int, device: torch.device) -> torch.Tenso
     """
     key = (head_dim, seed, torch.device(device))
     if key not in _ROTATION_ON_DEVICE:
-        matrix = _sign_hadamard_cpu(head_dim, seed).to(torch.float16)
-        _ROTATION_ON_DEVICE[key] = matrix.to(device).contiguous()
+        exact = rotation_matrix(head_dim, seed, "cpu", torch.float64) * math.sqrt(head_dim)
+        _ROTATION_ON_DEVICE[key] = exact.round().to(torch.float16).to(device).contiguous()
     return _ROTATION_ON_DEVICE[key]
