@@ -269,3 +269,20 @@ def test_every_op_captures_in_a_cuda_graph_and_replays_like_eager(generator):
         assert torch.equal(replayed[0], cache)
         assert torch.equal(replayed[1], decode_out)
         assert torch.equal(replayed[2], prefill_out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("codec_spec", CODECS)
+def test_gather_kv_decompresses_like_the_reference(codec_spec, dtype, generator):
+    from tq_core.ops import triton_decompress
+
+    batch, dev = _batch(codec_spec, [83, 20], 2, 16, generator)
+    for seq in range(2):
+        seq_len = int(batch.seq_lens[seq])
+        want = reference.gather_kv(batch.kv_cache, batch.block_table[seq], seq_len, batch.layout)
+        got = triton_decompress.gather_kv(
+            dev["kv_cache"], dev["block_table"][seq], seq_len, batch.layout, dtype=dtype
+        )
+        for actual, expected in zip(got, want, strict=True):
+            assert actual.dtype == dtype
+            torch.testing.assert_close(actual.float().cpu(), expected, rtol=8e-3, atol=1e-5)

@@ -1,0 +1,72 @@
+"""Triton ``gather_kv``: decompress one sequence's pages to a dense K/V buffer.
+
+The "decompress only the needed pages to a scratch, then call an existing flash kernel" half of
+a prefill path (the alternative to the inline-dequantizing attention kernel), and the twin of
+``reference.gather_kv``. Output is in the rotated domain, like everything the cache holds.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from tq_core.layout import CacheLayout
+from tq_core.ops import triton_layout, validation
+from tq_core.ops.triton_common import load_vectors
+
+_BLOCK_TOKENS = 64
+
+
+@triton.jit
+def _decompress_kernel(
+    cache_ptr, block_ids_ptr, cent_ptr, out_ptr, seq_len, stride_page, stride_oh, stride_ot,
+    BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BLOCK_T: tl.constexpr, BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
+    P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
+    NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+):  # fmt: skip
+    kv_head = tl.program_id(1)
+    pos = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    ok = pos < seq_len
+    page = tl.load(block_ids_ptr + pos // BLOCK_SIZE, mask=ok, other=0)
+    page_base = page.to(tl.int64) * stride_page
+    slot = kv_head * BLOCK_SIZE + pos % BLOCK_SIZE
+    vectors, norms = load_vectors(
+        cache_ptr, cent_ptr, page_base, slot, ok, D, BITS, P0_OFF, P0_W, P0_SHIFT,
+        P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, NORM_F16, tl.float32,
+    )  # fmt: skip
+    values = vectors * norms[:, None]
+    dims = tl.arange(0, D)
+    offsets = kv_head * stride_oh + pos.to(tl.int64)[:, None] * stride_ot + dims[None, :]
+    tl.store(out_ptr + offsets, values.to(out_ptr.dtype.element_ty), mask=ok[:, None])
+
+
+def gather_kv(
+    kv_cache: torch.Tensor,
+    block_ids: torch.Tensor,
+    seq_len: int,
+    layout: CacheLayout,
+    *,
+    dtype: torch.dtype = torch.float32,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """K and V of one sequence, ``dtype`` [num_kv_heads, seq_len, head_dim] each, rotated
+    domain (as ``reference.gather_kv``). ``out``: two buffers to fill (any strides whose last
+    dimension is contiguous), e.g. views into a longer scratch."""
+    validation.check_cache(kv_cache, layout)
+    shape = (layout.num_kv_heads, seq_len, layout.head_dim)
+    if out is None:
+        out = tuple(torch.empty(shape, dtype=dtype, device=kv_cache.device) for _ in range(2))
+    if seq_len == 0:
+        return out
+    grid = (triton.cdiv(seq_len, _BLOCK_TOKENS), layout.num_kv_heads)
+    for tensor, buffer in (("key", out[0]), ("value", out[1])):
+        constants = triton_layout.field_constants(layout, tensor, "")
+        _decompress_kernel[grid](
+            kv_cache, block_ids, triton_layout.centroids(layout, tensor, kv_cache.device), buffer,
+            seq_len, kv_cache.stride(0), buffer.stride(0), buffer.stride(1),
+            BLOCK_SIZE=layout.block_size, D=layout.head_dim, BLOCK_T=_BLOCK_TOKENS, **constants,
+        )  # fmt: skip
+    return out
