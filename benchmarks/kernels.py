@@ -1,0 +1,423 @@
+"""Kernel benchmark on one CUDA GPU: tq's Triton ops against bf16 and the TurboQuant peers.
+
+    python benchmarks/kernels.py --suite full --out benchmarks/results/kernels-h100
+
+writes ``<out>.json`` (every row, the machine, versions, git SHA) and ``<out>.md`` (the table).
+Timing: CUDA graphs of many calls, replayed; the median replay over the calls in it. Inputs
+rotate over enough copies that one pass over them is >= 4x the L2 cache, so no row is served
+from cache unless its working set truly fits. Each decode row also times bf16 torch SDPA
+(flash and cuDNN; "bf16" is the faster) on contiguous bf16 K/V of the same shape, in the same
+process, and the copy bandwidth is measured at the start of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import pathlib
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.bias import causal_lower_right
+
+from tq_core import TQCodec
+from tq_core.cli.provenance import environment_record
+from tq_core.ops import triton_attention, triton_decompress, triton_store
+from tq_core.rotation import rotate, unrotate
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent / "gpu"))
+
+L2_BYTES = 50 * 2**20
+MODELS = {
+    # name: (query heads, KV heads, head_dim)
+    "llama3-8b": (32, 8, 128),
+    "smollm2": (9, 3, 64),
+    "gemma2-9b": (16, 8, 256),
+}
+ALL_BITS = [(4, 4), (6, 4), (5, 4), (8, 4), (4, 8), (3, 3), (2, 2), (8, 8)]
+BLOCK_SIZE = 16
+
+
+def _suite(name: str) -> dict:
+    if name == "smoke":
+        return {
+            "decode": [("llama3-8b", b, c, (4, 4)) for b, c in [(1, 1024), (8, 16384)]],
+            "bits_sweep": [],
+            "store": [2048],
+            "prefill": [(2048, 16384)],
+            "peers": [(8, 16384)],
+        }
+    decode = []
+    for model, batches, contexts in (
+        ("llama3-8b", (1, 8, 32, 128), (1024, 4096, 16384, 32768, 65536)),
+        ("smollm2", (1, 8, 32, 128), (1024, 4096, 16384, 32768)),
+        ("gemma2-9b", (1, 8, 32), (4096, 16384)),
+    ):
+        for batch in batches:
+            for context in contexts:
+                if batch * context <= 4 * 2**20:  # bf16 K/V of 32 GiB at most (Llama shape)
+                    decode.append((model, batch, context, (4, 4)))
+    sweep = [
+        ("llama3-8b", b, c, bits)
+        for b, c in ((1, 1024), (8, 16384), (32, 32768))
+        for bits in ALL_BITS
+        if bits != (4, 4)
+    ]
+    return {
+        "decode": decode,
+        "bits_sweep": sweep,
+        "store": [32, 128, 2048, 16384, 65536],
+        "prefill": [(512, 16384), (2048, 16384), (8192, 0)],
+        "peers": [(1, 1024), (8, 16384), (32, 16384), (32, 32768)],
+    }
+
+
+# -- timing -------------------------------------------------------------------------------------
+
+
+def _eager_ms(fn, count: int) -> float:
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(count):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / count
+
+
+def time_calls(calls: list, *, graph: bool = True, replays: int = 15) -> tuple[float, str]:
+    """Median ms per call over ``calls`` run round-robin; ("graph" | "eager") says how."""
+    for fn in calls:
+        fn()  # compile, autotune, allocate workspaces
+    torch.cuda.synchronize()
+    estimate = _eager_ms(lambda: [fn() for fn in calls], 3) / len(calls)
+    per_replay = max(len(calls), min(400, math.ceil(3.0 / max(estimate, 1e-4))))
+    per_replay = math.ceil(per_replay / len(calls)) * len(calls)
+    if graph:
+        try:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.stream(stream), torch.cuda.graph(cuda_graph, stream=stream):
+                for i in range(per_replay):
+                    calls[i % len(calls)]()
+            torch.cuda.current_stream().wait_stream(stream)
+            cuda_graph.replay()
+            times = [_eager_ms(cuda_graph.replay, 1) / per_replay for _ in range(replays)]
+            del cuda_graph
+            return statistics.median(times), "graph"
+        except RuntimeError as error:
+            print(f"  (graph capture failed, timing eagerly: {str(error)[:80]})")
+            torch.cuda.synchronize()
+    times = [
+        _eager_ms(lambda: [fn() for fn in calls], per_replay // len(calls)) / len(calls)
+        for _ in range(replays)
+    ]
+    return statistics.median(times), "eager"
+
+
+def copies_for(nbytes: int) -> int:
+    return max(1, min(16, math.ceil(4 * L2_BYTES / max(nbytes, 1))))
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy, GB/s of bytes read + written."""
+    src = torch.randint(0, 255, (2**30,), dtype=torch.uint8, device="cuda")
+    dst = torch.empty_like(src)
+    ms, _ = time_calls([lambda: dst.copy_(src)], graph=False)
+    return 2 * src.numel() / ms / 1e6
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def paged_cache(layout, batch: int, context: int, copies: int):
+    """Caches filled by the store kernel from random K/V, one shuffled block table."""
+    blocks_per_seq = math.ceil(context / BLOCK_SIZE)
+    num_blocks = batch * blocks_per_seq
+    cache = torch.empty(num_blocks, layout.page_bytes, dtype=torch.uint8, device="cuda")
+    chunk = 2**17
+    total = num_blocks * BLOCK_SIZE
+    for start in range(0, total, chunk):
+        n = min(chunk, total - start)
+        k = torch.randn(n, layout.num_kv_heads, layout.head_dim, device="cuda")
+        v = torch.randn_like(k)
+        slots = torch.arange(start, start + n, device="cuda")
+        triton_store.store(k.bfloat16(), v.bfloat16(), cache, slots, layout)
+    order = torch.randperm(num_blocks, device="cuda").to(torch.int32)
+    block_table = order.view(batch, blocks_per_seq).contiguous()
+    caches = [cache] + [cache.clone() for _ in range(copies - 1)]
+    return caches, block_table
+
+
+def decode_rows(model, batch, context, bits, copy_gbps, *, with_bf16=True) -> list[dict]:
+    num_q, num_kv, head_dim = MODELS[model]
+    scale = 1 / math.sqrt(head_dim)
+    layout = TQCodec(head_dim, *bits).cache_layout(num_kv, BLOCK_SIZE)
+    packed = batch * context * layout.packed_bytes_per_token
+    copies = copies_for(packed)
+    caches, block_table = paged_cache(layout, batch, context, copies)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    queries = [
+        torch.randn(batch, 1, num_q, head_dim, device="cuda", dtype=torch.bfloat16)
+        for _ in range(copies)
+    ]
+    out = torch.empty_like(queries[0])
+
+    def ours(i, rotated=True):
+        def call():
+            q = queries[i] if rotated else rotate(queries[i], 0)
+            triton_attention.decode_attention(
+                q, caches[i], block_table, seq_lens, layout, scale, out=out
+            )
+            if not rotated:
+                unrotate(out, 0)
+
+        return call
+
+    base = {"op": "decode", "model": model, "batch": batch, "context": context}
+    label = f"K{bits[0]}V{bits[1]}"
+    rows = []
+    for name, rotated in ((f"tq {label}", True), (f"tq {label} +rotations", False)):
+        ms, how = time_calls([ours(i, rotated) for i in range(copies)])
+        rows.append({**base, "impl": name, "bits": label, "ms": ms, "timing": how, "bytes": packed})
+    caches.clear()  # free the copies before the bf16 tensors arrive
+    if with_bf16:
+        rows += bf16_decode_rows(base, num_q, num_kv, head_dim, batch, context)
+    return _finish(rows, copy_gbps)
+
+
+def bf16_decode_rows(base, num_q, num_kv, head_dim, batch, context) -> list[dict]:
+    nbytes = 2 * batch * num_kv * context * head_dim * 2
+    copies = copies_for(nbytes)
+    kv = [
+        (
+            torch.randn(batch, num_kv, context, head_dim, device="cuda", dtype=torch.bfloat16),
+            torch.randn(batch, num_kv, context, head_dim, device="cuda", dtype=torch.bfloat16),
+        )
+        for _ in range(copies)
+    ]
+    q = [
+        torch.randn(batch, num_q, 1, head_dim, device="cuda", dtype=torch.bfloat16)
+        for _ in range(copies)
+    ]
+    rows = []
+    for name, backend in (
+        ("bf16 SDPA flash", SDPBackend.FLASH_ATTENTION),
+        ("bf16 SDPA cuDNN", SDPBackend.CUDNN_ATTENTION),
+    ):
+
+        def call(i, backend=backend):
+            def run():
+                with sdpa_kernel([backend]):
+                    F.scaled_dot_product_attention(q[i], *kv[i], enable_gqa=True)
+
+            return run
+
+        try:
+            ms, how = time_calls([call(i) for i in range(copies)])
+        except RuntimeError as error:
+            print(f"  {name} unavailable: {str(error)[:100]}")
+            continue
+        rows.append(
+            {**base, "impl": name, "bits": "bf16", "ms": ms, "timing": how, "bytes": nbytes}
+        )
+    return rows
+
+
+def peer_decode_rows(batch, context, copy_gbps) -> list[dict]:
+    try:
+        import peers
+    except ImportError as error:
+        print(f"  peers not staged ({error})")
+        return []
+    num_q, num_kv, head_dim = MODELS["llama3-8b"]
+    base = {"op": "decode", "model": "llama3-8b", "batch": batch, "context": context}
+    rows = []
+    for peer in peers.decode_peers():
+        try:
+            fn, nbytes = peers.setup_decode(peer, batch, context, num_q, num_kv, head_dim, "cuda")
+            ms, how = time_calls([fn])
+        except Exception as error:  # a peer failing is a row note, not a crash
+            print(f"  {peer}: {type(error).__name__}: {str(error)[:120]}")
+            rows.append({**base, "impl": peer, "bits": "peer", "error": str(error)[:200]})
+            continue
+        rows.append(
+            {**base, "impl": peer, "bits": "peer", "ms": ms, "timing": how, "bytes": nbytes}
+        )
+        torch.cuda.empty_cache()
+    return _finish(rows, copy_gbps)
+
+
+def store_rows(num_tokens, copy_gbps) -> list[dict]:
+    _, num_kv, head_dim = MODELS["llama3-8b"]
+    layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, BLOCK_SIZE)
+    nbytes = num_tokens * (num_kv * head_dim * 2 * 2 + layout.packed_bytes_per_token + 8)
+    copies = copies_for(nbytes)
+    num_blocks = math.ceil(num_tokens / BLOCK_SIZE) * copies + 1
+    cache = torch.empty(num_blocks, layout.page_bytes, dtype=torch.uint8, device="cuda")
+    inputs = []
+    for i in range(copies):
+        k = torch.randn(num_tokens, num_kv, head_dim, device="cuda", dtype=torch.bfloat16)
+        slots = torch.randperm(num_tokens, device="cuda") + i * num_tokens
+        inputs.append((k, torch.randn_like(k), slots))
+    calls = [lambda k=k, v=v, s=s: triton_store.store(k, v, cache, s, layout) for k, v, s in inputs]
+    ms, how = time_calls(calls)
+    base = {"op": "store", "model": "llama3-8b", "batch": num_tokens, "context": 0}
+    rows = [{**base, "impl": "tq K4V4", "bits": "K4V4", "ms": ms, "timing": how, "bytes": nbytes}]
+    try:
+        import peers
+
+        for peer in peers.encode_peers():
+            try:
+                fn, peer_bytes = peers.setup_encode(peer, num_tokens, num_kv, head_dim, "cuda")
+                ms, how = time_calls([fn])
+                rows.append(
+                    {**base, "impl": peer, "bits": "peer", "ms": ms, "timing": how,
+                     "bytes": peer_bytes}
+                )  # fmt: skip
+            except Exception as error:
+                print(f"  {peer}: {type(error).__name__}: {str(error)[:120]}")
+    except ImportError:
+        pass
+    return _finish(rows, copy_gbps)
+
+
+def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
+    num_q, num_kv, head_dim = MODELS["llama3-8b"]
+    seq_len = cached + new_tokens
+    scale = 1 / math.sqrt(head_dim)
+    layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, BLOCK_SIZE)
+    caches, block_table = paged_cache(layout, 1, seq_len, 1)
+    cache = caches[0]
+    seq_lens = torch.tensor([seq_len], dtype=torch.int32, device="cuda")
+    starts = torch.tensor([0, new_tokens], dtype=torch.int32, device="cuda")
+    q = torch.randn(new_tokens, num_q, head_dim, device="cuda", dtype=torch.bfloat16)
+    out = torch.empty_like(q)
+    k_bf16 = torch.randn(1, num_kv, seq_len, head_dim, device="cuda", dtype=torch.bfloat16)
+    v_bf16 = torch.randn_like(k_bf16)
+    q_sdpa = q.transpose(0, 1).unsqueeze(0)
+    mask = causal_lower_right(new_tokens, seq_len)
+    scratch = (torch.empty_like(k_bf16[0]), torch.empty_like(v_bf16[0]))
+
+    def flash(k, v):
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            return F.scaled_dot_product_attention(q_sdpa, k, v, attn_mask=mask, enable_gqa=True)
+
+    def inline():
+        triton_attention.prefill_attention(
+            q, cache, block_table, starts, seq_lens, layout, scale, out=out, block_m=128
+        )
+
+    def decompress_then_flash():
+        triton_decompress.gather_kv(cache, block_table[0], seq_len, layout, out=scratch)
+        flash(scratch[0].unsqueeze(0), scratch[1].unsqueeze(0))
+
+    base = {"op": "prefill", "model": "llama3-8b", "batch": new_tokens, "context": cached}
+    rows = []
+    for name, fn in (
+        ("tq K4V4 inline", inline),
+        ("tq K4V4 decompress+flash", decompress_then_flash),
+        ("bf16 SDPA flash", lambda: flash(k_bf16, v_bf16)),
+    ):
+        try:
+            ms, how = time_calls([fn])
+        except RuntimeError as error:
+            print(f"  {name}: {str(error)[:120]}")
+            continue
+        bits = "bf16" if name.startswith("bf16") else "K4V4"
+        rows.append({**base, "impl": name, "bits": bits, "ms": ms, "timing": how, "bytes": 0})
+    return _finish(rows, copy_gbps)
+
+
+# -- reporting ----------------------------------------------------------------------------------
+
+
+def _finish(rows: list[dict], copy_gbps: float) -> list[dict]:
+    bf16 = [r["ms"] for r in rows if r.get("bits") == "bf16" and "ms" in r]
+    for row in rows:
+        if "ms" not in row:
+            continue
+        if row["bytes"]:
+            row["gbps"] = row["bytes"] / row["ms"] / 1e6
+            row["copy_fraction"] = row["gbps"] / copy_gbps
+        if bf16:
+            row["speedup_vs_bf16"] = min(bf16) / row["ms"]
+    return rows
+
+
+def markdown(rows: list[dict], copy_gbps: float, env: dict) -> str:
+    lines = [
+        f"# Kernel benchmark: {env['gpu']}, torch {env['torch']}, "
+        f"triton {env['versions'].get('triton')}, git {env['git_sha'][:10]}",
+        "",
+        f"Copy bandwidth (read + write): {copy_gbps:.0f} GB/s. `x bf16` = fastest bf16 SDPA time "
+        "of the same row / this time (> 1 = faster than bf16).",
+        "",
+        "| op | model | batch/tokens | context | impl | ms | GB/s | % copy BW | x bf16 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "ms" not in r:
+            lines.append(
+                f"| {r['op']} | {r['model']} | {r['batch']} | {r['context']} | {r['impl']} | "
+                f"n/a: {r.get('error', '')[:60]} | | | |"
+            )
+            continue
+        gbps = f"{r['gbps']:.0f}" if "gbps" in r else ""
+        frac = f"{100 * r['copy_fraction']:.0f}%" if "copy_fraction" in r else ""
+        speed = f"{r['speedup_vs_bf16']:.2f}" if "speedup_vs_bf16" in r else ""
+        lines.append(
+            f"| {r['op']} | {r['model']} | {r['batch']} | {r['context']} | {r['impl']} | "
+            f"{r['ms']:.4f} | {gbps} | {frac} | {speed} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--suite", choices=("smoke", "full"), default="full")
+    parser.add_argument("--out", required=True, help="path prefix for .json and .md")
+    parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
+    parser.add_argument(
+        "--only", help="comma list of sections: decode,bits_sweep,store,prefill,peers"
+    )
+    args = parser.parse_args()
+    suite = _suite(args.suite)
+    sections = args.only.split(",") if args.only else list(suite)
+    env = environment_record()
+    if args.git_sha:
+        env["git_sha"] = args.git_sha
+    started = time.time()
+    copy_gbps = copy_bandwidth()
+    print(f"copy bandwidth {copy_gbps:.0f} GB/s on {env['gpu']}", flush=True)
+    rows: list[dict] = []
+    for section in sections:
+        for case in suite[section]:
+            print(f"{section} {case}", flush=True)
+            if section in ("decode", "bits_sweep"):
+                rows += decode_rows(*case, copy_gbps)
+            elif section == "store":
+                rows += store_rows(case, copy_gbps)
+            elif section == "prefill":
+                rows += prefill_rows(*case, copy_gbps)
+            elif section == "peers":
+                rows += peer_decode_rows(*case, copy_gbps)
+            torch.cuda.empty_cache()
+    env["seconds"] = round(time.time() - started, 1)
+    result = {"environment": env, "copy_gbps": copy_gbps, "suite": args.suite, "rows": rows}
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    table = markdown(rows, copy_gbps, env)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
