@@ -44,6 +44,8 @@ BLOCK_SIZE = 16
 
 
 def _suite(name: str) -> dict:
+    if name == "tune":
+        return {"tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 16384), ("llama3-8b", 32, 32768)]}
     if name == "smoke":
         return {
             "decode": [("llama3-8b", b, c, (4, 4)) for b, c in [(1, 1024), (8, 16384)]],
@@ -335,6 +337,31 @@ def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
     return _finish(rows, copy_gbps)
 
 
+def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
+    """Decode K4V4 under every launch setting in the grid below (the kernel's TUNING knobs)."""
+    saved = dict(triton_attention.TUNING["decode"])
+    rows = []
+    for block_n in (16, 32, 64):
+        for num_warps in (2, 4, 8):
+            for num_stages in (1, 2, 3):
+                for lookup in (0, 1):
+                    setting = {"block_n": block_n, "num_warps": num_warps,
+                               "num_stages": num_stages, "lookup": lookup}  # fmt: skip
+                    triton_attention.TUNING["decode"] = setting
+                    try:
+                        row = decode_rows(
+                            model, batch, context, (4, 4), copy_gbps, with_bf16=False
+                        )[0]
+                    except Exception as error:  # a setting that fails to compile is skipped
+                        print(f"  {setting}: {type(error).__name__} {str(error)[:80]}")
+                        continue
+                    row["impl"] = f"tq K4V4 {setting}"
+                    print(f"  {setting}: {row['ms']:.4f} ms", flush=True)
+                    rows.append(row)
+    triton_attention.TUNING["decode"] = saved
+    return rows
+
+
 # -- reporting ----------------------------------------------------------------------------------
 
 
@@ -381,7 +408,7 @@ def markdown(rows: list[dict], copy_gbps: float, env: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("smoke", "full"), default="full")
+    parser.add_argument("--suite", choices=("smoke", "full", "tune"), default="full")
     parser.add_argument("--out", required=True, help="path prefix for .json and .md")
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
     parser.add_argument(
@@ -406,6 +433,8 @@ def main() -> None:
                 rows += store_rows(case, copy_gbps)
             elif section == "prefill":
                 rows += prefill_rows(*case, copy_gbps)
+            elif section == "tune":
+                rows += tune_rows(*case, copy_gbps)
             elif section == "peers":
                 rows += peer_decode_rows(*case, copy_gbps)
             torch.cuda.empty_cache()

@@ -22,7 +22,7 @@ import triton.language as tl
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import load_vectors
+from tq_core.ops.triton_common import dequantize, load_field
 
 _LOG2E = 1.4426950408889634
 
@@ -36,7 +36,7 @@ def _attention_kernel(
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, NUM_SPLITS: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
     K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
@@ -116,10 +116,19 @@ def _attention_kernel(
         )
         page_base = page.to(tl.int64) * stride_page
         slot = kv_slot_base + pos % BLOCK_SIZE
-        k, k_norm = load_vectors(
-            cache_ptr, k_cent_ptr, page_base, slot, pos_ok, D, K_BITS,
-            K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W, K_P1_SHIFT,
-            K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16, K_DOT,
+        # Every load of the tile first (K and V bytes and norms), so they are in flight
+        # together; then the arithmetic.
+        k0, k1, k2, k_norm = load_field(
+            cache_ptr, page_base, slot, pos_ok, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
+            K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16,
+        )  # fmt: skip
+        v0, v1, v2, v_norm = load_field(
+            cache_ptr, page_base, slot, pos_ok, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
+            V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
+        )  # fmt: skip
+        k = dequantize(
+            k0, k1, k2, k_cent_ptr, D, K_BITS, K_P0_W, K_P0_SHIFT, K_P1_W, K_P1_SHIFT, K_P2_W,
+            K_P2_SHIFT, K_DOT, LOOKUP,
         )  # fmt: skip
         scores = tl.dot(q, tl.trans(k)) * (k_norm * scale)[None, :]
         if HAS_SOFTCAP:
@@ -135,10 +144,9 @@ def _attention_kernel(
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(scores - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v, v_norm = load_vectors(
-            cache_ptr, v_cent_ptr, page_base, slot, pos_ok, D, V_BITS,
-            V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W, V_P1_SHIFT,
-            V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16, V_DOT,
+        v = dequantize(
+            v0, v1, v2, v_cent_ptr, D, V_BITS, V_P0_W, V_P0_SHIFT, V_P1_W, V_P1_SHIFT, V_P2_W,
+            V_P2_SHIFT, V_DOT, LOOKUP,
         )  # fmt: skip
         weights = (p * v_norm[None, :]).to(V_DOT)
         acc = acc * alpha[:, None] + tl.dot(weights, v)
@@ -219,11 +227,12 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
 
 def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
     """Splits of the key range per (sequence, KV head): enough programs to fill the GPU
-    (about four per multiprocessor), never splits shorter than 256 tokens of the longest
-    sequence the block table can hold. Shapes only, so a CUDA graph fixes it."""
+    (about four per multiprocessor), at most one per key tile of the longest sequence the
+    block table can hold. Shapes only, so a CUDA graph fixes it; each program sizes its split
+    from the sequence's true length, so short sequences leave the last splits empty."""
     programs = max(1, num_seqs * layout.num_kv_heads)
     wanted = triton.cdiv(4 * _multiprocessors(device), programs)
-    return max(1, min(wanted, max_tokens // 256, 64))
+    return max(1, min(wanted, max_tokens // TUNING["decode"]["block_n"], 64))
 
 
 def _kernel_constants(layout: CacheLayout) -> dict:
@@ -233,13 +242,17 @@ def _kernel_constants(layout: CacheLayout) -> dict:
     }
 
 
-def _block_n(head_dim: int) -> int:
-    return 32 if head_dim >= 256 else 64
+# Launch settings, per op. Kept in one dict so the benchmark's tuning mode can try others.
+TUNING = {
+    "decode": {"block_n": 32, "num_warps": 4, "num_stages": 2, "lookup": 0},
+    "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 2, "lookup": 0},
+}
 
 
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
+    tuning,
 ):  # fmt: skip
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
@@ -258,10 +271,11 @@ def _launch(
         num_seqs, query_rows.shape[0], float(scale),
         float(logit_softcap or 1.0), int(sliding_window or 0),
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
-        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=_block_n(layout.head_dim),
+        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=tuning["lookup"],
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, NUM_SPLITS=num_splits,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
-        **_kernel_constants(layout),
+        **_kernel_constants(layout), num_warps=tuning["num_warps"],
+        num_stages=tuning["num_stages"],
     )  # fmt: skip
     if num_splits > 1:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
@@ -324,7 +338,7 @@ def decode_attention(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
-        num_splits=splits,
+        num_splits=splits, tuning=TUNING["decode"],
     )  # fmt: skip
     return result
 
@@ -376,6 +390,6 @@ def prefill_attention(
     _launch(
         query, result, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
         sliding_window, logit_softcap, grid=grid, block_m=block_m,
-        tokens_per_tile=tokens_per_tile, uniform_q=0, num_splits=1,
+        tokens_per_tile=tokens_per_tile, uniform_q=0, num_splits=1, tuning=TUNING["prefill"],
     )  # fmt: skip
     return result

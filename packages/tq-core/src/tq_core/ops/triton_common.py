@@ -13,16 +13,27 @@ import triton.language as tl
 
 
 @triton.jit
-def unpack_plane(base_ptr, row_off, mask, WIDTH: tl.constexpr, D: tl.constexpr):
-    """Codes of one bit plane, int32 [rows, D] in dimension order.
+def load_plane(base_ptr, row_off, mask, WIDTH: tl.constexpr, D: tl.constexpr):
+    """uint8 [rows, D * WIDTH / 8]: the bytes of one plane, one vector per row.
 
-    ``row_off``: int64 [rows] byte offset of each vector's plane. Byte i holds codes
-    i*k .. i*k + k - 1 (k = 8 / WIDTH), code i*k + j at bit j*WIDTH: the parts are interleaved
-    back into dimension order with nested joins (the last joined axis is the lowest index bit).
+    ``row_off`` (int64 [rows]) is a multiple of the plane's bytes (up to 16: regions are
+    16-byte aligned), which lets the compiler issue wide loads.
     """
     NB: tl.constexpr = D * WIDTH // 8
-    cols = tl.arange(0, NB)
-    raw = tl.load(base_ptr + row_off[:, None] + cols[None, :], mask=mask[:, None], other=0)
+    ALIGN: tl.constexpr = 16 if NB >= 16 else NB
+    row_off = tl.multiple_of(row_off, ALIGN)
+    cols = tl.max_contiguous(tl.arange(0, NB), NB)
+    return tl.load(base_ptr + row_off[:, None] + cols[None, :], mask=mask[:, None], other=0)
+
+
+@triton.jit
+def unpack_plane(raw, WIDTH: tl.constexpr, D: tl.constexpr):
+    """Codes of one bit plane, int32 [rows, D] in dimension order, from its bytes.
+
+    Byte i holds codes i*k .. i*k + k - 1 (k = 8 / WIDTH), code i*k + j at bit j*WIDTH: the
+    parts are interleaved back into dimension order with nested joins (the last joined axis is
+    the lowest index bit).
+    """
     raw = raw.to(tl.int32)
     ROWS: tl.constexpr = raw.shape[0]
     if WIDTH == 8:
@@ -53,95 +64,81 @@ def unpack_plane(base_ptr, row_off, mask, WIDTH: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
-def load_codes(
-    cache_ptr,
-    page_base,
-    slot,
-    mask,
-    D: tl.constexpr,
-    P0_OFF: tl.constexpr,
-    P0_W: tl.constexpr,
-    P0_SHIFT: tl.constexpr,
-    P1_OFF: tl.constexpr,
-    P1_W: tl.constexpr,
-    P1_SHIFT: tl.constexpr,
-    P2_OFF: tl.constexpr,
-    P2_W: tl.constexpr,
-    P2_SHIFT: tl.constexpr,
-):
-    """int32 [rows, D] codes of a b-bit field stored as up to three planes (widest first)."""
-    codes = unpack_plane(cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D)
-    codes = codes << P0_SHIFT
-    if P1_W > 0:
-        part = unpack_plane(cache_ptr + P1_OFF, page_base + slot * (D * P1_W // 8), mask, P1_W, D)
-        codes = codes | (part << P1_SHIFT)
-    if P2_W > 0:
-        part = unpack_plane(cache_ptr + P2_OFF, page_base + slot * (D * P2_W // 8), mask, P2_W, D)
-        codes = codes | (part << P2_SHIFT)
-    return codes
+def load_field(
+    cache_ptr, page_base, slot, mask, D: tl.constexpr, BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P1_OFF: tl.constexpr, P1_W: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+):  # fmt: skip
+    """The stored bytes of one K or V field for a tile of tokens: (plane0, plane1, plane2,
+    norms float32 [rows]); absent planes are 0. A raw bf16 layer (BITS == 16, its region at
+    NORM_OFF) gives (vectors bf16 [rows, D], 0, 0, ones).
 
-
-@triton.jit
-def load_norm(cache_ptr, page_base, slot, mask, NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr):
-    """float32 [rows] stored norms."""
-    if NORM_F16:
-        ptr = (cache_ptr + NORM_OFF + page_base + slot * 2).to(tl.pointer_type(tl.float16))
-    else:
-        ptr = (cache_ptr + NORM_OFF + page_base + slot * 4).to(tl.pointer_type(tl.float32))
-    return tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def load_vectors(
-    cache_ptr,
-    centroids_ptr,
-    page_base,
-    slot,
-    mask,
-    D: tl.constexpr,
-    BITS: tl.constexpr,
-    P0_OFF: tl.constexpr,
-    P0_W: tl.constexpr,
-    P0_SHIFT: tl.constexpr,
-    P1_OFF: tl.constexpr,
-    P1_W: tl.constexpr,
-    P1_SHIFT: tl.constexpr,
-    P2_OFF: tl.constexpr,
-    P2_W: tl.constexpr,
-    P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr,
-    NORM_F16: tl.constexpr,
-    DOT_DTYPE: tl.constexpr,
-):
-    """(unit vectors [rows, D] in DOT_DTYPE, norms float32 [rows]), rotated domain.
-
-    A compressed field gives its centroids (the norm stays apart, so callers fold it into
-    scores or softmax weights: one multiply per token instead of per element); a raw bf16 layer
-    (BITS == 16, its region at NORM_OFF) gives the vectors and norms of one.
+    Loading is separate from decoding so a kernel can issue every load of a tile (K and V) before
+    the arithmetic that waits for them.
     """
     if BITS == 16:
         ptr = (cache_ptr + NORM_OFF + page_base[:, None] + slot[:, None] * (2 * D)).to(
             tl.pointer_type(tl.bfloat16)
         )
-        vectors = tl.load(ptr + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
-        norms = tl.where(mask, 1.0, 0.0)
+        plane0 = tl.load(ptr + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
+        return plane0, 0, 0, tl.where(mask, 1.0, 0.0)
+    plane0 = load_plane(cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D)
+    plane1 = 0
+    plane2 = 0
+    if P1_W > 0:
+        plane1 = load_plane(cache_ptr + P1_OFF, page_base + slot * (D * P1_W // 8), mask, P1_W, D)
+    if P2_W > 0:
+        plane2 = load_plane(cache_ptr + P2_OFF, page_base + slot * (D * P2_W // 8), mask, P2_W, D)
+    if NORM_F16:
+        ptr = (cache_ptr + NORM_OFF + page_base + slot * 2).to(tl.pointer_type(tl.float16))
     else:
-        codes = load_codes(
-            cache_ptr,
-            page_base,
-            slot,
-            mask,
-            D,
-            P0_OFF,
-            P0_W,
-            P0_SHIFT,
-            P1_OFF,
-            P1_W,
-            P1_SHIFT,
-            P2_OFF,
-            P2_W,
-            P2_SHIFT,
-        )
+        ptr = (cache_ptr + NORM_OFF + page_base + slot * 4).to(tl.pointer_type(tl.float32))
+    norms = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+    return plane0, plane1, plane2, norms
+
+
+@triton.jit
+def dequantize(
+    plane0, plane1, plane2, centroids_ptr, D: tl.constexpr, BITS: tl.constexpr,
+    P0_W: tl.constexpr, P0_SHIFT: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
+    P2_W: tl.constexpr, P2_SHIFT: tl.constexpr, DOT_DTYPE: tl.constexpr,
+    LOOKUP: tl.constexpr = 0,
+):  # fmt: skip
+    """Unit vectors [rows, D] in DOT_DTYPE from the planes of :func:`load_field` (the norm stays
+    apart, so callers fold it into scores or softmax weights: one multiply per token instead of
+    per element). LOOKUP 0 reads centroids through the L1 cache, 1 gathers from registers."""
+    if BITS == 16:
+        return plane0.to(DOT_DTYPE)
+    codes = unpack_plane(plane0, P0_W, D) << P0_SHIFT
+    if P1_W > 0:
+        codes = codes | (unpack_plane(plane1, P1_W, D) << P1_SHIFT)
+    if P2_W > 0:
+        codes = codes | (unpack_plane(plane2, P2_W, D) << P2_SHIFT)
+    if LOOKUP == 1:
+        TABLE: tl.constexpr = 1 << BITS
+        table = tl.load(centroids_ptr + tl.arange(0, TABLE))
+        table = tl.broadcast_to(table[None, :], (codes.shape[0], TABLE))
+        vectors = tl.gather(table, codes, axis=1)
+    else:
         vectors = tl.load(centroids_ptr + codes)
-        norms = load_norm(cache_ptr, page_base, slot, mask, NORM_OFF, NORM_F16)
-    return vectors.to(DOT_DTYPE), norms
+    return vectors.to(DOT_DTYPE)
+
+
+@triton.jit
+def load_vectors(
+    cache_ptr, centroids_ptr, page_base, slot, mask, D: tl.constexpr, BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
+    P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
+    NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr, DOT_DTYPE: tl.constexpr,
+):  # fmt: skip
+    """(unit vectors [rows, D] in DOT_DTYPE, norms float32 [rows]): load_field + dequantize."""
+    plane0, plane1, plane2, norms = load_field(
+        cache_ptr, page_base, slot, mask, D, BITS, P0_OFF, P0_W, P1_OFF, P1_W, P2_OFF, P2_W,
+        NORM_OFF, NORM_F16,
+    )  # fmt: skip
+    vectors = dequantize(
+        plane0, plane1, plane2, centroids_ptr, D, BITS, P0_W, P0_SHIFT, P1_W, P1_SHIFT, P2_W,
+        P2_SHIFT, DOT_DTYPE,
+    )  # fmt: skip
+    return vectors, norms
