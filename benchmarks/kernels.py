@@ -157,7 +157,9 @@ def paged_cache(layout, batch: int, context: int, copies: int):
     return caches, block_table
 
 
-def decode_rows(model, batch, context, bits, copy_gbps, *, with_bf16=True) -> list[dict]:
+def decode_rows(
+    model, batch, context, bits, copy_gbps, *, with_bf16=True, with_rotations=True
+) -> list[dict]:
     num_q, num_kv, head_dim = MODELS[model]
     scale = 1 / math.sqrt(head_dim)
     layout = TQCodec(head_dim, *bits).cache_layout(num_kv, BLOCK_SIZE)
@@ -185,7 +187,8 @@ def decode_rows(model, batch, context, bits, copy_gbps, *, with_bf16=True) -> li
     base = {"op": "decode", "model": model, "batch": batch, "context": context}
     label = f"K{bits[0]}V{bits[1]}"
     rows = []
-    for name, rotated in ((f"tq {label}", True), (f"tq {label} +rotations", False)):
+    variants = [(f"tq {label}", True), (f"tq {label} +rotations", False)]
+    for name, rotated in variants[: 2 if with_rotations else 1]:
         ms, how = time_calls([ours(i, rotated) for i in range(copies)])
         rows.append({**base, "impl": name, "bits": label, "ms": ms, "timing": how, "bytes": packed})
     caches.clear()  # free the copies before the bf16 tensors arrive
@@ -341,8 +344,8 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
     """Decode K4V4 under every launch setting in the grid below (the kernel's TUNING knobs)."""
     saved = dict(triton_attention.TUNING["decode"])
     rows = []
-    for block_n in (16, 32, 64):
-        for num_warps in (2, 4, 8):
+    for block_n in (32, 64):
+        for num_warps in (4, 8):
             for num_stages in (1, 2, 3):
                 for lookup in (0, 1):
                     setting = {"block_n": block_n, "num_warps": num_warps,

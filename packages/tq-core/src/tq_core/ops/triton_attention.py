@@ -32,10 +32,10 @@ def _attention_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
     partial_acc_ptr, partial_stats_ptr, k_cent_ptr, v_cent_ptr,
     stride_qr, stride_qh, stride_or, stride_oh, stride_page, stride_bt,
-    num_seqs, num_rows, scale, softcap, window,
+    num_seqs, num_rows, scale, softcap, window, num_splits,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
     K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
@@ -55,7 +55,7 @@ def _attention_kernel(
     V_DOT: tl.constexpr = tl.float32 if V_BITS == 16 else tl.float16
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
-    if NUM_SPLITS > 1:
+    if SPLIT:
         tile = 0
         split = tl.program_id(2)
     else:
@@ -96,9 +96,9 @@ def _attention_kernel(
     key_start = 0
     if HAS_WINDOW:
         key_start = tl.maximum(context + first_token - window + 1, 0)
-    if NUM_SPLITS > 1:
+    if SPLIT:
         span = tl.maximum(key_end - key_start, 0)
-        per_split = tl.cdiv(tl.cdiv(span, NUM_SPLITS), BLOCK_N) * BLOCK_N
+        per_split = tl.cdiv(tl.cdiv(span, num_splits), BLOCK_N) * BLOCK_N
         key_start = key_start + split * per_split
         key_end = tl.minimum(key_end, key_start + per_split)
 
@@ -152,8 +152,8 @@ def _attention_kernel(
         acc = acc * alpha[:, None] + tl.dot(weights, v)
         m_i = m_new
 
-    if NUM_SPLITS > 1:
-        part = ((seq * NUM_KV_HEADS + kv_head) * NUM_SPLITS + split).to(tl.int64)
+    if SPLIT:
+        part = ((seq * NUM_KV_HEADS + kv_head) * num_splits + split).to(tl.int64)
         tl.store(partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :], acc)
         tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i)
         tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i)
@@ -168,25 +168,25 @@ def _attention_kernel(
 
 @triton.jit
 def _merge_splits_kernel(
-    partial_acc_ptr, partial_stats_ptr, out_ptr, stride_or, stride_oh,
+    partial_acc_ptr, partial_stats_ptr, out_ptr, stride_or, stride_oh, num_splits,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    UNIFORM_Q: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one program."""
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     rows = tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
-    first = ((seq * NUM_KV_HEADS + kv_head) * NUM_SPLITS).to(tl.int64)
+    first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
     m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for split in range(NUM_SPLITS):
+    for split in range(num_splits):
         m_max = tl.maximum(
             m_max, tl.load(partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows)
         )
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for split in range(NUM_SPLITS):
+    for split in range(num_splits):
         part = first + split
         weight = tl.exp2(tl.load(partial_stats_ptr + (part * 2) * BLOCK_M + rows) - m_use)
         total += weight * tl.load(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows)
@@ -269,10 +269,10 @@ def _launch(
         query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
         kv_cache.stride(0), block_table.stride(0),
         num_seqs, query_rows.shape[0], float(scale),
-        float(logit_softcap or 1.0), int(sliding_window or 0),
+        float(logit_softcap or 1.0), int(sliding_window or 0), num_splits,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=tuning["lookup"],
-        TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, NUM_SPLITS=num_splits,
+        TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
         num_stages=tuning["num_stages"],
@@ -280,8 +280,8 @@ def _launch(
     if num_splits > 1:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
             partial_acc, partial_stats, out_rows, out_rows.stride(0), out_rows.stride(1),
-            GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, D=layout.head_dim, BLOCK_M=block_m,
-            UNIFORM_Q=uniform_q, NUM_SPLITS=num_splits,
+            num_splits, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, D=layout.head_dim,
+            BLOCK_M=block_m, UNIFORM_Q=uniform_q,
         )  # fmt: skip
 
 
