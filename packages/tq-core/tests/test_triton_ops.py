@@ -15,7 +15,7 @@ import torch
 
 from paged_scenario import build_paged_batch, relative_error
 from tq_core import TQCodec, ops
-from tq_core.errors import TQConfigError
+from tq_core.errors import TQConfigError, TQInputError
 from tq_core.ops import reference
 
 pytest.importorskip("triton")
@@ -166,7 +166,9 @@ def test_decode_window_softcap_and_half_queries(
     assert relative_error(actual.float().cpu(), expected) < TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("block_m", [16, 64])
+@pytest.mark.parametrize(
+    ("method", "block_m"), [("inline", 16), ("inline", 64), ("decompress", None)]
+)
 @pytest.mark.parametrize(
     ("codec_spec", "num_q_heads", "num_kv_heads", "sliding_window", "logit_softcap"),
     [
@@ -178,7 +180,7 @@ def test_decode_window_softcap_and_half_queries(
     ],
 )
 def test_prefill_matches_the_reference(
-    codec_spec, num_q_heads, num_kv_heads, sliding_window, logit_softcap, block_m, generator
+    codec_spec, num_q_heads, num_kv_heads, sliding_window, logit_softcap, method, block_m, generator
 ):
     seq_lens = [60, 13, 90]
     query_lens = [60, 5, 31]  # a whole prompt, then chunks after cached context
@@ -194,10 +196,15 @@ def test_prefill_matches_the_reference(
         **kwargs,
     )  # fmt: skip
     out = torch.full(query.shape, float("nan"), device=DEVICE)
-    triton_attention.prefill_attention(
+    args = (
         query.to(DEVICE), dev["kv_cache"], dev["block_table"], starts.to(DEVICE),
-        dev["seq_lens"], batch.layout, scale, out=out, block_m=block_m, **kwargs,
+        dev["seq_lens"], batch.layout, scale,
     )  # fmt: skip
+    if method == "decompress" and (sliding_window or logit_softcap):
+        with pytest.raises(TQInputError, match="no sliding window or soft-cap"):
+            triton_attention.prefill_attention(*args, out=out, method=method, **kwargs)
+        return
+    triton_attention.prefill_attention(*args, out=out, method=method, block_m=block_m, **kwargs)
     assert not out.isnan().any()
     assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
     assert torch.equal(out[-4:].cpu(), torch.zeros(4, num_q_heads, head_dim))
@@ -245,7 +252,15 @@ def test_every_op_captures_in_a_cuda_graph_and_replays_like_eager(generator):
             decode_q, cache, block_table, seq_lens, layout, 0.088, out=decode_out
         )
         triton_attention.prefill_attention(
-            prefill_q, cache, block_table, starts, seq_lens, layout, 0.088, out=prefill_out
+            prefill_q,
+            cache,
+            block_table,
+            starts,
+            seq_lens,
+            layout,
+            0.088,
+            out=prefill_out,
+            method="inline",  # "auto" would decompress when eager, a different summation order
         )
 
     stream = torch.cuda.Stream()

@@ -16,13 +16,15 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 import triton
 import triton.language as tl
+from torch.nn.attention.bias import causal_lower_right
 
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
-from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import dequantize, load_field
+from tq_core.ops import triton_decompress, triton_layout, validation
+from tq_core.ops.triton_common import dequantize, load_field, nibble_pair_lookup
 
 _LOG2E = 1.4426950408889634
 
@@ -53,6 +55,13 @@ def _attention_kernel(
     # Triton 3.6's interpreter, which runs these kernels in CI, gets bf16 products wrong.
     K_DOT: tl.constexpr = tl.float32 if K_BITS == 16 else tl.float16
     V_DOT: tl.constexpr = tl.float32 if V_BITS == 16 else tl.float16
+    # 4-bit fields (K4, V4) skip re-interleaving the nibbles: the low nibbles are the even
+    # dimensions, the high ones the odd, so each half multiplies the matching half of the query
+    # (keys) or fills half of the output (values), and one table load per byte dequantizes
+    # both (the k/v_cent_ptr tables are then nibble pairs). Other widths unpack fully.
+    K_PAIRS: tl.constexpr = K_BITS == 4
+    V_PAIRS: tl.constexpr = V_BITS == 4
+    HALF: tl.constexpr = D // 2
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     if SPLIT:
@@ -89,8 +98,25 @@ def _attention_kernel(
     context = seq_len - query_len  # keys before the first new token
     query_pos = context + token
     q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
-    q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
-    q = q.to(K_DOT)
+    if K_PAIRS:
+        even = 2 * tl.arange(0, HALF)
+        q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
+        q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
+        q_a = q_a.to(K_DOT)
+        q_b = q_b.to(K_DOT)
+    else:
+        q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
+        q_a = q_a.to(K_DOT)
+        q_b = q_a
+    if V_PAIRS:
+        out_dims_a = 2 * tl.arange(0, HALF)
+        out_dims_b = out_dims_a + 1
+        acc_a = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)
+    else:
+        out_dims_a = dims
+        out_dims_b = 2 * tl.arange(0, HALF) + 1  # unused
+        acc_a = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    acc_b = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)  # used by V_PAIRS only
 
     key_end = tl.minimum(seq_len, context + tl.minimum(first_token + TOKENS_PER_TILE, query_len))
     key_start = 0
@@ -104,7 +130,6 @@ def _attention_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     kv_slot_base = kv_head * BLOCK_SIZE
     for tile_start in range(key_start, key_end, BLOCK_N):
         pos = tile_start + tl.arange(0, BLOCK_N)
@@ -126,11 +151,16 @@ def _attention_kernel(
             cache_ptr, page_base, slot, pos_ok, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
             V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
-        k = dequantize(
-            k0, k1, k2, k_cent_ptr, D, K_BITS, K_P0_W, K_P0_SHIFT, K_P1_W, K_P1_SHIFT, K_P2_W,
-            K_P2_SHIFT, K_DOT, LOOKUP,
-        )  # fmt: skip
-        scores = tl.dot(q, tl.trans(k)) * (k_norm * scale)[None, :]
+        if K_PAIRS:
+            k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
+            scores = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
+        else:
+            k = dequantize(
+                k0, k1, k2, k_cent_ptr, D, K_BITS, K_P0_W, K_P0_SHIFT, K_P1_W, K_P1_SHIFT,
+                K_P2_W, K_P2_SHIFT, K_DOT, LOOKUP,
+            )  # fmt: skip
+            scores = tl.dot(q_a, tl.trans(k))
+        scores = scores * (k_norm * scale)[None, :]
         if HAS_SOFTCAP:
             # softcap * tanh(s / softcap), with tanh from exp (no libdevice in the interpreter).
             scores = softcap * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap) + 1.0))
@@ -144,26 +174,35 @@ def _attention_kernel(
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(scores - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = dequantize(
-            v0, v1, v2, v_cent_ptr, D, V_BITS, V_P0_W, V_P0_SHIFT, V_P1_W, V_P1_SHIFT, V_P2_W,
-            V_P2_SHIFT, V_DOT, LOOKUP,
-        )  # fmt: skip
         weights = (p * v_norm[None, :]).to(V_DOT)
-        acc = acc * alpha[:, None] + tl.dot(weights, v)
+        if V_PAIRS:
+            v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
+            acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
+            acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
+        else:
+            v = dequantize(
+                v0, v1, v2, v_cent_ptr, D, V_BITS, V_P0_W, V_P0_SHIFT, V_P1_W, V_P1_SHIFT,
+                V_P2_W, V_P2_SHIFT, V_DOT, LOOKUP,
+            )  # fmt: skip
+            acc_a = tl.dot(weights, v, acc_a * alpha[:, None])
         m_i = m_new
 
     if SPLIT:
         part = ((seq * NUM_KV_HEADS + kv_head) * num_splits + split).to(tl.int64)
-        tl.store(partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :], acc)
+        acc_rows = partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D
+        tl.store(acc_rows + out_dims_a[None, :], acc_a)
+        if V_PAIRS:
+            tl.store(acc_rows + out_dims_b[None, :], acc_b)
         tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i)
         tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i)
     else:
-        result = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-        tl.store(
-            out_ptr + out_off[:, None] + dims[None, :],
-            result.to(out_ptr.dtype.element_ty),
-            mask=row_ok[:, None],
-        )
+        inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
+        out_rows = out_ptr + out_off[:, None]
+        result = (acc_a * inv_l[:, None]).to(out_ptr.dtype.element_ty)
+        tl.store(out_rows + out_dims_a[None, :], result, mask=row_ok[:, None])
+        if V_PAIRS:
+            result = (acc_b * inv_l[:, None]).to(out_ptr.dtype.element_ty)
+            tl.store(out_rows + out_dims_b[None, :], result, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -244,8 +283,10 @@ def _kernel_constants(layout: CacheLayout) -> dict:
 
 # Launch settings, per op. Kept in one dict so the benchmark's tuning mode can try others.
 TUNING = {
-    "decode": {"block_n": 32, "num_warps": 4, "num_stages": 2, "lookup": 0},
-    "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 2, "lookup": 0},
+    # From the tune suite on an H200 (benchmarks/results/kernels-tune-h200.json) and the
+    # compiler's register report: more stages only add registers to these gather-bound loops.
+    "decode": {"block_n": 64, "num_warps": 4, "num_stages": 1, "lookup": 0},
+    "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 0, "block_m": 128},
 }
 
 
@@ -264,8 +305,8 @@ def _launch(
     _attention_kernel[grid](
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
         partial_acc, partial_stats,
-        triton_layout.centroids(layout, "key", device),
-        triton_layout.centroids(layout, "value", device),
+        triton_layout.attention_table(layout, "key", device),
+        triton_layout.attention_table(layout, "value", device),
         query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
         kv_cache.stride(0), block_table.stride(0),
         num_seqs, query_rows.shape[0], float(scale),
@@ -355,12 +396,19 @@ def prefill_attention(
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
     out: torch.Tensor | None = None,
-    block_m: int = 64,
+    method: str = "auto",
+    block_m: int | None = None,
     validate: bool = False,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.prefill_attention`` (same arguments and result).
 
-    Query tiles of ``block_m`` rows (tokens x the GQA group) attend to inline-dequantized K/V.
+    Two methods. "inline": query tiles of ``block_m`` rows (tokens x the GQA group) attend to
+    K/V dequantized in registers; capturable in CUDA graphs, any window or soft-cap.
+    "decompress": each sequence's pages are decompressed to a bf16 scratch and torch's flash
+    attention runs on it; at 16K cached tokens it runs at bf16 flash speed where the inline
+    kernel is far slower (benchmarks/README.md), but it reads the batch layout on the host, so
+    it cannot be captured, and it has no window or soft-cap. "auto" picks "decompress" unless
+    a graph is being captured or a window or soft-cap is asked for.
     ``validate=True`` adds the reference's host-side checks of query_start_loc and the values.
     """
     validation.check_float("query", query, 3)
@@ -382,8 +430,19 @@ def prefill_attention(
     num_tokens, num_q_heads, _ = query.shape
     if num_tokens == 0:
         return result
+    if method not in ("auto", "inline", "decompress"):
+        raise TQInputError(f"method={method!r}; choose auto, inline or decompress")
+    plain = sliding_window is None and logit_softcap is None
+    capturing = query.is_cuda and torch.cuda.is_current_stream_capturing()
+    if method == "decompress" and not plain:
+        raise TQInputError("the decompress method has no sliding window or soft-cap")
+    if method == "decompress" or (method == "auto" and plain and not capturing):
+        _prefill_via_flash(
+            query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result
+        )
+        return result
     group = num_q_heads // layout.num_kv_heads
-    block_m = max(block_m, triton.next_power_of_2(group))
+    block_m = max(block_m or TUNING["prefill"]["block_m"], triton.next_power_of_2(group))
     tokens_per_tile = block_m // group
     # Program (num_seqs, ...) zeroes the padding rows past the last sequence.
     grid = (num_seqs + 1, layout.num_kv_heads, triton.cdiv(num_tokens, tokens_per_tile))
@@ -393,3 +452,40 @@ def prefill_attention(
         tokens_per_tile=tokens_per_tile, uniform_q=0, num_splits=1, tuning=TUNING["prefill"],
     )  # fmt: skip
     return result
+
+
+_SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    buffer = _SCRATCH.get((device, dtype))
+    if buffer is None or buffer.numel() < numel:
+        buffer = torch.empty(numel, dtype=dtype, device=device)
+        _SCRATCH[(device, dtype)] = buffer
+    return buffer
+
+
+def _prefill_via_flash(query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out):
+    """Decompress each sequence's pages into a scratch in the query's dtype, then torch SDPA
+    (flash attention for half queries) with a causal mask aligned to the sequence's end."""
+    starts = query_start_loc.tolist()
+    lengths = seq_lens.tolist()
+    num_kv, head_dim = layout.num_kv_heads, layout.head_dim
+    longest = max(lengths, default=0)
+    scratch = _scratch(query.device, query.dtype, 2 * num_kv * max(longest, 1) * head_dim)
+    keys = scratch[: num_kv * longest * head_dim].view(num_kv, longest, head_dim)
+    values = scratch[num_kv * longest * head_dim : 2 * num_kv * longest * head_dim]
+    values = values.view(num_kv, longest, head_dim)
+    for i, seq_len in enumerate(lengths):
+        start, end = starts[i], starts[i + 1]
+        if end == start or seq_len == 0:
+            continue
+        k, v = keys[:, :seq_len], values[:, :seq_len]
+        triton_decompress.gather_kv(kv_cache, block_table[i], seq_len, layout, out=(k, v))
+        q = query[start:end].transpose(0, 1).unsqueeze(0)
+        mask = causal_lower_right(end - start, seq_len)
+        attended = F.scaled_dot_product_attention(
+            q, k.unsqueeze(0), v.unsqueeze(0), attn_mask=mask, scale=scale, enable_gqa=True
+        )
+        out[start:end] = attended[0].transpose(0, 1)
+    out[starts[-1] :] = 0

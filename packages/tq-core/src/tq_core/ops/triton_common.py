@@ -114,6 +114,13 @@ def dequantize(
         codes = codes | (unpack_plane(plane1, P1_W, D) << P1_SHIFT)
     if P2_W > 0:
         codes = codes | (unpack_plane(plane2, P2_W, D) << P2_SHIFT)
+    return lookup(codes, centroids_ptr, BITS, DOT_DTYPE, LOOKUP)
+
+
+@triton.jit
+def lookup(codes, centroids_ptr, BITS: tl.constexpr, DOT_DTYPE: tl.constexpr, LOOKUP: tl.constexpr):
+    """Centroid values of int codes [rows, cols]. LOOKUP 0 reads the table through the L1
+    cache (no layout constraint); 1 gathers from a register copy of the table."""
     if LOOKUP == 1:
         TABLE: tl.constexpr = 1 << BITS
         table = tl.load(centroids_ptr + tl.arange(0, TABLE))
@@ -142,3 +149,17 @@ def load_vectors(
         P2_SHIFT, DOT_DTYPE,
     )  # fmt: skip
     return vectors, norms
+
+
+@triton.jit
+def nibble_pair_lookup(raw, pair_table_ptr):
+    """fp16 centroids of both nibbles of every byte of a 4-bit plane, with one load per byte:
+    (low nibbles = even dimensions, high nibbles = odd dimensions), each [rows, bytes].
+
+    ``pair_table_ptr``: int32 [256], entry b = fp16 bits of c[b & 15] | those of c[b >> 4] << 16
+    (triton_layout.nibble_pair_table).
+    """
+    words = tl.load(pair_table_ptr + raw.to(tl.int32))
+    low = (words & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    high = ((words >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
+    return low, high

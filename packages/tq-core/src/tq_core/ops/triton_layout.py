@@ -57,6 +57,31 @@ def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.T
     return codebook_tensors(layout.head_dim, fmt.mse_bits, device)[0]
 
 
+_PAIR_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
+    """int32 [256]: entry b packs the fp16 centroids of both 4-bit codes of byte b (low nibble
+    in the low half), so a kernel dequantizes two coordinates with one table load."""
+    key = (head_dim, torch.device(device))
+    if key not in _PAIR_TABLES:
+        half = codebook_tensors(head_dim, 4, "cpu")[0].to(torch.float16).view(torch.int16)
+        byte = torch.arange(256)
+        low = half[byte & 15].to(torch.int32) & 0xFFFF
+        high = half[byte >> 4].to(torch.int32) & 0xFFFF
+        _PAIR_TABLES[key] = (low | (high << 16)).to(torch.int32).to(device)
+    return _PAIR_TABLES[key]
+
+
+def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    """The table the attention kernel reads for K or V: nibble pairs for a 4-bit field,
+    centroids otherwise."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    if fmt.compressed and fmt.mse_bits == 4:
+        return nibble_pair_table(layout.head_dim, device)
+    return centroids(layout, tensor, device)
+
+
 def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
     fmt = layout.key_format if tensor == "key" else layout.value_format
     if not fmt.compressed:
