@@ -45,7 +45,10 @@ BLOCK_SIZE = 16
 
 def _suite(name: str) -> dict:
     if name == "tune":
-        return {"tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 16384), ("llama3-8b", 32, 32768)]}
+        return {
+            "tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 16384), ("llama3-8b", 32, 32768)],
+            "tune_store": [2048, 65536],
+        }
     if name == "smoke":
         return {
             "decode": [("llama3-8b", b, c, (4, 4)) for b, c in [(1, 1024), (8, 16384)]],
@@ -259,7 +262,7 @@ def peer_decode_rows(batch, context, copy_gbps) -> list[dict]:
     return _finish(rows, copy_gbps)
 
 
-def store_rows(num_tokens, copy_gbps) -> list[dict]:
+def store_rows(num_tokens, copy_gbps, *, with_peers=True) -> list[dict]:
     _, num_kv, head_dim = MODELS["llama3-8b"]
     layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, BLOCK_SIZE)
     nbytes = num_tokens * (num_kv * head_dim * 2 * 2 + layout.packed_bytes_per_token + 8)
@@ -278,7 +281,7 @@ def store_rows(num_tokens, copy_gbps) -> list[dict]:
     try:
         import peers
 
-        for peer in peers.encode_peers():
+        for peer in peers.encode_peers() if with_peers else []:
             try:
                 fn, peer_bytes = peers.setup_encode(peer, num_tokens, num_kv, head_dim, "cuda")
                 ms, how = time_calls([fn])
@@ -364,6 +367,24 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
     return rows
 
 
+def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
+    saved = dict(triton_store.TUNING)
+    rows = []
+    for block_rows in (16, 32, 64):
+        for num_warps in (2, 4, 8):
+            triton_store.TUNING.update(block_rows=block_rows, num_warps=num_warps)
+            try:
+                row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
+            except Exception as error:  # a setting that fails to compile is skipped
+                print(f"  store {block_rows}/{num_warps}: {type(error).__name__} {str(error)[:80]}")
+                continue
+            row["impl"] = f"tq K4V4 store block_rows={block_rows} num_warps={num_warps}"
+            print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
+            rows.append(row)
+    triton_store.TUNING.update(saved)
+    return rows
+
+
 # -- reporting ----------------------------------------------------------------------------------
 
 
@@ -435,6 +456,8 @@ def main() -> None:
                 rows += store_rows(case, copy_gbps)
             elif section == "prefill":
                 rows += prefill_rows(*case, copy_gbps)
+            elif section == "tune_store":
+                rows += tune_store_rows(case, copy_gbps)
             elif section == "tune":
                 rows += tune_rows(*case, copy_gbps)
             elif section == "peers":

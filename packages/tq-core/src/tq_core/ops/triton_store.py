@@ -23,7 +23,8 @@ from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
-_BLOCK_ROWS = 32
+# Launch settings; the benchmark's tune suite tries others.
+TUNING = {"block_rows": 32, "num_warps": 4}
 
 
 @triton.jit
@@ -182,7 +183,7 @@ def store(
         return
     head_dim = layout.head_dim
     device = key.device
-    grid = (triton.cdiv(num_rows, _BLOCK_ROWS), 2)
+    grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
@@ -193,8 +194,8 @@ def store(
         triton_layout.boundaries(layout, "value", device),
         kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim),
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim, CHUNK=64,
-        BLOCK_T=_BLOCK_ROWS, X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
+        BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction),
         **triton_layout.field_constants(layout, "key", "K_"),
-        **triton_layout.field_constants(layout, "value", "V_"),
+        **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
