@@ -76,24 +76,31 @@ def load_field(
     Loading is separate from decoding so a kernel can issue every load of a tile (K and V) before
     the arithmetic that waits for them.
     """
+    # One exit: Triton's compiler still compiles the code after a return inside a compile-time
+    # branch (the interpreter does not), so an early return breaks only the GPU build.
+    plane1 = 0
+    plane2 = 0
     if BITS == 16:
         ptr = (cache_ptr + NORM_OFF + page_base[:, None] + slot[:, None] * (2 * D)).to(
             tl.pointer_type(tl.bfloat16)
         )
         plane0 = tl.load(ptr + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
-        return plane0, 0, 0, tl.where(mask, 1.0, 0.0)
-    plane0 = load_plane(cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D)
-    plane1 = 0
-    plane2 = 0
-    if P1_W > 0:
-        plane1 = load_plane(cache_ptr + P1_OFF, page_base + slot * (D * P1_W // 8), mask, P1_W, D)
-    if P2_W > 0:
-        plane2 = load_plane(cache_ptr + P2_OFF, page_base + slot * (D * P2_W // 8), mask, P2_W, D)
-    if NORM_F16:
-        ptr = (cache_ptr + NORM_OFF + page_base + slot * 2).to(tl.pointer_type(tl.float16))
+        norms = tl.where(mask, 1.0, 0.0)
     else:
-        ptr = (cache_ptr + NORM_OFF + page_base + slot * 4).to(tl.pointer_type(tl.float32))
-    norms = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
+        plane0 = load_plane(cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D)
+        if P1_W > 0:
+            plane1 = load_plane(
+                cache_ptr + P1_OFF, page_base + slot * (D * P1_W // 8), mask, P1_W, D
+            )
+        if P2_W > 0:
+            plane2 = load_plane(
+                cache_ptr + P2_OFF, page_base + slot * (D * P2_W // 8), mask, P2_W, D
+            )
+        if NORM_F16:
+            ptr = (cache_ptr + NORM_OFF + page_base + slot * 2).to(tl.pointer_type(tl.float16))
+        else:
+            ptr = (cache_ptr + NORM_OFF + page_base + slot * 4).to(tl.pointer_type(tl.float32))
+        norms = tl.load(ptr, mask=mask, other=0.0).to(tl.float32)
     return plane0, plane1, plane2, norms
 
 
@@ -107,14 +114,16 @@ def dequantize(
     """Unit vectors [rows, D] in DOT_DTYPE from the planes of :func:`load_field` (the norm stays
     apart, so callers fold it into scores or softmax weights: one multiply per token instead of
     per element). LOOKUP 0 reads centroids through the L1 cache, 1 gathers from registers."""
-    if BITS == 16:
-        return plane0.to(DOT_DTYPE)
-    codes = unpack_plane(plane0, P0_W, D) << P0_SHIFT
-    if P1_W > 0:
-        codes = codes | (unpack_plane(plane1, P1_W, D) << P1_SHIFT)
-    if P2_W > 0:
-        codes = codes | (unpack_plane(plane2, P2_W, D) << P2_SHIFT)
-    return lookup(codes, centroids_ptr, BITS, DOT_DTYPE, LOOKUP)
+    if BITS == 16:  # one exit: see load_field
+        vectors = plane0.to(DOT_DTYPE)
+    else:
+        codes = unpack_plane(plane0, P0_W, D) << P0_SHIFT
+        if P1_W > 0:
+            codes = codes | (unpack_plane(plane1, P1_W, D) << P1_SHIFT)
+        if P2_W > 0:
+            codes = codes | (unpack_plane(plane2, P2_W, D) << P2_SHIFT)
+        vectors = lookup(codes, centroids_ptr, BITS, DOT_DTYPE, LOOKUP)
+    return vectors
 
 
 @triton.jit
