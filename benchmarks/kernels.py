@@ -49,6 +49,9 @@ def _suite(name: str) -> dict:
             "tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 16384), ("llama3-8b", 32, 32768)],
             "tune_store": [2048, 65536],
         }
+    if name == "rotation":
+        shapes = [(1, 1024), (8, 1024), (8, 16384), (32, 32768)]
+        return {"decode": [("llama3-8b", b, c, (4, 4)) for b, c in shapes]}
     if name == "smoke":
         return {
             "decode": [("llama3-8b", b, c, (4, 4)) for b, c in [(1, 1024), (8, 16384)]],
@@ -176,13 +179,17 @@ def decode_rows(
     ]
     out = torch.empty_like(queries[0])
 
-    def ours(i, rotated=True):
+    def ours(i, rotations):
+        """rotations: "none" (query pre-rotated), "torch" (two GEMMs around the op) or
+        "fused" (rotate=True: inside the kernels). Adapters need one of the last two."""
+
         def call():
-            q = queries[i] if rotated else rotate(queries[i], 0)
+            q = rotate(queries[i], 0) if rotations == "torch" else queries[i]
             triton_attention.decode_attention(
-                q, caches[i], block_table, seq_lens, layout, scale, out=out
-            )
-            if not rotated:
+                q, caches[i], block_table, seq_lens, layout, scale, out=out,
+                rotate=rotations == "fused",
+            )  # fmt: skip
+            if rotations == "torch":
                 unrotate(out, 0)
 
         return call
@@ -190,9 +197,13 @@ def decode_rows(
     base = {"op": "decode", "model": model, "batch": batch, "context": context}
     label = f"K{bits[0]}V{bits[1]}"
     rows = []
-    variants = [(f"tq {label}", True), (f"tq {label} +rotations", False)]
-    for name, rotated in variants[: 2 if with_rotations else 1]:
-        ms, how = time_calls([ours(i, rotated) for i in range(copies)])
+    variants = [
+        (f"tq {label}", "none"),
+        (f"tq {label} +rotations", "torch"),
+        (f"tq {label} rotate=True", "fused"),
+    ]
+    for name, rotations in variants[: 3 if with_rotations else 1]:
+        ms, how = time_calls([ours(i, rotations) for i in range(copies)])
         rows.append({**base, "impl": name, "bits": label, "ms": ms, "timing": how, "bytes": packed})
     caches.clear()  # free the copies before the bf16 tensors arrive
     if with_bf16:
@@ -431,7 +442,7 @@ def markdown(rows: list[dict], copy_gbps: float, env: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--suite", choices=("smoke", "full", "tune"), default="full")
+    parser.add_argument("--suite", choices=("smoke", "full", "tune", "rotation"), default="full")
     parser.add_argument("--out", required=True, help="path prefix for .json and .md")
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
     parser.add_argument(

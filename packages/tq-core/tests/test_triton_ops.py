@@ -166,6 +166,24 @@ def test_decode_window_softcap_and_half_queries(
     assert relative_error(actual.float().cpu(), expected) < TOLERANCE[dtype]
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("codec_spec", [CODECS[0], CODECS[1], CODECS[5], CODECS[6]])
+def test_decode_rotates_query_and_output_inside_the_kernel(codec_spec, num_splits, generator):
+    """rotate=True takes the query in the original domain and returns the output there: the
+    same as rotating outside and calling the reference (the ops' contract)."""
+    batch, dev = _batch(codec_spec, [70, 33], 2, 16, generator)
+    head_dim = codec_spec[0]
+    query = torch.randn(2, 2, 8, head_dim, generator=generator) * 3
+    expected = reference.decode_attention(
+        query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1, rotate=True
+    )
+    actual = triton_attention.decode_attention(
+        query.to(DEVICE, torch.bfloat16), dev["kv_cache"], dev["block_table"], dev["seq_lens"],
+        batch.layout, 0.1, rotate=True, num_splits=num_splits,
+    )  # fmt: skip
+    assert relative_error(actual.float().cpu(), expected) < TOLERANCE[torch.bfloat16]
+
+
 @pytest.mark.parametrize(
     ("method", "block_m"), [("inline", 16), ("inline", 64), ("decompress", None)]
 )

@@ -21,6 +21,7 @@ import torch
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import validation
+from tq_core.rotation import rotate_query, unrotate_output
 
 
 def _region_view(kv_cache: torch.Tensor, layout: CacheLayout, region) -> torch.Tensor:
@@ -194,6 +195,7 @@ def decode_attention(
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
     out: torch.Tensor | None = None,
+    rotate: bool = False,
 ) -> torch.Tensor:
     """Decode attention: every sequence has the same number (1-8) of new query tokens.
 
@@ -202,7 +204,16 @@ def decode_attention(
     block_table: int [num_seqs, max_blocks]; seq_lens: int [num_seqs] (new tokens included;
     0 marks a padding sequence, whose output is zeros).
     Returns (or fills ``out``) [num_seqs, num_query_tokens, num_q_heads, head_dim], rotated.
+    ``rotate=True``: query and output are in the original domain instead (the op applies
+    ``rotate_query`` and ``unrotate_output``; the Triton kernels fuse both).
     """
+    if rotate:
+        rotated = decode_attention(
+            rotate_query(query, layout.codec.seed), kv_cache, block_table, seq_lens, layout,
+            scale, sliding_window=sliding_window, logit_softcap=logit_softcap,
+        )  # fmt: skip
+        result = unrotate_output(rotated, layout.codec.seed)
+        return result if out is None else out.copy_(result)
     validation.check_float("query", query, 4)
     num_seqs, num_query_tokens = query.shape[:2]
     if not 1 <= num_query_tokens <= 8:

@@ -24,7 +24,7 @@ from torch.nn.attention.bias import causal_lower_right
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_decompress, triton_layout, validation
-from tq_core.ops.triton_common import dequantize, load_field, nibble_pair_lookup
+from tq_core.ops.triton_common import dequantize, load_field, nibble_pair_lookup, times_signs
 
 _LOG2E = 1.4426950408889634
 
@@ -32,13 +32,14 @@ _LOG2E = 1.4426950408889634
 @triton.jit
 def _attention_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
-    partial_acc_ptr, partial_stats_ptr, k_cent_ptr, v_cent_ptr,
+    partial_acc_ptr, partial_stats_ptr, k_cent_ptr, v_cent_ptr, signs_ptr,
     stride_qr, stride_qh, stride_or, stride_oh, stride_page, stride_bt,
-    num_seqs, num_rows, scale, softcap, window, num_splits,
+    num_seqs, num_rows, scale, softcap, window, num_splits, inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
+    ROTATE: tl.constexpr,
     K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
@@ -98,8 +99,19 @@ def _attention_kernel(
     context = seq_len - query_len  # keys before the first new token
     query_pos = context + token
     q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
-    if K_PAIRS:
-        even = 2 * tl.arange(0, HALF)
+    even = 2 * tl.arange(0, HALF)
+    if ROTATE:
+        # The query arrives in the original domain: rotate it here (R q = q @ S / sqrt(D)),
+        # straight into the column order the key tiles need.
+        q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
+        q = q.to(tl.float32)
+        if K_PAIRS:
+            q_a = (times_signs(q, signs_ptr, dims, even, D, False) * inv_sqrt_d).to(K_DOT)
+            q_b = (times_signs(q, signs_ptr, dims, even + 1, D, False) * inv_sqrt_d).to(K_DOT)
+        else:
+            q_a = (times_signs(q, signs_ptr, dims, dims, D, False) * inv_sqrt_d).to(K_DOT)
+            q_b = q_a
+    elif K_PAIRS:
         q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
         q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
         q_a = q_a.to(K_DOT)
@@ -198,18 +210,29 @@ def _attention_kernel(
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
         out_rows = out_ptr + out_off[:, None]
-        result = (acc_a * inv_l[:, None]).to(out_ptr.dtype.element_ty)
-        tl.store(out_rows + out_dims_a[None, :], result, mask=row_ok[:, None])
-        if V_PAIRS:
-            result = (acc_b * inv_l[:, None]).to(out_ptr.dtype.element_ty)
-            tl.store(out_rows + out_dims_b[None, :], result, mask=row_ok[:, None])
+        if ROTATE:
+            # Back to the original domain: out = acc @ S^T / sqrt(D), rows of S^T matching the
+            # accumulator's columns.
+            result = times_signs(acc_a * inv_l[:, None], signs_ptr, out_dims_a, dims, D, True)
+            if V_PAIRS:
+                part_b = acc_b * inv_l[:, None]
+                result += times_signs(part_b, signs_ptr, out_dims_b, dims, D, True)
+            result = (result * inv_sqrt_d).to(out_ptr.dtype.element_ty)
+            tl.store(out_rows + dims[None, :], result, mask=row_ok[:, None])
+        else:
+            result = (acc_a * inv_l[:, None]).to(out_ptr.dtype.element_ty)
+            tl.store(out_rows + out_dims_a[None, :], result, mask=row_ok[:, None])
+            if V_PAIRS:
+                result = (acc_b * inv_l[:, None]).to(out_ptr.dtype.element_ty)
+                tl.store(out_rows + out_dims_b[None, :], result, mask=row_ok[:, None])
 
 
 @triton.jit
 def _merge_splits_kernel(
-    partial_acc_ptr, partial_stats_ptr, out_ptr, stride_or, stride_oh, num_splits,
+    partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
+    inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, ROTATE: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one program."""
     seq = tl.program_id(0)
@@ -232,6 +255,8 @@ def _merge_splits_kernel(
         partial = tl.load(partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :])
         acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
+    if ROTATE:
+        result = times_signs(result, signs_ptr, dims, dims, D, True) * inv_sqrt_d
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
     out_off = (seq * UNIFORM_Q + token).to(tl.int64) * stride_or + heads * stride_oh
@@ -293,26 +318,29 @@ TUNING = {
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
-    tuning,
+    tuning, rotate=False,
 ):  # fmt: skip
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
     partials = num_seqs * layout.num_kv_heads * num_splits * block_m if num_splits > 1 else 0
     workspace = _workspace(device, max(1, partials * (layout.head_dim + 2)))
+    signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
+    inv_sqrt_d = layout.head_dim**-0.5
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
     _attention_kernel[grid](
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
         partial_acc, partial_stats,
         triton_layout.attention_table(layout, "key", device),
-        triton_layout.attention_table(layout, "value", device),
+        triton_layout.attention_table(layout, "value", device), signs,
         query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
         kv_cache.stride(0), block_table.stride(0),
         num_seqs, query_rows.shape[0], float(scale),
-        float(logit_softcap or 1.0), int(sliding_window or 0), num_splits,
+        float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=tuning["lookup"],
+        ROTATE=rotate,
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
@@ -320,9 +348,9 @@ def _launch(
     )  # fmt: skip
     if num_splits > 1:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
-            partial_acc, partial_stats, out_rows, out_rows.stride(0), out_rows.stride(1),
-            num_splits, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, D=layout.head_dim,
-            BLOCK_M=block_m, UNIFORM_Q=uniform_q,
+            partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
+            num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
+            D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, ROTATE=rotate,
         )  # fmt: skip
 
 
@@ -346,12 +374,15 @@ def decode_attention(
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
     out: torch.Tensor | None = None,
+    rotate: bool = False,
     num_splits: int | None = None,
     validate: bool = False,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.decode_attention`` (same arguments and result).
 
-    ``num_splits`` overrides the split-K count (a shape-only heuristic by default);
+    ``rotate=True`` (query and output in the original domain) rotates the query and rotates the
+    output back inside the kernels, instead of two separate GEMM launches. ``num_splits``
+    overrides the split-K count (a shape-only heuristic by default);
     ``validate=True`` adds the reference's host-side value checks (not capturable).
     """
     validation.check_float("query", query, 4)
@@ -379,7 +410,7 @@ def decode_attention(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
-        num_splits=splits, tuning=TUNING["decode"],
+        num_splits=splits, tuning=TUNING["decode"], rotate=rotate,
     )  # fmt: skip
     return result
 

@@ -172,3 +172,17 @@ def nibble_pair_lookup(raw, pair_table_ptr):
     low = (words & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
     high = ((words >> 16) & 0xFFFF).to(tl.uint16).to(tl.float16, bitcast=True)
     return low, high
+
+
+@triton.jit
+def times_signs(x, signs_ptr, rows, cols, D: tl.constexpr, TRANSPOSE: tl.constexpr):
+    """x (float32 [M, len(rows)]) @ S[rows, cols] (or S^T[rows, cols] with TRANSPOSE) for the
+    exact +-1 fp16 matrix S [D, D] of triton_layout.sign_hadamard: x is split into two fp16
+    parts, so the products are exact and only the fp32 sums round."""
+    if TRANSPOSE:
+        signs = tl.load(signs_ptr + cols[None, :] * D + rows[:, None])
+    else:
+        signs = tl.load(signs_ptr + rows[:, None] * D + cols[None, :])
+    high = x.to(tl.float16)
+    low = (x - high.to(tl.float32)).to(tl.float16)
+    return tl.dot(low, signs, tl.dot(high, signs))
