@@ -47,7 +47,7 @@ def _suite(name: str) -> dict:
     if name == "tune":
         return {
             "tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 16384), ("llama3-8b", 32, 32768)],
-            "tune_store": [],
+            "tune_store": [2048, 65536],
         }
     if name == "rotation":
         shapes = [(1, 1024), (8, 1024), (8, 16384), (32, 32768)]
@@ -357,10 +357,10 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
     """Decode K4V4 under every launch setting in the grid below (the kernel's TUNING knobs)."""
     saved = dict(triton_attention.TUNING["decode"])
     rows = []
-    for block_n in (64, 128):
+    for block_n in (32, 64):
         for num_warps in (4, 8):
-            for num_stages in (1,):
-                for lookup in (0, 2):
+            for num_stages in (1, 2, 3):
+                for lookup in (0, 1):
                     setting = {"block_n": block_n, "num_warps": num_warps,
                                "num_stages": num_stages, "lookup": lookup}  # fmt: skip
                     triton_attention.TUNING["decode"] = setting

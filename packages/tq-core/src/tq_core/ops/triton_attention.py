@@ -58,9 +58,8 @@ def _attention_kernel(
     V_DOT: tl.constexpr = tl.float32 if V_BITS == 16 else tl.float16
     # 4-bit fields (K4, V4) skip re-interleaving the nibbles: the low nibbles are the even
     # dimensions, the high ones the odd, so each half multiplies the matching half of the query
-    # (keys) or fills half of the output (values). LOOKUP 0: one load per byte from a 256-entry
-    # table of nibble pairs; 2: one load per nibble from the 16 fp16 centroids (one sector, so
-    # a warp's loads never spread over several cache lines). Other widths unpack fully.
+    # (keys) or fills half of the output (values), and one table load per byte dequantizes
+    # both (the k/v_cent_ptr tables are then nibble pairs). Other widths unpack fully.
     K_PAIRS: tl.constexpr = K_BITS == 4
     V_PAIRS: tl.constexpr = V_BITS == 4
     HALF: tl.constexpr = D // 2
@@ -165,11 +164,7 @@ def _attention_kernel(
             V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
         if K_PAIRS:
-            if LOOKUP == 2:  # a 16-entry fp16 table: one 32-byte sector, per nibble
-                k_a = tl.load(k_cent_ptr + (k0 & 15))
-                k_b = tl.load(k_cent_ptr + (k0 >> 4))
-            else:
-                k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
+            k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
             scores = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
         else:
             k = dequantize(
@@ -193,11 +188,7 @@ def _attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         weights = (p * v_norm[None, :]).to(V_DOT)
         if V_PAIRS:
-            if LOOKUP == 2:
-                v_a = tl.load(v_cent_ptr + (v0 & 15))
-                v_b = tl.load(v_cent_ptr + (v0 >> 4))
-            else:
-                v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
+            v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
             acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
             acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
         else:
@@ -341,8 +332,8 @@ def _launch(
     _attention_kernel[grid](
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
         partial_acc, partial_stats,
-        triton_layout.attention_table(layout, "key", device, tuning["lookup"]),
-        triton_layout.attention_table(layout, "value", device, tuning["lookup"]), signs,
+        triton_layout.attention_table(layout, "key", device),
+        triton_layout.attention_table(layout, "value", device), signs,
         query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
         kv_cache.stride(0), block_table.stride(0),
         num_seqs, query_rows.shape[0], float(scale),

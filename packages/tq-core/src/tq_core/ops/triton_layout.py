@@ -73,16 +73,12 @@ def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
     return _PAIR_TABLES[key]
 
 
-def attention_table(
-    layout: CacheLayout, tensor: str, device: torch.device, lookup: int = 0
-) -> torch.Tensor:
-    """The table the attention kernel reads for K or V: for a 4-bit field, nibble pairs
-    (lookup 0) or the fp16 centroids (lookup 2); float32 centroids otherwise."""
+def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    """The table the attention kernel reads for K or V: nibble pairs for a 4-bit field,
+    centroids otherwise."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
-    if fmt.compressed and fmt.mse_bits == 4 and lookup == 0:
+    if fmt.compressed and fmt.mse_bits == 4:
         return nibble_pair_table(layout.head_dim, device)
-    if fmt.compressed and fmt.mse_bits == 4 and lookup == 2:
-        return centroids(layout, tensor, device).to(torch.float16)
     return centroids(layout, tensor, device)
 
 
