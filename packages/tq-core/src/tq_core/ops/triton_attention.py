@@ -308,9 +308,9 @@ def _kernel_constants(layout: CacheLayout) -> dict:
 
 # Launch settings, per op. Kept in one dict so the benchmark's tuning mode can try others.
 TUNING = {
-    # From the tune suite on an H200 (benchmarks/results/kernels-tune-h200.json) and the
+    # From the tune suites on an H200 (benchmarks/results/kernels-tune-h200*.json) and the
     # compiler's register report: more stages only add registers to these gather-bound loops.
-    "decode": {"block_n": 64, "num_warps": 4, "num_stages": 1, "lookup": 0},
+    "decode": {"block_n": 128, "num_warps": 4, "num_stages": 1, "lookup": 0},
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 0, "block_m": 128},
 }
 
