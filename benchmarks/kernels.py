@@ -381,17 +381,21 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
 def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     saved = dict(triton_store.TUNING)
     rows = []
-    for block_rows in (16, 32, 64):
-        for num_warps in (2, 4, 8):
-            triton_store.TUNING.update(block_rows=block_rows, num_warps=num_warps)
-            try:
-                row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
-            except Exception as error:  # a setting that fails to compile is skipped
-                print(f"  store {block_rows}/{num_warps}: {type(error).__name__} {str(error)[:80]}")
-                continue
-            row["impl"] = f"tq K4V4 store block_rows={block_rows} num_warps={num_warps}"
-            print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
-            rows.append(row)
+    settings = [(16, 2, 1), (16, 2, 8), (16, 4, 4), (16, 4, 8), (16, 4, 16), (32, 4, 4)]
+    for block_rows, num_warps, row_blocks in settings:
+        triton_store.TUNING.update(
+            block_rows=block_rows, num_warps=num_warps, row_blocks=row_blocks
+        )
+        try:
+            row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
+        except Exception as error:  # a setting that fails to compile is skipped
+            print(f"  store {block_rows}/{num_warps}: {type(error).__name__} {str(error)[:80]}")
+            continue
+        row["impl"] = (
+            f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} row_blocks={row_blocks}"
+        )
+        print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
+        rows.append(row)
     triton_store.TUNING.update(saved)
     return rows
 
