@@ -391,9 +391,7 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
         except Exception as error:  # a setting that fails to compile is skipped
             print(f"  store {block_rows}/{num_warps}: {type(error).__name__} {str(error)[:80]}")
             continue
-        row["impl"] = (
-            f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} row_blocks={row_blocks}"
-        )
+        row["impl"] = f"tq K4V4 store block_rows={block_rows} num_warps={num_warps}"
         print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
         rows.append(row)
     triton_store.TUNING.update(saved)

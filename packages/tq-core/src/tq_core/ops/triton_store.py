@@ -23,8 +23,9 @@ from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
-# Launch settings; the benchmark's tune suite tries others.
-TUNING = {"block_rows": 16, "num_warps": 2, "row_blocks": 8}
+# Launch settings from the tune suite on an H200 (benchmarks/results/kernels-tune-h200*.json;
+# loading the rotation matrix once for several row blocks measured slower, 0.91 vs 0.73 ms).
+TUNING = {"block_rows": 16, "num_warps": 2}
 
 
 @triton.jit
@@ -76,90 +77,72 @@ def _encode_rows(
     x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, cent_ptr, bound_ptr,
     stride_page, num_rows, inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_T: tl.constexpr, ROW_BLOCKS: tl.constexpr, X_PARTS: tl.constexpr,
-    NORM_CORRECTION: tl.constexpr, BITS: tl.constexpr,
+    BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
+    BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
     NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
 ):  # fmt: skip
-    """ROW_BLOCKS blocks of BLOCK_T rows per program. With D <= 2 * CHUNK the rotation matrix
-    is loaded once per program, before the row loop, instead of once per block of rows."""
+    rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    in_range = rows < num_rows
+    token = rows // H
+    head = rows % H
+    slot_id = tl.load(slot_ptr + token, mask=in_range, other=-1).to(tl.int64)
+    keep = in_range & (slot_id >= 0)
+    slot_id = tl.where(keep, slot_id, 0)
+    page_base = (slot_id // BLOCK_SIZE) * stride_page
+    # Index of this vector inside a region, in vectors: [kv_head, block_size] row-major.
+    vector = head * BLOCK_SIZE + slot_id % BLOCK_SIZE
     dims = tl.arange(0, D)
-    HOIST: tl.constexpr = D <= 2 * CHUNK
-    matrix0 = tl.load(rot_ptr + dims[:, None] * D + tl.arange(0, CHUNK)[None, :])
-    if D > CHUNK:
-        matrix1 = tl.load(rot_ptr + dims[:, None] * D + (CHUNK + tl.arange(0, CHUNK))[None, :])
-    else:
-        matrix1 = matrix0
-    for block in range(ROW_BLOCKS):
-        rows = (tl.program_id(0) * ROW_BLOCKS + block) * BLOCK_T + tl.arange(0, BLOCK_T)
-        in_range = rows < num_rows
-        token = rows // H
-        head = rows % H
-        slot_id = tl.load(slot_ptr + token, mask=in_range, other=-1).to(tl.int64)
-        keep = in_range & (slot_id >= 0)
-        slot_id = tl.where(keep, slot_id, 0)
-        page_base = (slot_id // BLOCK_SIZE) * stride_page
-        # Index of this vector inside a region, in vectors: [kv_head, block_size] row-major.
-        vector = head * BLOCK_SIZE + slot_id % BLOCK_SIZE
-        x_off = token.to(tl.int64) * stride_xt + head * stride_xh
-        x = tl.load(x_ptr + x_off[:, None] + dims[None, :], mask=keep[:, None], other=0.0)
-        x = x.to(tl.float32)
-        norm = tl.sqrt(tl.sum(x * x, axis=1))
-        inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
-        unit_x = x * inv_norm[:, None]
-        x_hi = unit_x.to(tl.float16)
-        rest = unit_x - x_hi.to(tl.float32)
-        x_mid = rest.to(tl.float16)
-        x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
-        quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for chunk in tl.static_range(D // CHUNK):
-            cols = chunk * CHUNK + tl.arange(0, CHUNK)
-            if not HOIST:
-                matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
-            elif chunk == 0:
-                matrix = matrix0
-            else:
-                matrix = matrix1
-            y = tl.dot(x_hi, matrix)
-            if X_PARTS > 1:
-                y += tl.dot(x_mid, matrix)
-            if X_PARTS > 2:
-                y += tl.dot(x_lo, matrix)
-            unit = y * inv_sqrt_d
-            if BITS == 16:
-                raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
-                    tl.pointer_type(tl.bfloat16)
-                )
-                y = unit * norm[:, None]
-                tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
-            else:
-                codes = _quantize(unit, bound_ptr, BITS)
-                centroid = tl.load(cent_ptr + codes)
-                quantized_sq += tl.sum(centroid * centroid, axis=1)
+    x_off = token.to(tl.int64) * stride_xt + head * stride_xh
+    x = tl.load(x_ptr + x_off[:, None] + dims[None, :], mask=keep[:, None], other=0.0)
+    x = x.to(tl.float32)
+    norm = tl.sqrt(tl.sum(x * x, axis=1))
+    inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
+    unit_x = x * inv_norm[:, None]
+    x_hi = unit_x.to(tl.float16)
+    rest = unit_x - x_hi.to(tl.float32)
+    x_mid = rest.to(tl.float16)
+    x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
+    quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    for chunk in tl.static_range(D // CHUNK):
+        cols = chunk * CHUNK + tl.arange(0, CHUNK)
+        matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+        y = tl.dot(x_hi, matrix)
+        if X_PARTS > 1:
+            y += tl.dot(x_mid, matrix)
+        if X_PARTS > 2:
+            y += tl.dot(x_lo, matrix)
+        unit = y * inv_sqrt_d
+        if BITS == 16:
+            raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
+                tl.pointer_type(tl.bfloat16)
+            )
+            y = unit * norm[:, None]
+            tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
+        else:
+            codes = _quantize(unit, bound_ptr, BITS)
+            centroid = tl.load(cent_ptr + codes)
+            quantized_sq += tl.sum(centroid * centroid, axis=1)
+            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                            P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
+            if P1_W > 0:
                 _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
-                                P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
-                if P1_W > 0:
-                    _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
-                                    P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
-                if P2_W > 0:
-                    _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
-                                    P2_OFF, P2_W, P2_SHIFT)  # fmt: skip
-        if BITS != 16:
-            stored = norm
-            if NORM_CORRECTION:
-                stored = norm / tl.maximum(tl.sqrt(quantized_sq), 1.1754943508222875e-38)
-            if NORM_F16:
-                ptr = (cache_ptr + NORM_OFF + page_base + vector * 2).to(
-                    tl.pointer_type(tl.float16)
-                )
-                tl.store(ptr, stored.to(tl.float16), mask=keep)
-            else:
-                ptr = (cache_ptr + NORM_OFF + page_base + vector * 4).to(
-                    tl.pointer_type(tl.float32)
-                )
-                tl.store(ptr, stored, mask=keep)
+                                P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
+            if P2_W > 0:
+                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                                P2_OFF, P2_W, P2_SHIFT)  # fmt: skip
+    if BITS != 16:
+        stored = norm
+        if NORM_CORRECTION:
+            stored = norm / tl.maximum(tl.sqrt(quantized_sq), 1.1754943508222875e-38)
+        if NORM_F16:
+            ptr = (cache_ptr + NORM_OFF + page_base + vector * 2).to(tl.pointer_type(tl.float16))
+            tl.store(ptr, stored.to(tl.float16), mask=keep)
+        else:
+            ptr = (cache_ptr + NORM_OFF + page_base + vector * 4).to(tl.pointer_type(tl.float32))
+            tl.store(ptr, stored, mask=keep)
 
 
 @triton.jit
@@ -167,8 +150,8 @@ def _store_kernel(
     key_ptr, value_ptr, stride_kt, stride_kh, stride_vt, stride_vh, cache_ptr, slot_ptr,
     rot_ptr, k_cent_ptr, k_bound_ptr, v_cent_ptr, v_bound_ptr, stride_page, num_rows, inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_T: tl.constexpr, ROW_BLOCKS: tl.constexpr, X_PARTS: tl.constexpr,
-    NORM_CORRECTION: tl.constexpr, K_BITS: tl.constexpr,
+    BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
+    K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -182,16 +165,16 @@ def _store_kernel(
     if tl.program_id(1) == 0:
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, k_cent_ptr, k_bound_ptr,
-            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, ROW_BLOCKS,
-            X_PARTS, NORM_CORRECTION, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF,
-            K_P1_W, K_P1_SHIFT, K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
+            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS,
+            NORM_CORRECTION, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W, K_P1_SHIFT,
+            K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
         )  # fmt: skip
     else:
         _encode_rows(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, v_cent_ptr, v_bound_ptr,
-            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, ROW_BLOCKS,
-            X_PARTS, NORM_CORRECTION, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF,
-            V_P1_W, V_P1_SHIFT, V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
+            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS,
+            NORM_CORRECTION, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W, V_P1_SHIFT,
+            V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
 
 
@@ -221,8 +204,7 @@ def store(
         return
     head_dim = layout.head_dim
     device = key.device
-    rows_per_program = TUNING["block_rows"] * TUNING["row_blocks"]
-    grid = (triton.cdiv(num_rows, rows_per_program), 2)
+    grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
@@ -233,8 +215,7 @@ def store(
         triton_layout.boundaries(layout, "value", device),
         kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim),
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim, CHUNK=64,
-        BLOCK_T=TUNING["block_rows"], ROW_BLOCKS=TUNING["row_blocks"],
-        X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
+        BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
