@@ -319,3 +319,21 @@ def test_gather_kv_decompresses_like_the_reference(codec_spec, dtype, generator)
         for actual, expected in zip(got, want, strict=True):
             assert actual.dtype == dtype
             torch.testing.assert_close(actual.float().cpu(), expected, rtol=8e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", [reference, triton_attention])
+def test_both_implementations_refuse_bad_calls_with_one_clear_error(impl, generator):
+    batch, _ = _batch(CODECS[0], [20], 2, 16, generator)
+    args = (batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1)
+    with pytest.raises(TQInputError, match="1 to 8 query tokens"):
+        impl.decode_attention(torch.randn(1, 9, 4, 64), *args)
+    with pytest.raises(TQInputError, match="sliding_window=0"):
+        impl.decode_attention(torch.randn(1, 1, 4, 64), *args, sliding_window=0)
+    with pytest.raises(TQInputError, match="logit_softcap"):
+        impl.decode_attention(torch.randn(1, 1, 4, 64), *args, logit_softcap=-1.0)
+    with pytest.raises(TQInputError, match="does not split"):
+        impl.prefill_attention(
+            torch.randn(5, 4, 64), batch.kv_cache, batch.block_table,
+            torch.tensor([0, 9], dtype=torch.int32), batch.seq_lens, batch.layout, 0.1,
+            **({"validate": True} if impl is triton_attention else {}),
+        )  # fmt: skip

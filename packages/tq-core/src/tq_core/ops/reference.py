@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import torch
 
-from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import validation
 from tq_core.rotation import rotate_query, unrotate_output
@@ -133,12 +132,8 @@ def prefill_attention(
     validation.check_index("query_start_loc", query_start_loc, 1)
     num_seqs = query_start_loc.shape[0] - 1
     validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
-    starts = query_start_loc.tolist()
-    query_lens = torch.tensor(
-        [starts[i + 1] - starts[i] for i in range(num_seqs)], device=seq_lens.device
-    )
-    if starts[0] != 0 or starts[-1] > query.shape[0] or bool((query_lens < 0).any()):
-        raise TQInputError(f"query_start_loc {starts} does not split {query.shape[0]} query tokens")
+    validation.check_window_and_softcap(sliding_window, logit_softcap)
+    starts, query_lens = validation.query_lengths(query_start_loc, query)
     validation.check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout)
     result = torch.empty_like(query) if out is None else out
     # Rows past the last sequence are CUDA-graph padding: defined zeros, never garbage.
@@ -214,14 +209,9 @@ def decode_attention(
         )  # fmt: skip
         result = unrotate_output(rotated, layout.codec.seed)
         return result if out is None else out.copy_(result)
-    validation.check_float("query", query, 4)
-    num_seqs, num_query_tokens = query.shape[:2]
-    if not 1 <= num_query_tokens <= 8:
-        raise TQInputError(
-            f"decode_attention takes 1 to 8 query tokens per sequence, got {num_query_tokens}; "
-            "use prefill_attention for longer chunks"
-        )
+    num_seqs, num_query_tokens = validation.check_decode_query(query)
     validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
+    validation.check_window_and_softcap(sliding_window, logit_softcap)
     # seq_len 0 marks a padding sequence of a fixed-size (CUDA-graph) batch: it gets zeros.
     query_lens = (seq_lens > 0).to(seq_lens.dtype) * num_query_tokens
     validation.check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout)

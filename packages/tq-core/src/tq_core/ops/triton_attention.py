@@ -357,10 +357,7 @@ def _launch(
 def _check_common(query, sliding_window, logit_softcap) -> None:
     if query.stride(-1) != 1:
         raise TQInputError("query must have a contiguous last dimension")
-    if sliding_window is not None and sliding_window < 1:
-        raise TQInputError(f"sliding_window={sliding_window} must be >= 1 (None = no window)")
-    if logit_softcap is not None and not logit_softcap > 0:
-        raise TQInputError(f"logit_softcap={logit_softcap} must be > 0 (None = no cap)")
+    validation.check_window_and_softcap(sliding_window, logit_softcap)
 
 
 def decode_attention(
@@ -385,13 +382,8 @@ def decode_attention(
     overrides the split-K count (a shape-only heuristic by default);
     ``validate=True`` adds the reference's host-side value checks (not capturable).
     """
-    validation.check_float("query", query, 4)
-    num_seqs, num_query_tokens, num_q_heads, head_dim = query.shape
-    if not 1 <= num_query_tokens <= 8:
-        raise TQInputError(
-            f"decode_attention takes 1 to 8 query tokens per sequence, got {num_query_tokens}; "
-            "use prefill_attention for longer chunks"
-        )
+    num_seqs, num_query_tokens = validation.check_decode_query(query)
+    num_q_heads, head_dim = query.shape[2:]
     validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
     _check_common(query, sliding_window, logit_softcap)
     if validate:
@@ -448,14 +440,7 @@ def prefill_attention(
     validation.check_attention_inputs(query, kv_cache, block_table, seq_lens, layout, num_seqs)
     _check_common(query, sliding_window, logit_softcap)
     if validate:
-        starts = query_start_loc.tolist()
-        lengths = torch.tensor(
-            [starts[i + 1] - starts[i] for i in range(num_seqs)], device=seq_lens.device
-        )
-        if starts[0] != 0 or starts[-1] > query.shape[0] or bool((lengths < 0).any()):
-            raise TQInputError(
-                f"query_start_loc {starts} does not split {query.shape[0]} query tokens"
-            )
+        _, lengths = validation.query_lengths(query_start_loc, query)
         validation.check_attention_values(kv_cache, block_table, seq_lens, lengths, layout)
     result = torch.empty_like(query) if out is None else out
     num_tokens, num_q_heads, _ = query.shape

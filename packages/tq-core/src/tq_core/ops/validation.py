@@ -122,3 +122,35 @@ def check_attention_values(kv_cache, block_table, seq_lens, query_lens, layout) 
     ids = block_table[used]
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= kv_cache.shape[0]):
         _fail(f"block_table names a block outside 0..{kv_cache.shape[0] - 1}")
+
+
+def check_decode_query(query: torch.Tensor) -> tuple[int, int]:
+    """(num_seqs, num_query_tokens) of a decode query [num_seqs, 1..8, num_q_heads, head_dim]."""
+    check_float("query", query, 4)
+    num_seqs, num_query_tokens = query.shape[:2]
+    if not 1 <= num_query_tokens <= 8:
+        _fail(
+            f"decode_attention takes 1 to 8 query tokens per sequence, got {num_query_tokens}; "
+            "use prefill_attention for longer chunks"
+        )
+    return num_seqs, num_query_tokens
+
+
+def check_window_and_softcap(sliding_window, logit_softcap) -> None:
+    if sliding_window is not None and sliding_window < 1:
+        _fail(f"sliding_window={sliding_window} must be >= 1 (None = no window)")
+    if logit_softcap is not None and not logit_softcap > 0:
+        _fail(f"logit_softcap={logit_softcap} must be > 0 (None = no cap)")
+
+
+def query_lengths(query_start_loc: torch.Tensor, query: torch.Tensor) -> tuple[list, torch.Tensor]:
+    """(starts as a host list, query lengths per sequence) after checking that
+    ``query_start_loc`` splits the rows of ``query`` (rows past the last start are padding).
+    Reads the tensor on the host."""
+    starts = query_start_loc.tolist()
+    lengths = torch.tensor(
+        [starts[i + 1] - starts[i] for i in range(len(starts) - 1)], device=query_start_loc.device
+    )
+    if starts[0] != 0 or starts[-1] > query.shape[0] or bool((lengths < 0).any()):
+        _fail(f"query_start_loc {starts} does not split {query.shape[0]} query tokens")
+    return starts, lengths
