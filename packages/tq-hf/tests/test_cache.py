@@ -1,0 +1,110 @@
+"""TQCache on the real SmolLM2-135M (CPU) and on small random-weight configs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+
+from conftest import greedy
+from tq_core.errors import TQConfigError, TQInputError, TQUnsupportedModelError
+from tq_core.ops import gather_kv
+from tq_core.rotation import unrotate
+from tq_hf import TQCache
+
+PROMPT = "The key idea of paged attention in LLM serving is"
+
+
+def test_k8v8_generates_the_same_64_tokens_as_uncompressed_kv(smollm2_model, restore_attention):
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    baseline = greedy(model, ids, 64)
+    compressed = greedy(model, ids, 64, TQCache(model.config, k_bits=8, v_bits=8))
+    assert torch.equal(compressed, baseline)
+
+
+def test_k4v4_generates_and_reports_how_long_it_agrees(smollm2_model, restore_attention):
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    baseline = greedy(model, ids, 64)
+    cache = TQCache(model.config, k_bits=4, v_bits=4)
+    compressed = greedy(model, ids, 64, cache)
+    agreement = int((compressed == baseline).int().cumprod(0).sum())
+    print(f"K4V4 agrees with uncompressed KV for {agreement} of 64 greedy tokens: "
+          f"{tokenizer.decode(compressed)!r}")  # fmt: skip
+    assert compressed.shape == baseline.shape
+    assert agreement >= 1
+    assert cache.get_seq_length() == ids.shape[1] + 63  # the last token is never fed back
+
+
+def test_other_caches_still_get_sdpa_after_tq_attention_is_on(smollm2_model, restore_attention):
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    baseline = greedy(model, ids, 16)
+    TQCache(model.config)  # switches the model to "tq" attention
+    assert model.config._attn_implementation == "tq"
+    assert torch.equal(greedy(model, ids, 16, DynamicCache(config=model.config)), baseline)
+
+
+def test_pages_decode_through_tq_core_to_the_codecs_values(smollm2_model, restore_attention):
+    """The bytes tq-hf writes are tq_core's format: decoding a layer's pages with tq_core gives
+    exactly the codec's encode+decode of the K/V that transformers produced. Layer 0: its K/V
+    come from the embeddings alone, so compression in earlier layers cannot change them."""
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        plain = model(ids, past_key_values=DynamicCache(config=model.config)).past_key_values
+        cache = TQCache(model.config, k_bits=5, v_bits=3)
+        model(ids, past_key_values=cache)
+    layer = cache.layers[0]
+    keys, values = gather_kv(layer.kv_cache, layer.block_table[0], layer.length, layer.layout)
+    codec = layer.codec
+    expected_keys = codec.decode_keys(codec.encode_keys(plain.layers[0].keys[0]))
+    expected_values = codec.decode_values(codec.encode_values(plain.layers[0].values[0]))
+    torch.testing.assert_close(unrotate(keys, codec.seed), expected_keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(unrotate(values, codec.seed), expected_values, rtol=1e-5, atol=1e-5)
+
+
+def _tiny_llama(**overrides) -> LlamaForCausalLM:
+    config = LlamaConfig(
+        vocab_size=128, hidden_size=256, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=2, head_dim=128, max_position_embeddings=8192,
+        **overrides,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return LlamaForCausalLM(config).to(torch.bfloat16).eval()
+
+
+def test_k4v4_holds_under_a_3_5th_of_bf16_bytes_at_4k_context():
+    """Measured from the tensors each cache holds after a 4K-token prefill (head_dim 128)."""
+    model = _tiny_llama()
+    ids = torch.randint(0, 128, (1, 4096), generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        bf16 = model(ids, past_key_values=DynamicCache(config=model.config)).past_key_values
+        tq = TQCache(model.config, k_bits=4, v_bits=4)
+        model(ids, past_key_values=tq, logits_to_keep=1)
+    bf16_bytes = sum(
+        t.numel() * t.element_size() for layer in bf16.layers for t in (layer.keys, layer.values)
+    )
+    print(f"4K tokens: bf16 KV {bf16_bytes:,} B, tq K4V4 {tq.nbytes():,} B, "
+          f"{bf16_bytes / tq.nbytes():.2f}x")  # fmt: skip
+    assert tq.nbytes() * 3.5 <= bf16_bytes
+
+
+def test_unsupported_models_and_bad_settings_fail_before_any_work():
+    hybrid = LlamaConfig(num_hidden_layers=2, head_dim=64)
+    hybrid.layer_types = ["full_attention", "sliding_attention"]
+    with pytest.raises(TQUnsupportedModelError, match="sliding"):
+        TQCache(hybrid)
+    with pytest.raises(TQUnsupportedModelError, match="head_dim"):
+        TQCache(LlamaConfig(num_hidden_layers=2, hidden_size=192, num_attention_heads=2))
+    with pytest.raises(TQConfigError, match="k_bits"):
+        TQCache(LlamaConfig(num_hidden_layers=2, head_dim=64), k_bits=9)
+
+
+def test_padded_batches_are_refused_with_one_clear_error(smollm2_model, restore_attention):
+    tokenizer, model = smollm2_model
+    tokenizer.padding_side = "left"
+    batch = tokenizer([PROMPT, "Hi"], return_tensors="pt", padding=True)
+    with pytest.raises(TQInputError, match="padded batches"), torch.inference_mode():
+        model.generate(**batch, max_new_tokens=2, past_key_values=TQCache(model.config))
