@@ -160,8 +160,12 @@ def plot(rows: list[EvalRow], path, title: str, budget_percent: float | None = N
                    label=f"budget +{budget_percent:g}%")  # fmt: skip
         ax.legend(loc="upper right")
     ax.set_xscale("log")
+    # Linear below 1%, logarithmic above: 2-bit configs cost 100x what 6-bit ones do.
+    ax.set_yscale("symlog", linthresh=1.0)
+    deltas = [r.delta_percent for r in rows]
+    ax.set_ylim(min(-0.5, 1.5 * min(deltas)), max(2.0, 3 * max(deltas)))
     ax.set_xlabel("KV bytes per token (all layers, log scale)")
-    ax.set_ylabel("perplexity increase over bf16 KV (%)")
+    ax.set_ylabel("perplexity increase over bf16 KV (%, symlog)")
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
