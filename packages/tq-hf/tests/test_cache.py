@@ -54,7 +54,7 @@ def test_pages_decode_through_tq_core_to_the_codecs_values(smollm2_model, restor
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
     with torch.inference_mode():
         plain = model(ids, past_key_values=DynamicCache(config=model.config)).past_key_values
-        cache = TQCache(model.config, k_bits=5, v_bits=3)
+        cache = TQCache(model.config, k_bits=5, v_bits=3, center_keys=False)
         model(ids, past_key_values=cache)
     layer = cache.layers[0]
     keys, values = gather_kv(layer.kv_cache, layer.block_table[0], layer.length, layer.layout)
@@ -108,3 +108,24 @@ def test_padded_batches_are_refused_with_one_clear_error(smollm2_model, restore_
     batch = tokenizer([PROMPT, "Hi"], return_tensors="pt", padding=True)
     with pytest.raises(TQInputError, match="padded batches"), torch.inference_mode():
         model.generate(**batch, max_new_tokens=2, past_key_values=TQCache(model.config))
+
+
+def test_key_centering_keeps_attention_and_stores_keys_minus_their_mean(
+    smollm2_model, restore_attention
+):
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    baseline = greedy(model, ids, 32)
+    cache = TQCache(model.config, k_bits=8, v_bits=8, center_keys=True)
+    assert torch.equal(greedy(model, ids, 32, cache), baseline)
+    with torch.inference_mode():
+        plain = model(ids, past_key_values=DynamicCache(config=model.config)).past_key_values
+        centered = TQCache(model.config, k_bits=4, v_bits=4, center_keys=True)
+        model(ids, past_key_values=centered)
+    layer, keys = centered.layers[0], plain.layers[0].keys
+    mean = keys.mean(dim=2, keepdim=True)
+    torch.testing.assert_close(layer.key_mean, mean)
+    stored, _ = gather_kv(layer.kv_cache, layer.block_table[0], layer.length, layer.layout)
+    codec = layer.codec
+    expected = codec.decode_keys(codec.encode_keys((keys - mean)[0]))
+    torch.testing.assert_close(unrotate(stored, codec.seed), expected, rtol=1e-5, atol=1e-5)

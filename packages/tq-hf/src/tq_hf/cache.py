@@ -36,9 +36,14 @@ class TQLayer(CacheLayerMixin):
     is_compileable = False
     is_croppable = False
 
-    def __init__(self, layer_idx: int, codec: TQCodec, num_kv_heads: int) -> None:
+    def __init__(
+        self, layer_idx: int, codec: TQCodec, num_kv_heads: int, center_keys: bool = False
+    ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
+        self.center_keys = center_keys
+        # Per (batch row, KV head) mean key of the first chunk, subtracted before encoding.
+        self.key_mean: torch.Tensor | None = None
         self.codec = codec
         self.layout = codec.cache_layout(num_kv_heads, BLOCK_SIZE)
         self.length = 0  # tokens held per batch row (every row has the same count)
@@ -60,6 +65,13 @@ class TQLayer(CacheLayerMixin):
             self.lazy_initialization(key_states, value_states)
         batch, _, new, head_dim = key_states.shape
         self._reserve(self.length + new)
+        if self.center_keys:
+            # q.(k - m) = q.k - q.m: the same shift for every key of a query, which softmax
+            # ignores, so attention is unchanged while the codec sees keys without their
+            # shared offset. The mean comes from the first chunk (the prompt) and stays.
+            if self.key_mean is None:
+                self.key_mean = key_states.float().mean(dim=2, keepdim=True).to(key_states.dtype)
+            key_states = key_states - self.key_mean
         positions = torch.arange(self.length, self.length + new, device=self.device)
         rows = torch.arange(batch, device=self.device)
         blocks = rows[:, None] * self.blocks_per_row + positions[None, :] // BLOCK_SIZE
@@ -85,6 +97,7 @@ class TQLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.length = 0
+        self.key_mean = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         raise TQConfigError("TQCache does not support beam search yet; use sampling or greedy")
@@ -96,7 +109,7 @@ class TQLayer(CacheLayerMixin):
 
     def nbytes(self) -> int:
         """Bytes this layer holds on its device (pages and block table), from the tensors."""
-        tensors = (self.kv_cache, self.block_table)
+        tensors = (self.kv_cache, self.block_table, self.key_mean)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
     def _reserve(self, tokens: int) -> None:
@@ -122,11 +135,14 @@ class TQCache(Cache):
     """A transformers ``Cache`` storing every attention layer's K/V compressed by tq.
 
     ``TQCache(model.config, k_bits=4, v_bits=4)`` (any ``TQConfig`` field as a keyword, or
-    ``TQ_*`` environment variables). Constructing it switches the model's attention to "tq"
-    (attention.py), which reads these pages and behaves exactly like "sdpa" for any other cache.
+    ``TQ_*`` environment variables). ``center_keys`` (on by default) subtracts each head's mean
+    key (from the first chunk) before encoding, which leaves attention unchanged and took K4V4
+    from +5.8% to +3.3% perplexity on SmolLM2 (docs/hf.md); ``center_keys=False`` is plain
+    TurboQuant. Constructing it switches the model's attention to "tq" (attention.py), which
+    reads these pages and behaves exactly like "sdpa" for any other cache.
     """
 
-    def __init__(self, config, **tq_options) -> None:
+    def __init__(self, config, *, center_keys: bool = True, **tq_options) -> None:
         text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
         _check_supported(text_config)
         head_dim = getattr(text_config, "head_dim", None) or (
@@ -138,7 +154,9 @@ class TQCache(Cache):
         num_layers = text_config.num_hidden_layers
         self.tq_config = TQConfig.from_env(head_dim=head_dim, **tq_options)
         layers = [
-            TQLayer(i, TQCodec.from_config(self.tq_config, i, num_layers), num_kv_heads)
+            TQLayer(
+                i, TQCodec.from_config(self.tq_config, i, num_layers), num_kv_heads, center_keys
+            )
             for i in range(num_layers)
         ]
         super().__init__(layers=layers)

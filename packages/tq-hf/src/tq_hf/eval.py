@@ -39,8 +39,10 @@ class FakeQuantCache(DynamicCache):
 
     Attention over it is ordinary sdpa, so it is the independent twin of TQCache's path."""
 
-    def __init__(self, config, **tq_options) -> None:
+    def __init__(self, config, *, center_keys: bool = True, **tq_options) -> None:
         super().__init__(config=config)
+        self.center_keys = center_keys
+        self.key_means: dict[int, torch.Tensor] = {}
         text = config.get_text_config()
         num_layers = text.num_hidden_layers
         tq = TQConfig.from_env(head_dim=_head_dim(text), **tq_options)
@@ -48,6 +50,9 @@ class FakeQuantCache(DynamicCache):
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         codec = self.codecs[layer_idx]
+        if self.center_keys:  # as TQCache: first chunk's mean per head, kept
+            mean = self.key_means.setdefault(layer_idx, key_states.mean(dim=2, keepdim=True))
+            key_states = key_states - mean
         keys = codec.decode_keys(codec.encode_keys(key_states)).to(key_states.dtype)
         values = codec.decode_values(codec.encode_values(value_states)).to(value_states.dtype)
         return super().update(keys, values, layer_idx, *args, **kwargs)
@@ -91,6 +96,7 @@ def evaluate(
     bits: list[tuple[int, int]],
     progress=None,
     compare_fake_quant: bool = False,
+    center_keys: bool = True,
 ) -> list[EvalRow]:
     """bf16 KV first, then each (k_bits, v_bits) through TQCache (and FakeQuantCache when
     ``compare_fake_quant``). ``progress``: a callable given the number of forward passes to
@@ -102,7 +108,10 @@ def evaluate(
     rows = [EvalRow(BF16_LABEL, 16, 16, bytes_per_token(config, 16, 16), baseline, 0.0)]
     for k_bits, v_bits in bits:
         value = perplexity(
-            model, chunks, lambda k=k_bits, v=v_bits: TQCache(config, k_bits=k, v_bits=v), step
+            model,
+            chunks,
+            lambda k=k_bits, v=v_bits: TQCache(config, k_bits=k, v_bits=v, center_keys=center_keys),
+            step,
         )
         size = bytes_per_token(config, k_bits, v_bits)
         delta = 100 * (value / baseline - 1)
@@ -110,7 +119,10 @@ def evaluate(
         if compare_fake_quant:
             row.fake_quant_perplexity = perplexity(
                 model, chunks,
-                lambda k=k_bits, v=v_bits: FakeQuantCache(config, k_bits=k, v_bits=v), step,
+                lambda k=k_bits, v=v_bits: FakeQuantCache(
+                    config, k_bits=k, v_bits=v, center_keys=center_keys
+                ),
+                step,
             )  # fmt: skip
         rows.append(row)
     return rows

@@ -39,6 +39,12 @@ def add_parser(verbs) -> None:
         action="store_true",
         help="also score each config with encode+decode then sdpa (checks the cache path)",
     )
+    parser.add_argument(
+        "--no-center-keys",
+        dest="center_keys",
+        action="store_false",
+        help="plain TurboQuant: do not subtract each head's mean key (tq-hf centers by default)",
+    )
     parser.add_argument("--model", type=pathlib.Path, default=None, help="a local HF folder")
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write JSON here")
     parser.add_argument("--png", type=pathlib.Path, default=None, help="also plot to this PNG")
@@ -67,7 +73,9 @@ def run(args) -> int:
           f"({scored:,} scored), {len(bits)} configs + bf16", file=sys.stderr)  # fmt: skip
     started = time.time()
     pairs = [(k_bits, v_bits) for k_bits, v_bits, _ in bits]
-    rows = harness.evaluate(model, chunks, pairs, _progress_bar, args.compare_fake_quant)
+    rows = harness.evaluate(
+        model, chunks, pairs, _progress_bar, args.compare_fake_quant, args.center_keys
+    )
     print(harness.table(rows))
     best = harness.recommend(rows, args.budget)
     if best is None:
@@ -81,6 +89,7 @@ def run(args) -> int:
         record = {
             "model": model_dir.name, "text": "CPython standard-library docstrings",
             "tokens_scored": scored, "chunk": args.chunk, "budget_percent": args.budget,
+            "center_keys": args.center_keys,
             "recommended": best.label if best else None, "rows": harness.as_json(rows),
             "seconds": round(seconds, 1), "environment": environment_record(),
         }  # fmt: skip
