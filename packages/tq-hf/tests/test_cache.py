@@ -7,7 +7,7 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from conftest import greedy
-from tq_core.errors import TQConfigError, TQInputError, TQUnsupportedModelError
+from tq_core.errors import TQConfigError, TQUnsupportedModelError
 from tq_core.ops import gather_kv
 from tq_core.rotation import unrotate
 from tq_hf import TQCache
@@ -57,7 +57,9 @@ def test_pages_decode_through_tq_core_to_the_codecs_values(smollm2_model, restor
         cache = TQCache(model.config, k_bits=5, v_bits=3, center_keys=False)
         model(ids, past_key_values=cache)
     layer = cache.layers[0]
-    keys, values = gather_kv(layer.kv_cache, layer.block_table[0], layer.length, layer.layout)
+    keys, values = gather_kv(
+        layer.kv_cache, layer.block_table[0], int(layer.lengths[0]), layer.layout
+    )
     codec = layer.codec
     expected_keys = codec.decode_keys(codec.encode_keys(plain.layers[0].keys[0]))
     expected_values = codec.decode_values(codec.encode_values(plain.layers[0].values[0]))
@@ -102,12 +104,27 @@ def test_unsupported_models_and_bad_settings_fail_before_any_work():
         TQCache(LlamaConfig(num_hidden_layers=2, head_dim=64), k_bits=9)
 
 
-def test_padded_batches_are_refused_with_one_clear_error(smollm2_model, restore_attention):
+def test_left_padded_batch_generates_what_each_prompt_generates_alone(
+    smollm2_model, restore_attention
+):
+    """Padding never enters the pages: each row of a left-padded batch gives the tokens its
+    prompt gives alone (K8V8, greedy), and holds only its real tokens."""
     tokenizer, model = smollm2_model
+    prompts = [PROMPT, "Write one sentence about the sea:"]
     tokenizer.padding_side = "left"
-    batch = tokenizer([PROMPT, "Hi"], return_tensors="pt", padding=True)
-    with pytest.raises(TQInputError, match="padded batches"), torch.inference_mode():
-        model.generate(**batch, max_new_tokens=2, past_key_values=TQCache(model.config))
+    batch = tokenizer(prompts, return_tensors="pt", padding=True)
+    cache = TQCache(model.config, k_bits=8, v_bits=8)
+    with torch.inference_mode():
+        together = model.generate(
+            **batch, max_new_tokens=16, min_new_tokens=16, do_sample=False,
+            past_key_values=cache, pad_token_id=tokenizer.pad_token_id,
+        )[:, batch.input_ids.shape[1] :]  # fmt: skip
+    lengths = batch.attention_mask.sum(1)
+    assert torch.equal(cache.layers[0].lengths, lengths + 15)
+    for row, prompt in enumerate(prompts):
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+        alone = greedy(model, ids, 16, TQCache(model.config, k_bits=8, v_bits=8))
+        assert torch.equal(together[row], alone), f"row {row}"
 
 
 def test_key_centering_keeps_attention_and_stores_keys_minus_their_mean(
@@ -125,7 +142,7 @@ def test_key_centering_keeps_attention_and_stores_keys_minus_their_mean(
     layer, keys = centered.layers[0], plain.layers[0].keys
     mean = keys.mean(dim=2, keepdim=True)
     torch.testing.assert_close(layer.key_mean, mean)
-    stored, _ = gather_kv(layer.kv_cache, layer.block_table[0], layer.length, layer.layout)
+    stored, _ = gather_kv(layer.kv_cache, layer.block_table[0], int(layer.lengths[0]), layer.layout)
     codec = layer.codec
     expected = codec.decode_keys(codec.encode_keys((keys - mean)[0]))
     torch.testing.assert_close(unrotate(stored, codec.seed), expected, rtol=1e-5, atol=1e-5)

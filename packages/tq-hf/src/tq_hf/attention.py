@@ -14,7 +14,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from tq_core import ops
-from tq_core.errors import TQInputError
 from tq_core.rotation import rotate_query, unrotate_output
 from tq_hf.cache import take_just_updated
 
@@ -38,30 +37,36 @@ def tq_attention_forward(
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
-    if attention_mask is not None:
-        # The sdpa mask function returns None for plain causal attention; a mask means padding
-        # or a custom pattern, which the pages do not encode yet.
-        raise TQInputError(
-            "TQCache does not support padded batches or custom attention masks yet; "
-            "generate one sequence (or equal-length sequences without padding) at a time"
-        )
     batch, num_q_heads, new, head_dim = query.shape
+    valid = _new_tokens_valid(attention_mask, new)
+    layer.commit(valid)
     scale = scaling if scaling is not None else head_dim**-0.5
     seed = layer.codec.seed
     rotated = rotate_query(query.transpose(1, 2), seed)  # [B, S, Hq, D]
     window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     pages = (layer.kv_cache, layer.block_table)
-    if new <= _DECODE_MAX_QUERY:
+    if new <= _DECODE_MAX_QUERY and valid is None:
         out = ops.decode_attention(
             rotated.contiguous(), *pages, layer.seq_lens(), layer.layout, scale,
             sliding_window=window, logit_softcap=softcap,
         )  # fmt: skip
     else:
-        starts = torch.arange(0, (batch + 1) * new, new, dtype=torch.int32, device=query.device)
-        out = ops.prefill_attention(
-            rotated.reshape(batch * new, num_q_heads, head_dim), *pages, starts,
-            layer.seq_lens(), layer.layout, scale, sliding_window=window, logit_softcap=softcap,
-        ).view(batch, new, num_q_heads, head_dim)  # fmt: skip
+        # Ragged: each row's real new tokens, back to back; padding rows get zeros.
+        flat_valid = (
+            torch.ones(batch * new, dtype=torch.bool) if valid is None else valid.reshape(-1)
+        )
+        counts = flat_valid.view(batch, new).sum(1)
+        starts = torch.zeros(batch + 1, dtype=torch.int32)
+        starts[1:] = counts.cumsum(0)
+        rows = flat_valid.nonzero().squeeze(1).to(query.device)
+        packed = ops.prefill_attention(
+            rotated.reshape(batch * new, num_q_heads, head_dim)[rows].contiguous(), *pages,
+            starts.to(query.device), layer.seq_lens(), layer.layout, scale,
+            sliding_window=window, logit_softcap=softcap,
+        )  # fmt: skip
+        out = rotated.new_zeros(batch * new, num_q_heads, head_dim)
+        out[rows] = packed
+        out = out.view(batch, new, num_q_heads, head_dim)
     return unrotate_output(out, seed).to(query.dtype), None
 
 
@@ -80,3 +85,18 @@ def use_tq_attention(config) -> None:
 
 def _text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
+def _new_tokens_valid(attention_mask: torch.Tensor | None, new: int) -> torch.Tensor | None:
+    """Which of the ``new`` tokens of each row are real (not left padding), [B, new] bool on
+    the host, or None when every token is real.
+
+    The sdpa mask function gives None for plain causal attention, else a [B, 1, S, kv_len]
+    mask (bool: True = attend; float: 0 = attend). The last query row of a causal mask sees
+    every real key up to the newest one, so its row marks the padding keys."""
+    if attention_mask is None:
+        return None
+    last = attention_mask[:, 0, -1, -new:]
+    valid = last if last.dtype == torch.bool else last == 0
+    valid = valid.cpu()
+    return None if bool(valid.all()) else valid

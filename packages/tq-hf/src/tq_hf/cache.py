@@ -1,11 +1,11 @@
 """TQCache: a transformers Cache whose attention layers hold K/V in tq's paged byte format.
 
 Each attention layer owns one uint8 paged cache (``tq_core`` layout) for the whole batch: row b
-of the batch gets its own run of pages, grown by doubling, and new K/V are encoded by
-``tq_core.ops.store`` the moment transformers hands them over. ``update`` returns the new K/V
-only (cheap placeholders): the "tq" attention function (attention.py) reads the compressed
-pages, so no layer's full-precision history ever exists. Codec math and byte layout stay in
-tq_core; this module only keeps block tables and lengths.
+of the batch gets its own run of pages, grown by doubling. ``update`` keeps the new K/V aside
+and returns them (cheap placeholders); the "tq" attention function (attention.py), which runs
+next and sees the attention mask, has them encoded by ``tq_core.ops.store`` without the padding
+tokens and then reads the compressed pages, so no layer's full-precision history ever exists.
+Codec math and byte layout stay in tq_core; this module only keeps block tables and lengths.
 """
 
 from __future__ import annotations
@@ -46,57 +46,76 @@ class TQLayer(CacheLayerMixin):
         self.key_mean: torch.Tensor | None = None
         self.codec = codec
         self.layout = codec.cache_layout(num_kv_heads, BLOCK_SIZE)
-        self.length = 0  # tokens held per batch row (every row has the same count)
+        self.seen = 0  # tokens transformers has handed over per row, padding included
+        self.lengths: torch.Tensor | None = None  # real tokens held per row (host, int64)
         self.batch_size = 0
         self.blocks_per_row = 0
         self.kv_cache: torch.Tensor | None = None
         self.block_table: torch.Tensor | None = None
+        self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
 
     # -- transformers' layer interface ------------------------------------------------------
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
         self.batch_size = key_states.shape[0]
+        self.lengths = torch.zeros(self.batch_size, dtype=torch.int64)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
-        """Encode the new K/V [B, Hkv, S, D] into the pages; return them unchanged."""
+        """Take the new K/V [B, Hkv, S, D]; they are encoded by :meth:`commit`, which the "tq"
+        attention function calls next, once the attention mask says which are padding."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
+        self._pending = (key_states, value_states)
+        self.seen += key_states.shape[2]
+        _JUST_UPDATED[self.layer_idx] = self
+        return key_states, value_states
+
+    def commit(self, valid: torch.Tensor | None) -> None:
+        """Encode the pending K/V into the pages, skipping tokens where ``valid`` [B, S] is
+        False (left padding): each row keeps only its real tokens, back to back."""
+        key_states, value_states = self._pending
+        self._pending = None
         batch, _, new, head_dim = key_states.shape
-        self._reserve(self.length + new)
+        if valid is None:
+            valid = torch.ones(batch, new, dtype=torch.bool)
+        valid = valid.to("cpu", torch.bool)
+        self._reserve(int((self.lengths + valid.sum(1)).max()))
         if self.center_keys:
             # q.(k - m) = q.k - q.m: the same shift for every key of a query, which softmax
             # ignores, so attention is unchanged while the codec sees keys without their
-            # shared offset. The mean comes from the first chunk (the prompt) and stays.
+            # shared offset. The mean comes from the first chunk (the prompt, its real tokens)
+            # and stays.
             if self.key_mean is None:
-                self.key_mean = key_states.float().mean(dim=2, keepdim=True).to(key_states.dtype)
+                weight = valid.to(self.device, key_states.dtype)[:, None, :, None]
+                count = weight.sum(dim=2, keepdim=True).clamp_min(1)
+                self.key_mean = (key_states * weight).sum(dim=2, keepdim=True) / count
             key_states = key_states - self.key_mean
-        positions = torch.arange(self.length, self.length + new, device=self.device)
-        rows = torch.arange(batch, device=self.device)
-        blocks = rows[:, None] * self.blocks_per_row + positions[None, :] // BLOCK_SIZE
-        slots = (blocks * BLOCK_SIZE + positions[None, :] % BLOCK_SIZE).reshape(-1)
+        positions = self.lengths[:, None] + valid.cumsum(1) - 1
+        rows = torch.arange(batch)[:, None]
+        blocks = rows * self.blocks_per_row + positions // BLOCK_SIZE
+        slots = torch.where(valid, blocks * BLOCK_SIZE + positions % BLOCK_SIZE, -1)
         # [B, Hkv, S, D] -> tokens [B*S, Hkv, D], row-major over (b, s) like the slots.
         ops.store(
             key_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
             value_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
-            self.kv_cache, slots, self.layout,
+            self.kv_cache, slots.reshape(-1).to(self.device), self.layout,
         )  # fmt: skip
-        self.length += new
-        _JUST_UPDATED[self.layer_idx] = self
-        return key_states, value_states
+        self.lengths += valid.sum(1)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.length + query_length, 0
+        return self.seen + query_length, 0
 
     def get_seq_length(self) -> int:
-        return self.length
+        return self.seen
 
     def get_max_length(self) -> int:
         return -1
 
     def reset(self) -> None:
-        self.length = 0
+        self.seen = 0
+        self.lengths = None if self.lengths is None else torch.zeros_like(self.lengths)
         self.key_mean = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -105,7 +124,8 @@ class TQLayer(CacheLayerMixin):
     # -- pages ------------------------------------------------------------------------------
 
     def seq_lens(self) -> torch.Tensor:
-        return torch.full((self.batch_size,), self.length, dtype=torch.int32, device=self.device)
+        """Real tokens held per row, int32 on the cache's device (tq_core's ``seq_lens``)."""
+        return self.lengths.to(self.device, torch.int32)
 
     def nbytes(self) -> int:
         """Bytes this layer holds on its device (pages and block table), from the tensors."""
