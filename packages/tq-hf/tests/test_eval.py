@@ -56,3 +56,20 @@ def test_tq_eval_prints_a_table_and_writes_json_and_a_png(tmp_path, capsys, rest
     assert [row["label"] for row in record["rows"]] == ["bf16", "K8V8", "K4V4"]
     assert record["tokens_scored"] == 2 * 127
     assert png_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_demo_generation_measures_both_caches(smollm2_model, restore_attention):
+    from tq_hf import demo
+
+    tokenizer, model = smollm2_model
+    result = demo.compare(model, tokenizer, 4, 4, smollm2.prose_text(20_000), new_tokens=8)
+    tokens = len(tokenizer(demo.PROMPT).input_ids) + 7
+    assert result["tokens_held"] == tokens
+    config = model.config  # K and V, 2 bytes each, every layer and KV head
+    head_dim = config.hidden_size // config.num_attention_heads
+    per_token = 2 * 2 * config.num_key_value_heads * head_dim * config.num_hidden_layers
+    assert result["bf16_cache_bytes"] == tokens * per_token
+    # ~19 tokens fill two 16-token pages, so the ratio is below K4V4's 3.56x at this length.
+    assert 1.5 < result["compression"] < 3.56
+    assert result["greedy_agreement_tokens"] >= 1
+    assert result["perplexity_delta_percent"] > 0

@@ -3,7 +3,9 @@
 It runs the model once over real prose, takes every layer's K and V as attention sees them
 (keys after RoPE), encodes and decodes them with the codec and prints, per bit config, the
 bytes per token from CacheLayout, the compression against bf16 and the reconstruction error.
-Generation with a compressed cache comes with tq-hf.
+With tq-hf installed it then generates from one prompt with bf16 KV and with a TQCache
+(--generate, K4V4 by default) and prints both texts, the bytes each cache holds and the
+perplexity change on a short text.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from tq_core.cli.bits import parse_bit_configs
 from tq_core.cli.provenance import environment_record
 from tq_core.codec import TQCodec
+from tq_core.errors import TQConfigError
 
 DEFAULT_BITS = "K8V8,K6V4,K5V4,K4V4,K3V3,K2V2"
 BLOCK_SIZE = 16
@@ -36,6 +39,11 @@ def add_parser(verbs) -> None:
         type=pathlib.Path,
         default=None,
         help="where the converted model folder is kept ($TQ_CACHE_DIR)",
+    )
+    parser.add_argument(
+        "--generate",
+        default="K4V4",
+        help="also generate with bf16 KV and this config through tq-hf's TQCache (K4V4; off)",
     )
     parser.add_argument("--json", type=pathlib.Path, default=None, help="also write JSON here")
     parser.set_defaults(run=run)
@@ -120,17 +128,52 @@ def run(args) -> int:
         _progress(f"[{index}/{len(configs)}] encoding {name} over all {info['num_layers']} layers")
         rows.append(measure(keys, values, info, k_bits, v_bits, key_qjl))
     print_table(rows, info)
+    generation = _generate(model_dir, text, args.generate) if args.generate != "off" else None
     _progress(f"done in {time.perf_counter() - start:.0f} s")
     if args.json:
         record = {
             "command": "tq demo " + " ".join(sys.argv[2:]),
             "info": info,
             "rows": rows,
+            "generation": generation,
             "environment": environment_record(),
             "seconds": time.perf_counter() - start,
         }
         args.json.write_text(json.dumps(record, indent=2) + "\n")
     return 0
+
+
+def _generate(model_dir, text: str, bits: str) -> dict | None:
+    """Generation with bf16 KV and with TQCache (tq-hf), printed; None without tq-hf."""
+    try:
+        from tq_hf import demo as hf_demo
+    except ImportError:
+        print("\n(generation with a compressed cache: pip install tq-hf)")
+        return None
+    from tq_core.cli import smollm2
+
+    configs = parse_bit_configs(bits)
+    if len(configs) != 1 or configs[0][2]:
+        raise TQConfigError(f"--generate takes one config without +qjl, got {bits!r}")
+    k_bits, v_bits, _ = configs[0]
+    tokenizer, model = smollm2.load_model(model_dir)
+    _progress(f"generating with bf16 KV and K{k_bits}V{v_bits} (tq-hf TQCache)")
+    result = hf_demo.compare(model, tokenizer, k_bits, v_bits, text)
+    name = result["config"]
+    print(f"\nprompt: {result['prompt']!r}")
+    print(f"bf16 KV: {result['bf16_text']!r}")
+    print(f"{name} KV: {result['tq_text']!r}")
+    print(
+        f"KV cache after {result['tokens_held']} tokens: bf16 {result['bf16_cache_bytes']:,} B, "
+        f"{name} {result['tq_cache_bytes']:,} B ({result['compression']:.2f}x smaller, measured "
+        f"from the caches' tensors); greedy tokens agree for {result['greedy_agreement_tokens']}"
+    )
+    print(
+        f"perplexity over {result['perplexity_tokens']} tokens: bf16 KV "
+        f"{result['perplexity_bf16']:.3f}, {name} {result['perplexity_tq']:.3f} "
+        f"({result['perplexity_delta_percent']:+.2f}%)"
+    )
+    return result
 
 
 def _progress(message: str) -> None:
