@@ -96,6 +96,7 @@ def test_k4v4_holds_under_a_3_5th_of_bf16_bytes_at_4k_context():
 def test_unsupported_models_and_bad_settings_fail_before_any_work():
     hybrid = LlamaConfig(num_hidden_layers=2, head_dim=64)
     hybrid.layer_types = ["full_attention", "sliding_attention"]
+    hybrid.sliding_window = 128
     with pytest.raises(TQUnsupportedModelError, match="sliding"):
         TQCache(hybrid)
     with pytest.raises(TQUnsupportedModelError, match="head_dim"):

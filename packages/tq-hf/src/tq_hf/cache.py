@@ -15,6 +15,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from tq_core import TQCodec, TQConfig, ops
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
+from tq_core.model_shape import ModelShape, model_shape
 
 BLOCK_SIZE = 16  # tokens per page; any size works, 16 keeps the tail page small
 
@@ -163,15 +164,8 @@ class TQCache(Cache):
     """
 
     def __init__(self, config, *, center_keys: bool = True, **tq_options) -> None:
-        text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-        _check_supported(text_config)
-        head_dim = getattr(text_config, "head_dim", None) or (
-            text_config.hidden_size // text_config.num_attention_heads
-        )
-        num_kv_heads = getattr(text_config, "num_key_value_heads", None) or (
-            text_config.num_attention_heads
-        )
-        num_layers = text_config.num_hidden_layers
+        shape = supported_shape(config)
+        head_dim, num_kv_heads, num_layers = shape.head_dim, shape.num_kv_heads, shape.num_layers
         self.tq_config = TQConfig.from_env(head_dim=head_dim, **tq_options)
         layers = [
             TQLayer(
@@ -189,15 +183,13 @@ class TQCache(Cache):
         return sum(layer.nbytes() for layer in self.layers)
 
 
-def _check_supported(text_config) -> None:
-    if getattr(text_config, "is_encoder_decoder", False):
-        raise TQUnsupportedModelError("encoder-decoder models are not supported by TQCache")
-    if getattr(text_config, "kv_lora_rank", None) or getattr(text_config, "q_lora_rank", None):
-        raise TQUnsupportedModelError("multi-head latent attention (MLA) is not supported")
-    layer_types = getattr(text_config, "layer_types", None) or []
-    if any(kind != "full_attention" for kind in layer_types):
-        kinds = sorted(set(layer_types))
+def supported_shape(config) -> ModelShape:
+    """The model's KV shape (tq_core's reading of the HF config), or one clear error for a
+    model this cache does not handle yet."""
+    shape = model_shape(config.to_dict())
+    if any(shape.sliding):
         raise TQUnsupportedModelError(
-            f"layer types {kinds}: this TQCache handles full-attention layers only so far "
-            "(sliding-window and hybrid models are not supported yet)"
+            f"{shape.model_type} has sliding-window layers: this TQCache handles full-attention "
+            "layers only so far (sliding-window and hybrid models are not supported yet)"
         )
+    return shape

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from tq_core import TQCodec, TQConfig
-from tq_hf.cache import TQCache
+from tq_hf.cache import TQCache, supported_shape
 
 BF16_LABEL = "bf16"
 
@@ -43,10 +43,11 @@ class FakeQuantCache(DynamicCache):
         super().__init__(config=config)
         self.center_keys = center_keys
         self.key_means: dict[int, torch.Tensor] = {}
-        text = config.get_text_config()
-        num_layers = text.num_hidden_layers
-        tq = TQConfig.from_env(head_dim=_head_dim(text), **tq_options)
-        self.codecs = [TQCodec.from_config(tq, i, num_layers) for i in range(num_layers)]
+        shape = supported_shape(config)
+        tq = TQConfig.from_env(head_dim=shape.head_dim, **tq_options)
+        self.codecs = [
+            TQCodec.from_config(tq, i, shape.num_layers) for i in range(shape.num_layers)
+        ]
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         codec = self.codecs[layer_idx]
@@ -82,12 +83,11 @@ def perplexity(model, chunks: Iterable[torch.Tensor], make_cache: Callable, step
 
 def bytes_per_token(config, k_bits: int, v_bits: int) -> int:
     """Packed K+V bytes of one token over every layer and KV head (16 bits = bf16)."""
-    text = config.get_text_config()
-    head_dim, num_kv = _head_dim(text), text.num_key_value_heads
+    shape = supported_shape(config)
     if (k_bits, v_bits) == (16, 16):
-        return 2 * 2 * head_dim * num_kv * text.num_hidden_layers
-    codec = TQCodec(head_dim, k_bits, v_bits)
-    return codec.cache_layout(num_kv, 16).packed_bytes_per_token * text.num_hidden_layers
+        return 2 * 2 * shape.head_dim * shape.num_kv_heads * shape.num_layers
+    codec = TQCodec(shape.head_dim, k_bits, v_bits)
+    return codec.cache_layout(shape.num_kv_heads, 16).packed_bytes_per_token * shape.num_layers
 
 
 def evaluate(
@@ -183,9 +183,3 @@ def plot(rows: list[EvalRow], path, title: str, budget_percent: float | None = N
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
-
-
-def _head_dim(text_config) -> int:
-    return getattr(text_config, "head_dim", None) or (
-        text_config.hidden_size // text_config.num_attention_heads
-    )
