@@ -14,6 +14,7 @@ import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
 from tq_core import TQCodec, TQConfig, ops
+from tq_core.centering import key_mean
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
 from tq_core.model_shape import ModelShape, model_shape
 
@@ -83,15 +84,9 @@ class TQLayer(CacheLayerMixin):
             valid = torch.ones(batch, new, dtype=torch.bool)
         valid = valid.to("cpu", torch.bool)
         self._reserve(int((self.lengths + valid.sum(1)).max()))
-        if self.center_keys:
-            # q.(k - m) = q.k - q.m: the same shift for every key of a query, which softmax
-            # ignores, so attention is unchanged while the codec sees keys without their
-            # shared offset. The mean comes from the first chunk (the prompt, its real tokens)
-            # and stays.
+        if self.center_keys:  # attention-neutral (tq_core.centering); first chunk's mean
             if self.key_mean is None:
-                weight = valid.to(self.device, key_states.dtype)[:, None, :, None]
-                count = weight.sum(dim=2, keepdim=True).clamp_min(1)
-                self.key_mean = (key_states * weight).sum(dim=2, keepdim=True) / count
+                self.key_mean = key_mean(key_states, valid)
             key_states = key_states - self.key_mean
         positions = self.lengths[:, None] + valid.cumsum(1) - 1
         rows = torch.arange(batch)[:, None]

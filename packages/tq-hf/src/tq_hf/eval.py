@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from transformers import DynamicCache
 
 from tq_core import TQCodec, TQConfig
+from tq_core.centering import key_mean
 from tq_hf.cache import TQCache, supported_shape
 
 BF16_LABEL = "bf16"
@@ -52,8 +53,9 @@ class FakeQuantCache(DynamicCache):
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         codec = self.codecs[layer_idx]
         if self.center_keys:  # as TQCache: first chunk's mean per head, kept
-            mean = self.key_means.setdefault(layer_idx, key_states.mean(dim=2, keepdim=True))
-            key_states = key_states - mean
+            if layer_idx not in self.key_means:
+                self.key_means[layer_idx] = key_mean(key_states)
+            key_states = key_states - self.key_means[layer_idx]
         keys = codec.decode_keys(codec.encode_keys(key_states)).to(key_states.dtype)
         values = codec.decode_values(codec.encode_values(value_states)).to(value_states.dtype)
         return super().update(keys, values, layer_idx, *args, **kwargs)
