@@ -49,12 +49,16 @@ def field_constants(layout: CacheLayout, tensor: str, prefix: str) -> dict[str, 
     return constants
 
 
-def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
-    """float32 centroid table of K or V (a one-element dummy for a raw bf16 layer)."""
+def _tables(layout: CacheLayout, tensor: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centroids, boundaries) float32 of K or V; for a raw bf16 layer, which reads no table,
+    the 1-bit tables stand in (cached like every table: nothing is allocated per call)."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
-    if not fmt.compressed:
-        return torch.zeros(1, dtype=torch.float32, device=device)
-    return codebook_tensors(layout.head_dim, fmt.mse_bits, device)[0]
+    return codebook_tensors(layout.head_dim, fmt.mse_bits if fmt.compressed else 1, device)
+
+
+def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    """float32 centroid table of K or V."""
+    return _tables(layout, tensor, device)[0]
 
 
 _PAIR_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -83,10 +87,8 @@ def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
 
 
 def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
-    fmt = layout.key_format if tensor == "key" else layout.value_format
-    if not fmt.compressed:
-        return torch.zeros(1, dtype=torch.float32, device=device)
-    return codebook_tensors(layout.head_dim, fmt.mse_bits, device)[1]
+    """float32 quantization boundaries of K or V (what store's quantizer compares against)."""
+    return _tables(layout, tensor, device)[1]
 
 
 _ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
