@@ -1,0 +1,130 @@
+"""Static cost of the decode kernel's inner loop, compiled for Hopper on a machine with no GPU.
+
+    python benchmarks/static_cost.py --out benchmarks/results/static-cost-sm90a
+
+Compiles the attention kernel (decode, split-K, K4V4 unless told otherwise, Llama-3-8B GQA
+group of 4, head_dim 128) for sm_90a with Triton's own ptxas and nvdisasm, and reports
+registers, spills and the SASS instructions of the key loop (the longest backward branch):
+the count `docs/kernels.md` compares with the memory-bound budget. Writes JSON and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import pathlib
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from tq_core import TQCodec
+from tq_core.cli.provenance import environment_record
+from tq_core.ops import triton_attention
+
+_POINTERS = {
+    "q_ptr": "*bf16", "out_ptr": "*bf16", "cache_ptr": "*u8", "block_table_ptr": "*i32",
+    "seq_lens_ptr": "*i32", "query_start_ptr": "*i32", "signs_ptr": "*fp16",
+}  # fmt: skip
+_SASS_OP = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+
+
+def compile_decode(k_bits: int, v_bits: int, block_n: int, num_warps: int) -> dict:
+    layout = TQCodec(128, k_bits, v_bits).cache_layout(8, 16)
+    # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
+    tables = {
+        "k_cent_ptr": "*i32" if k_bits == 4 else "*fp32",
+        "v_cent_ptr": "*i32" if v_bits == 4 else "*fp32",
+    }
+    constants = dict(
+        GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
+        TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
+        LOOKUP=0, ROTATE=False, **triton_attention._kernel_constants(layout),
+    )  # fmt: skip
+    kernel = triton_attention._attention_kernel
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = _POINTERS.get(name) or tables.get(name, "*fp32")
+        elif name in ("scale", "softcap", "inv_sqrt_d"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    # What the JIT assumes at run time: pointers and strides are 16-byte multiples.
+    strides = ("stride_qr", "stride_or", "stride_page", "stride_bt")
+    aligned = [n for n in kernel.arg_names if signature[n].startswith("*") or n in strides]
+    source = ASTSource(
+        kernel,
+        signature,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()},
+        attrs={(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned},
+    )
+    compiled = triton.compile(
+        source, target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps, "num_stages": 1}
+    )
+    tools = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as folder:
+        ptx, cubin = os.path.join(folder, "k.ptx"), os.path.join(folder, "k.cubin")
+        pathlib.Path(ptx).write_text(compiled.asm["ptx"])
+        report = subprocess.run(
+            [tools / "ptxas", "-v", "--gpu-name=sm_90a", ptx, "-o", cubin],
+            capture_output=True, text=True, check=True,
+        ).stderr  # fmt: skip
+        sass = subprocess.run(
+            [tools / "nvdisasm", "-c", cubin], capture_output=True, text=True, check=True
+        ).stdout
+    lines = sass.splitlines()
+    labels = {
+        m.group(1): i
+        for i, line in enumerate(lines)
+        if (m := re.match(r"^\.(L_x_\d+):", line.strip()))
+    }
+    loops = [
+        (labels[m.group(1)], i)
+        for i, line in enumerate(lines)
+        if (m := re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)) and labels.get(m.group(1), i) < i
+    ]
+    start, end = max(loops, key=lambda span: span[1] - span[0])
+    body = [m.group(1) for line in lines[start : end + 1] if (m := _SASS_OP.search(line))]
+    registers = int(re.search(r"Used (\d+) registers", report).group(1))
+    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
+    return {
+        "k_bits": k_bits, "v_bits": v_bits, "block_n": block_n, "num_warps": num_warps,
+        "registers": registers, "spill_store_bytes": spills,
+        "loop_instructions_per_thread": len(body),
+        "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
+        "top_ops": collections.Counter(body).most_common(12),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="path of the JSON to write")
+    args = parser.parse_args()
+    default = triton_attention.TUNING["decode"]
+    rows = [
+        compile_decode(4, 4, 64, 4),  # the tiles of the committed H200 decode grid
+        compile_decode(4, 4, default["block_n"], default["num_warps"]),  # today's default
+        compile_decode(8, 4, default["block_n"], default["num_warps"]),
+    ]
+    for row in rows:
+        print(
+            f"K{row['k_bits']}V{row['v_bits']} tile {row['block_n']} x {row['num_warps']} warps: "
+            f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
+            f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "
+            "warp-instructions per token and KV head"
+        )
+    record = {"target": "sm_90a", "rows": rows, "environment": environment_record()}
+    path = pathlib.Path(args.out)
+    path.write_text(json.dumps(record, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
