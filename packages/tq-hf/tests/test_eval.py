@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from tq_core.cli import main as tq_main
 from tq_core.cli import smollm2
+from tq_hf import TQCache
 from tq_hf import eval as harness
 
 
@@ -73,3 +76,33 @@ def test_demo_generation_measures_both_caches(smollm2_model, restore_attention):
     assert 1.5 < result["compression"] < 3.56
     assert result["greedy_agreement_tokens"] >= 1
     assert result["perplexity_delta_percent"] > 0
+
+
+def test_tq_attention_equals_sdpa_over_the_same_decoded_kv(smollm2_model, restore_attention):
+    """Layer 0 sees the same input on both paths, so its attention output isolates the cache
+    and attention path: it must match sdpa over encode+decode to float32 rounding. (Later
+    layers drift as that rounding flips codes on codebook boundaries: printed, not bounded.)"""
+    from transformers import DynamicCache  # noqa: F401  (same cache family as the twin)
+
+    tokenizer, model = smollm2_model
+    ids = _chunks(tokenizer, tokens=128, chunk=128)[0]
+    outputs = {0: [], 1: [], 2: []}
+    hooks = [
+        model.model.layers[i].self_attn.register_forward_hook(
+            lambda module, args, out, i=i: outputs[i].append(out[0].detach().clone())
+        )
+        for i in outputs
+    ]
+    try:
+        with torch.inference_mode():
+            model(ids, past_key_values=TQCache(model.config, k_bits=8, v_bits=8))
+            model(ids, past_key_values=harness.FakeQuantCache(model.config, k_bits=8, v_bits=8))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    errors = {}
+    for layer, (tq_out, fake_out) in outputs.items():
+        errors[layer] = ((tq_out - fake_out).norm(dim=-1) / fake_out.norm(dim=-1)).max().item()
+    print("per-layer attention output, tq path vs fake-quantize + sdpa, max relative error: "
+          + ", ".join(f"layer {k} {v:.1e}" for k, v in errors.items()))  # fmt: skip
+    assert errors[0] < 1e-5
