@@ -19,7 +19,7 @@ def _chunks(tokenizer, tokens=256, chunk=128):
 def test_cache_path_scores_like_fake_quantize_then_sdpa(smollm2_model, restore_attention):
     """Both attend to the same encode+decode of K/V; they differ only where float rounding
     upstream flips a code on a boundary, which moves perplexity by a few tenths of a percent
-    on short text (0.3% at K4V4 on 512 tokens) and averages out over more."""
+    on short text (printed) and averages out over more."""
     tokenizer, model = smollm2_model
     rows = harness.evaluate(model, _chunks(tokenizer), [(8, 8), (4, 4)], compare_fake_quant=True)
     assert [r.label for r in rows] == ["bf16", "K8V8", "K4V4"]
