@@ -91,12 +91,15 @@ def _new_tokens_valid(attention_mask: torch.Tensor | None, new: int) -> torch.Te
     """Which of the ``new`` tokens of each row are real (not left padding), [B, new] bool on
     the host, or None when every token is real.
 
-    The sdpa mask function gives None for plain causal attention, else a [B, 1, S, kv_len]
-    mask (bool: True = attend; float: 0 = attend). The last query row of a causal mask sees
-    every real key up to the newest one, so its row marks the padding keys."""
+    The sdpa mask function gives None for plain causal attention, else a [B, 1, new, kv_len]
+    mask (bool: True = attend; float: 0 = attend) whose last ``new`` columns are the new
+    tokens (TQLayer.get_mask_sizes). A real token attends to itself, full or sliding-window
+    layer alike, and a padding token is masked for every query, itself included: the diagonal
+    of those columns marks the real tokens."""
     if attention_mask is None:
         return None
-    last = attention_mask[:, 0, -1, -new:]
-    valid = last if last.dtype == torch.bool else last == 0
+    steps = torch.arange(new, device=attention_mask.device)
+    diagonal = attention_mask[:, 0, steps, attention_mask.shape[-1] - new + steps]
+    valid = diagonal if diagonal.dtype == torch.bool else diagonal == 0
     valid = valid.cpu()
     return None if bool(valid.all()) else valid

@@ -1,7 +1,11 @@
 """TQCache: a transformers Cache whose attention layers hold K/V in tq's paged byte format.
 
 Each attention layer owns one uint8 paged cache (``tq_core`` layout) for the whole batch: row b
-of the batch gets its own run of pages, grown by doubling. ``update`` keeps the new K/V aside
+of the batch gets its own run of pages. A full-attention layer's run grows by doubling; a
+sliding-window layer's run is a ring that holds only the pages the window (plus the tokens of
+the current forward pass) can still see, so its size is bounded by the window however long the
+context grows: logical block j of a row lives in page ``j % ring``, and blocks that have left
+the window are overwritten (attention masks them anyway). ``update`` keeps the new K/V aside
 and returns them (cheap placeholders); the "tq" attention function (attention.py), which runs
 next and sees the attention mask, has them encoded by ``tq_core.ops.store`` without the padding
 tokens and then reads the compressed pages, so no layer's full-precision history ever exists.
@@ -15,7 +19,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 
 from tq_core import TQCodec, TQConfig, ops
 from tq_core.centering import key_mean
-from tq_core.errors import TQConfigError, TQUnsupportedModelError
+from tq_core.errors import TQConfigError
 from tq_core.model_shape import ModelShape, model_shape
 
 BLOCK_SIZE = 16  # tokens per page; any size works, 16 keeps the tail page small
@@ -32,18 +36,27 @@ def take_just_updated(layer_idx: int) -> TQLayer | None:
 
 
 class TQLayer(CacheLayerMixin):
-    """One attention layer's compressed K/V for a batch: pages, block table, lengths."""
+    """One attention layer's compressed K/V for a batch: pages, block table, lengths.
 
-    is_sliding = False
+    ``sliding_window``: the layer attends to the last W tokens only (Gemma 2/3, Mistral); its
+    pages then form a ring bounded by the window (see the module docstring)."""
+
     is_compileable = False
     is_croppable = False
 
     def __init__(
-        self, layer_idx: int, codec: TQCodec, num_kv_heads: int, center_keys: bool = False
+        self,
+        layer_idx: int,
+        codec: TQCodec,
+        num_kv_heads: int,
+        center_keys: bool = False,
+        sliding_window: int | None = None,
     ) -> None:
         super().__init__()
         self.layer_idx = layer_idx
         self.center_keys = center_keys
+        self.sliding_window = sliding_window
+        self.is_sliding = sliding_window is not None
         # Per (batch row, KV head) mean key of the first chunk, subtracted before encoding.
         self.key_mean: torch.Tensor | None = None
         self.codec = codec
@@ -51,7 +64,8 @@ class TQLayer(CacheLayerMixin):
         self.seen = 0  # tokens transformers has handed over per row, padding included
         self.lengths: torch.Tensor | None = None  # real tokens held per row (host, int64)
         self.batch_size = 0
-        self.blocks_per_row = 0
+        self.ring = 0  # pages per row; logical block j of a row lives in page j % ring
+        self.ring_of_table = 0  # the ring the block table was built for
         self.kv_cache: torch.Tensor | None = None
         self.block_table: torch.Tensor | None = None
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -83,15 +97,15 @@ class TQLayer(CacheLayerMixin):
         if valid is None:
             valid = torch.ones(batch, new, dtype=torch.bool)
         valid = valid.to("cpu", torch.bool)
-        self._reserve(int((self.lengths + valid.sum(1)).max()))
+        self._reserve(valid.sum(1))
         if self.center_keys:  # attention-neutral (tq_core.centering); first chunk's mean
             if self.key_mean is None:
                 self.key_mean = key_mean(key_states, valid)
             key_states = key_states - self.key_mean
         positions = self.lengths[:, None] + valid.cumsum(1) - 1
         rows = torch.arange(batch)[:, None]
-        blocks = rows * self.blocks_per_row + positions // BLOCK_SIZE
-        slots = torch.where(valid, blocks * BLOCK_SIZE + positions % BLOCK_SIZE, -1)
+        pages = rows * self.ring + (positions // BLOCK_SIZE) % self.ring
+        slots = torch.where(valid, pages * BLOCK_SIZE + positions % BLOCK_SIZE, -1)
         # [B, Hkv, S, D] -> tokens [B*S, Hkv, D], row-major over (b, s) like the slots.
         ops.store(
             key_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
@@ -101,13 +115,18 @@ class TQLayer(CacheLayerMixin):
         self.lengths += valid.sum(1)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen + query_length, 0
+        """(kv_length, kv_offset) of the mask transformers builds: every position for a full
+        layer; for a sliding layer the last W - 1 cached positions and the new ones, as
+        transformers' own sliding layer. Either way the new tokens are the last columns."""
+        if self.sliding_window is None or self.seen < self.sliding_window:
+            return self.seen + query_length, 0
+        return self.sliding_window - 1 + query_length, self.seen - self.sliding_window + 1
 
     def get_seq_length(self) -> int:
         return self.seen
 
     def get_max_length(self) -> int:
-        return -1
+        return -1 if self.sliding_window is None else self.sliding_window
 
     def reset(self) -> None:
         self.seen = 0
@@ -128,23 +147,47 @@ class TQLayer(CacheLayerMixin):
         tensors = (self.kv_cache, self.block_table, self.key_mean)
         return sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
-    def _reserve(self, tokens: int) -> None:
-        needed = -(-tokens // BLOCK_SIZE)
-        if needed <= self.blocks_per_row:
-            return
-        # Grow by doubling: pages are position-independent bytes, so growing is a row copy.
-        per_row = max(needed, 2 * self.blocks_per_row)
-        cache = torch.empty(
-            self.batch_size * per_row, self.layout.page_bytes, dtype=torch.uint8, device=self.device
+    def _reserve(self, new_tokens: torch.Tensor) -> None:
+        """Make room for ``new_tokens`` [B] more tokens per row: enough pages for every token a
+        query of this pass can see, and block-table columns for every logical block."""
+        ends = self.lengths + new_tokens
+        blocks = -(-int(ends.max()) // BLOCK_SIZE)  # logical blocks per row after this pass
+        if self.sliding_window is None:
+            ring = blocks if blocks <= self.ring else max(blocks, 2 * self.ring)
+        else:
+            # The oldest token this pass's first query sees is W - 1 before it: those tokens
+            # and the new ones span at most this many blocks, so they never share a page.
+            visible = self.sliding_window - 1 + int(new_tokens.max())
+            ring = min(blocks, -(-visible // BLOCK_SIZE) + 1)
+        if ring != self.ring:
+            self._resize_ring(ring)
+        columns = 0 if self.block_table is None else self.block_table.shape[1]
+        if blocks > columns:
+            self._build_block_table(max(blocks, 2 * columns))
+        elif self.ring != self.ring_of_table:
+            self._build_block_table(columns)
+
+    def _resize_ring(self, ring: int) -> None:
+        """Move every page that a future query can still see into a ring of ``ring`` pages.
+        Zero-filled: pages the window has dropped may still be read (and masked), never NaN."""
+        cache = torch.zeros(
+            self.batch_size * ring, self.layout.page_bytes, dtype=torch.uint8, device=self.device
         )
         if self.kv_cache is not None:
-            old = self.kv_cache.view(self.batch_size, self.blocks_per_row, -1)
-            cache.view(self.batch_size, per_row, -1)[:, : self.blocks_per_row] = old
+            window = self.sliding_window
+            for row, length in enumerate(self.lengths.tolist()):
+                first = 0 if window is None else max(0, length - window + 1) // BLOCK_SIZE
+                logical = torch.arange(first, -(-length // BLOCK_SIZE), device=self.device)
+                old = self.kv_cache[row * self.ring + logical % self.ring]
+                cache[row * ring + logical % ring] = old
         self.kv_cache = cache
-        self.blocks_per_row = per_row
+        self.ring = ring
+
+    def _build_block_table(self, columns: int) -> None:
         rows = torch.arange(self.batch_size, device=self.device, dtype=torch.int32)
-        columns = torch.arange(per_row, device=self.device, dtype=torch.int32)
-        self.block_table = (rows[:, None] * per_row + columns[None, :]).contiguous()
+        logical = torch.arange(columns, device=self.device, dtype=torch.int32)
+        self.block_table = (rows[:, None] * self.ring + logical[None, :] % self.ring).contiguous()
+        self.ring_of_table = self.ring
 
 
 class TQCache(Cache):
@@ -162,12 +205,11 @@ class TQCache(Cache):
         shape = supported_shape(config)
         head_dim, num_kv_heads, num_layers = shape.head_dim, shape.num_kv_heads, shape.num_layers
         self.tq_config = TQConfig.from_env(head_dim=head_dim, **tq_options)
-        layers = [
-            TQLayer(
-                i, TQCodec.from_config(self.tq_config, i, num_layers), num_kv_heads, center_keys
-            )
-            for i in range(num_layers)
-        ]
+        layers = []
+        for i in range(num_layers):
+            codec = TQCodec.from_config(self.tq_config, i, num_layers)
+            window = shape.sliding_window if shape.sliding[i] else None
+            layers.append(TQLayer(i, codec, num_kv_heads, center_keys, window))
         super().__init__(layers=layers)
         from tq_hf.attention import use_tq_attention
 
@@ -180,11 +222,6 @@ class TQCache(Cache):
 
 def supported_shape(config) -> ModelShape:
     """The model's KV shape (tq_core's reading of the HF config), or one clear error for a
-    model this cache does not handle yet."""
-    shape = model_shape(config.to_dict())
-    if any(shape.sliding):
-        raise TQUnsupportedModelError(
-            f"{shape.model_type} has sliding-window layers: this TQCache handles full-attention "
-            "layers only so far (sliding-window and hybrid models are not supported yet)"
-        )
-    return shape
+    model this cache does not handle (tq_core refuses MLA, encoder-decoder models, unknown
+    layer types such as linear attention, and unsupported head_dim)."""
+    return model_shape(config.to_dict())

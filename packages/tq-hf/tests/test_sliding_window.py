@@ -1,0 +1,86 @@
+"""Sliding-window layers (Gemma 2/3 style, random weights): TQCache keeps only the pages the
+window can still see, and its outputs match the codec's own error at each bit width."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (
+    DynamicCache,
+    Gemma2Config,
+    Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
+)
+
+from tq_hf import TQCache
+from tq_hf.cache import BLOCK_SIZE
+from tq_hf.eval import FakeQuantCache
+
+WINDOW = 32
+PROMPT_TOKENS = 100  # > 3 windows
+DECODE_STEPS = 40
+
+
+def _model(name: str):
+    config_class, model_class = {
+        "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
+        "gemma2": (Gemma2Config, Gemma2ForCausalLM),  # + attention logit soft-cap 50
+    }[name]
+    config = config_class(
+        vocab_size=128, hidden_size=256, intermediate_size=256, num_hidden_layers=4,
+        num_attention_heads=2, num_key_value_heads=1, head_dim=256, sliding_window=WINDOW,
+        layer_types=["sliding_attention"] * 3 + ["full_attention"],
+        max_position_embeddings=4096,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    return model_class(config).eval()
+
+
+def _logits_and_page_bytes(model, cache):
+    """Last-position logits [B, 1 + steps, vocab] of a left-padded prompt then single-token
+    decode steps, and each layer's page bytes after every step."""
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 128, (2, PROMPT_TOKENS), generator=generator)
+    steps = torch.randint(0, 128, (2, DECODE_STEPS), generator=generator)
+    mask = torch.ones_like(prompt)
+    mask[1, :30] = 0  # row 1 is left-padded
+    logits, page_bytes = [], []
+    with torch.inference_mode():
+        out = model(prompt, attention_mask=mask, past_key_values=cache)
+        logits.append(out.logits[:, -1])
+        for step in range(DECODE_STEPS):
+            mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+            out = model(steps[:, step : step + 1], attention_mask=mask, past_key_values=cache)
+            logits.append(out.logits[:, -1])
+            if isinstance(cache, TQCache):
+                page_bytes.append([layer.kv_cache.numel() for layer in cache.layers])
+    model.config._attn_implementation = "sdpa"  # TQCache switched it to "tq"
+    return torch.stack(logits, 1), page_bytes
+
+
+@pytest.mark.parametrize("name", ["gemma3", "gemma2"])
+def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name):
+    model = _model(name)
+    bf16, _ = _logits_and_page_bytes(model, DynamicCache(config=model.config))
+    scale = bf16.abs().max()
+    for k_bits, v_bits in [(8, 8), (4, 4)]:
+        options = dict(k_bits=k_bits, v_bits=v_bits, center_keys=False)
+        tq, page_bytes = _logits_and_page_bytes(model, TQCache(model.config, **options))
+        # The independent twin: the codec's encode + decode, then transformers' own sliding
+        # window cache and sdpa. Its distance from bf16 is the bit width's error.
+        fake, _ = _logits_and_page_bytes(model, FakeQuantCache(model.config, **options))
+        codec_error = float((fake - bf16).abs().max() / scale)
+        cache_error = float((tq - fake).abs().max() / scale)
+        print(f"{name} K{k_bits}V{v_bits}: vs bf16 {codec_error:.2e}, vs codec twin "
+              f"{cache_error:.2e}, page bytes per layer {page_bytes[-1]}")  # fmt: skip
+        assert cache_error <= 0.1 * codec_error
+        assert codec_error < (0.05 if k_bits == 8 else 0.5)
+        layout = TQCache(model.config, **options).layers[0].layout
+        # A decode step sees the last W tokens: ceil(W / block) + 1 pages per row, however
+        # long the context (140 tokens here); the full-attention layer keeps growing.
+        ring = -(-WINDOW // BLOCK_SIZE) + 1
+        for sizes in page_bytes:
+            assert sizes[:3] == [2 * ring * layout.page_bytes] * 3
+        context_blocks = -(-(PROMPT_TOKENS + DECODE_STEPS) // BLOCK_SIZE)
+        assert page_bytes[-1][3] >= 2 * context_blocks * layout.page_bytes
