@@ -2,7 +2,7 @@ import sys
 
 import pytest
 
-from tq_core.cli.bits import parse_bit_configs
+from tq_core.cli.bits import QualityConfig, parse_bit_configs, parse_quality_configs
 from tq_core.cli.main import main
 from tq_core.errors import TQConfigError
 
@@ -25,3 +25,17 @@ def test_bit_configs_parse_and_bad_ones_name_the_problem():
         parse_bit_configs("K4V9")
     with pytest.raises(TQConfigError, match="k_bits=1 cannot carry a QJL residual"):
         parse_bit_configs("K1V4+qjl")
+
+
+def test_quality_configs_take_levers_in_any_order_and_refuse_unknown_ones():
+    configs = parse_quality_configs("K4V4, k4v4+last2+QJL+first1")
+    assert configs == [QualityConfig(4, 4), QualityConfig(4, 4, True, 1, 2)]
+    assert configs[1].label == "K4V4+qjl+first1+last2"
+    assert configs[1].options == {
+        "k_bits": 4, "v_bits": 4, "key_qjl": True, "skip_first_layers": 1, "skip_last_layers": 2,
+    }  # fmt: skip
+    for bad in ("K4V4+middle1", "K4V4first1", "K4V4+qjlx", "+qjl"):
+        with pytest.raises(TQConfigError, match="not understood"):
+            parse_quality_configs(bad)
+    with pytest.raises(TQConfigError, match="k_bits=1 cannot carry a QJL residual"):
+        parse_quality_configs("K1V4+qjl")

@@ -21,7 +21,8 @@ def test_cache_path_scores_like_fake_quantize_then_sdpa(smollm2_model, restore_a
     upstream flips a code on a boundary, which moves perplexity by a few tenths of a percent
     on short text (printed) and averages out over more."""
     tokenizer, model = smollm2_model
-    rows = harness.evaluate(model, _chunks(tokenizer), [(8, 8), (4, 4)], compare_fake_quant=True)
+    configs = [(f"K{b}V{b}", {"k_bits": b, "v_bits": b}) for b in (8, 4)]
+    rows = harness.evaluate(model, _chunks(tokenizer), configs, compare_fake_quant=True)
     assert [r.label for r in rows] == ["bf16", "K8V8", "K4V4"]
     assert rows[0].delta_percent == 0.0
     for row in rows[1:]:
@@ -31,6 +32,28 @@ def test_cache_path_scores_like_fake_quantize_then_sdpa(smollm2_model, restore_a
         assert gap < 0.01
     assert abs(rows[1].delta_percent) < 1.0  # K8V8 is near-lossless
     assert rows[2].delta_percent > rows[1].delta_percent
+
+
+def test_levers_cost_the_bytes_the_cache_holds_and_boundary_layers_help(
+    smollm2_model, restore_attention
+):
+    """Bytes per token of a config with QJL keys and bf16 boundary layers, as `tq eval` reports
+    them, equal what a TQCache of that config holds per token (measured from its pages); and
+    keeping the first and last layer in bf16 does not hurt K3V3."""
+    tokenizer, model = smollm2_model
+    levers = {"k_bits": 3, "v_bits": 3, "skip_first_layers": 1, "skip_last_layers": 1}
+    configs = [("K3V3", {"k_bits": 3, "v_bits": 3}), ("K3V3+first1+last1", levers),
+               ("K4V4+qjl", {"k_bits": 4, "v_bits": 4, "key_qjl": True})]  # fmt: skip
+    rows = harness.evaluate(model, _chunks(tokenizer), configs)
+    print(harness.table(rows))
+    assert rows[2].delta_percent <= rows[1].delta_percent
+    for row in rows[1:]:
+        cache = TQCache(model.config, center_keys=False, **row.options)
+        ids = _chunks(tokenizer, tokens=128, chunk=128)[0]
+        with torch.inference_mode():
+            model(ids, past_key_values=cache)
+        held = sum(layer.kv_cache.numel() for layer in cache.layers)  # 8 full pages per layer
+        assert held == row.bytes_per_token * 128, row.label
 
 
 def test_recommendation_is_the_fewest_bytes_within_budget():

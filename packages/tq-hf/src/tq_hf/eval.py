@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,7 @@ BF16_LABEL = "bf16"
 
 @dataclass
 class EvalRow:
-    label: str  # "bf16" or "K4V4"
+    label: str  # "bf16", "K4V4", "K4V4+qjl+first1"
     k_bits: int
     v_bits: int
     bytes_per_token: int  # K+V bytes of one token over all layers and KV heads (no padding)
@@ -33,12 +33,14 @@ class EvalRow:
     delta_percent: float  # perplexity increase over bf16 KV, in percent
     # The same config through FakeQuantCache + sdpa, when asked for (None otherwise).
     fake_quant_perplexity: float | None = None
+    options: dict = field(default_factory=dict)  # the TQConfig keywords of this row
 
 
 class FakeQuantCache(DynamicCache):
     """A DynamicCache that stores K/V after the codec's encode + decode (original domain).
 
-    Attention over it is ordinary sdpa, so it is the independent twin of TQCache's path."""
+    Attention over it is ordinary sdpa, so it is the independent twin of TQCache's path. Its key
+    mean (``center_keys``) counts every token of the first chunk: give it unpadded input."""
 
     def __init__(self, config, *, center_keys: bool = True, **tq_options) -> None:
         super().__init__(config=config)
@@ -83,47 +85,51 @@ def perplexity(model, chunks: Iterable[torch.Tensor], make_cache: Callable, step
     return math.exp(total / count)
 
 
-def bytes_per_token(config, k_bits: int, v_bits: int) -> int:
-    """Packed K+V bytes of one token over every layer and KV head (16 bits = bf16)."""
+def bytes_per_token(config, **tq_options) -> int:
+    """Packed K+V bytes of one token over every layer and KV head, for ``TQConfig`` keywords;
+    ``k_bits=16, v_bits=16`` is the bf16 cache."""
     shape = supported_shape(config)
-    if (k_bits, v_bits) == (16, 16):
+    if (tq_options.get("k_bits"), tq_options.get("v_bits")) == (16, 16):
         return 2 * 2 * shape.head_dim * shape.num_kv_heads * shape.num_layers
-    codec = TQCodec(shape.head_dim, k_bits, v_bits)
-    return codec.cache_layout(shape.num_kv_heads, 16).packed_bytes_per_token * shape.num_layers
+    tq = TQConfig(head_dim=shape.head_dim, **tq_options)
+    return sum(
+        TQCodec.from_config(tq, i, shape.num_layers)
+        .cache_layout(shape.num_kv_heads, 16)
+        .packed_bytes_per_token
+        for i in range(shape.num_layers)
+    )
 
 
 def evaluate(
     model,
     chunks: list[torch.Tensor],
-    bits: list[tuple[int, int]],
+    configs: list[tuple[str, dict]],
     progress=None,
     compare_fake_quant: bool = False,
     center_keys: bool = True,
 ) -> list[EvalRow]:
-    """bf16 KV first, then each (k_bits, v_bits) through TQCache (and FakeQuantCache when
-    ``compare_fake_quant``). ``progress``: a callable given the number of forward passes to
-    expect, returning a per-pass step callable."""
-    passes = len(chunks) * (1 + len(bits) * (2 if compare_fake_quant else 1))
+    """bf16 KV first, then each ``(label, TQConfig keywords)`` through TQCache (and
+    FakeQuantCache when ``compare_fake_quant``). ``progress``: a callable given the number of
+    forward passes to expect, returning a per-pass step callable."""
+    passes = len(chunks) * (1 + len(configs) * (2 if compare_fake_quant else 1))
     step = progress(passes) if progress else None
     config = model.config
     baseline = perplexity(model, chunks, lambda: DynamicCache(config=config), step)
-    rows = [EvalRow(BF16_LABEL, 16, 16, bytes_per_token(config, 16, 16), baseline, 0.0)]
-    for k_bits, v_bits in bits:
+    bf16_size = bytes_per_token(config, k_bits=16, v_bits=16)
+    rows = [EvalRow(BF16_LABEL, 16, 16, bf16_size, baseline, 0.0)]
+    for label, options in configs:
         value = perplexity(
-            model,
-            chunks,
-            lambda k=k_bits, v=v_bits: TQCache(config, k_bits=k, v_bits=v, center_keys=center_keys),
-            step,
+            model, chunks, lambda o=options: TQCache(config, center_keys=center_keys, **o), step
         )
-        size = bytes_per_token(config, k_bits, v_bits)
+        size = bytes_per_token(config, **options)
         delta = 100 * (value / baseline - 1)
-        row = EvalRow(f"K{k_bits}V{v_bits}", k_bits, v_bits, size, value, delta)
+        row = EvalRow(
+            label, options["k_bits"], options["v_bits"], size, value, delta, options=options
+        )
         if compare_fake_quant:
             row.fake_quant_perplexity = perplexity(
                 model, chunks,
-                lambda k=k_bits, v=v_bits: FakeQuantCache(
-                    config, k_bits=k, v_bits=v, center_keys=center_keys
-                ),
+                lambda o=options: FakeQuantCache(config, center_keys=center_keys, **o),
                 step,
             )  # fmt: skip
         rows.append(row)
@@ -139,11 +145,12 @@ def recommend(rows: list[EvalRow], budget_percent: float) -> EvalRow | None:
 def table(rows: list[EvalRow]) -> str:
     bf16 = rows[0].bytes_per_token
     fake = any(r.fake_quant_perplexity is not None for r in rows)
-    header = f"{'KV':<6} {'bytes/token':>12} {'vs bf16':>8} {'perplexity':>11} {'delta':>8}"
+    width = max(6, *(len(r.label) for r in rows))
+    header = f"{'KV':<{width}} {'bytes/token':>12} {'vs bf16':>8} {'perplexity':>11} {'delta':>8}"
     lines = [header + ("  fake-quant ppl  cache vs fake" if fake else "")]
     for r in rows:
         line = (
-            f"{r.label:<6} {r.bytes_per_token:>12,} {bf16 / r.bytes_per_token:>7.2f}x "
+            f"{r.label:<{width}} {r.bytes_per_token:>12,} {bf16 / r.bytes_per_token:>7.2f}x "
             f"{r.perplexity:>11.4f} {r.delta_percent:>+7.2f}%"
         )
         if r.fake_quant_perplexity is not None:

@@ -1,8 +1,10 @@
-"""Parsing of bit configs as users write them on the command line: K4V4, K6V4, K4V4+qjl."""
+"""Parsing of bit configs as users write them on the command line: K4V4, K6V4, K4V4+qjl, and
+for `tq eval` the quality levers too: K4V4+first1+last1."""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from tq_core.config import check_bits, check_qjl_bits
 from tq_core.errors import TQConfigError
@@ -27,4 +29,63 @@ def parse_bit_configs(text: str) -> list[tuple[int, int, bool]]:
         configs.append((k_bits, v_bits, key_qjl))
     if not configs:
         raise TQConfigError("no bit configs given; write e.g. K4V4,K6V4")
+    return configs
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    """One config for `tq eval`: bit widths and the quality levers (QJL keys, boundary layers
+    kept uncompressed). ``options`` are the matching ``TQConfig`` keyword arguments."""
+
+    k_bits: int
+    v_bits: int
+    key_qjl: bool = False
+    skip_first_layers: int = 0
+    skip_last_layers: int = 0
+
+    @property
+    def label(self) -> str:
+        return (
+            f"K{self.k_bits}V{self.v_bits}"
+            + ("+qjl" if self.key_qjl else "")
+            + (f"+first{self.skip_first_layers}" if self.skip_first_layers else "")
+            + (f"+last{self.skip_last_layers}" if self.skip_last_layers else "")
+        )
+
+    @property
+    def options(self) -> dict:
+        return {
+            "k_bits": self.k_bits, "v_bits": self.v_bits, "key_qjl": self.key_qjl,
+            "skip_first_layers": self.skip_first_layers,
+            "skip_last_layers": self.skip_last_layers,
+        }  # fmt: skip
+
+
+_LEVER = re.compile(r"\+(qjl|first(\d+)|last(\d+))", re.IGNORECASE)
+
+
+def parse_quality_configs(text: str) -> list[QualityConfig]:
+    """``"K4V4,K4V4+first1+last1,K5V4+qjl"`` -> QualityConfigs. ``+qjl``: keys spend one of
+    their bits on a QJL residual sketch; ``+firstN`` / ``+lastN``: the first / last N layers
+    stay uncompressed (bf16), where errors are said to hurt most."""
+    configs = []
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        head = re.match(r"^K(\d+)V(\d+)", item, re.IGNORECASE)
+        levers = _LEVER.findall(item[head.end() :]) if head else []
+        rebuilt = (head.group(0) if head else "") + "".join("+" + lever[0] for lever in levers)
+        if not head or rebuilt.lower() != item.lower():
+            raise TQConfigError(
+                f"config {item!r} is not understood; write e.g. K4V4, K4V4+qjl or K4V4+first1+last1"
+            )
+        k_bits = check_bits("k_bits", int(head.group(1)))
+        v_bits = check_bits("v_bits", int(head.group(2)))
+        names = [lever[0].lower() for lever in levers]
+        key_qjl = "qjl" in names
+        if key_qjl:
+            check_qjl_bits(k_bits)
+        first = sum(int(lever[1]) for lever in levers if lever[1])
+        last = sum(int(lever[2]) for lever in levers if lever[2])
+        configs.append(QualityConfig(k_bits, v_bits, key_qjl, first, last))
+    if not configs:
+        raise TQConfigError("no configs given; write e.g. K4V4,K6V4")
     return configs

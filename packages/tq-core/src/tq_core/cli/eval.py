@@ -15,9 +15,9 @@ import pathlib
 import sys
 import time
 
-from tq_core.cli.bits import parse_bit_configs
+from tq_core.cli.bits import parse_quality_configs
 from tq_core.cli.provenance import environment_record
-from tq_core.errors import TQConfigError, TQMissingDependencyError
+from tq_core.errors import TQMissingDependencyError
 
 DEFAULT_BITS = "K8V8,K8V4,K6V4,K5V4,K4V8,K4V4,K3V4,K3V3,K2V2"
 
@@ -28,7 +28,12 @@ def add_parser(verbs) -> None:
         help="perplexity per bit config on real text, with a recommendation",
         description=__doc__,
     )
-    parser.add_argument("--bits", default=DEFAULT_BITS, help=f"bit configs ({DEFAULT_BITS})")
+    parser.add_argument(
+        "--bits",
+        default=DEFAULT_BITS,
+        help=f"configs, comma-separated ({DEFAULT_BITS}); levers: +qjl (a QJL residual bit "
+        "for keys), +firstN / +lastN (keep the first / last N layers in bf16)",
+    )
     parser.add_argument("--tokens", type=int, default=8192, help="text tokens to score (8192)")
     parser.add_argument("--chunk", type=int, default=1024, help="tokens per forward pass (1024)")
     parser.add_argument(
@@ -60,9 +65,7 @@ def run(args) -> int:
         ) from error
     from tq_core.cli import smollm2
 
-    bits = parse_bit_configs(args.bits)
-    if any(key_qjl for _, _, key_qjl in bits):
-        raise TQConfigError("tq eval does not take +qjl configs yet")
+    configs = parse_quality_configs(args.bits)
     model_dir = args.model or smollm2.ensure_model_folder(progress=_to_stderr)
     tokenizer, model = smollm2.load_model(model_dir)
     # ~4.5 characters per token for English prose; ask for a margin.
@@ -70,12 +73,12 @@ def run(args) -> int:
     chunks = harness.chunked_ids(tokenizer, text, args.tokens, args.chunk)
     scored = sum(c.shape[1] - 1 for c in chunks)
     print(f"tq eval: {model_dir.name}, {len(chunks)} chunks of {args.chunk} tokens "
-          f"({scored:,} scored), {len(bits)} configs + bf16", file=sys.stderr)  # fmt: skip
+          f"({scored:,} scored), {len(configs)} configs + bf16", file=sys.stderr)  # fmt: skip
     started = time.time()
-    pairs = [(k_bits, v_bits) for k_bits, v_bits, _ in bits]
     rows = harness.evaluate(
-        model, chunks, pairs, _progress_bar, args.compare_fake_quant, args.center_keys
-    )
+        model, chunks, [(c.label, c.options) for c in configs], _progress_bar,
+        args.compare_fake_quant, args.center_keys,
+    )  # fmt: skip
     print(harness.table(rows))
     best = harness.recommend(rows, args.budget)
     if best is None:
