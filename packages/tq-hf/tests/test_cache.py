@@ -46,6 +46,15 @@ def test_other_caches_still_get_sdpa_after_tq_attention_is_on(smollm2_model, res
     assert torch.equal(greedy(model, ids, 16, DynamicCache(config=model.config)), baseline)
 
 
+def test_a_tqcache_refuses_to_run_under_another_attention(smollm2_model, restore_attention):
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+    cache = TQCache(model.config)
+    model.config._attn_implementation = "sdpa"  # e.g. set back by other code
+    with pytest.raises(TQConfigError, match="attention implementation is 'sdpa'"):
+        greedy(model, ids, 2, cache)
+
+
 def test_pages_decode_through_tq_core_to_the_codecs_values(smollm2_model, restore_attention):
     """The bytes tq-hf writes are tq_core's format: decoding a layer's pages with tq_core gives
     exactly the codec's encode+decode of the K/V that transformers produced. Layer 0: its K/V

@@ -18,11 +18,21 @@ from tq_hf.cache import BLOCK_SIZE
 from tq_hf.eval import FakeQuantCache
 
 WINDOW = 32
+DEVICES = [
+    "cpu",  # the PyTorch reference ops
+    pytest.param(  # the Triton kernels
+        "cuda",
+        marks=[
+            pytest.mark.gpu,
+            pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+        ],
+    ),
+]
 PROMPT_TOKENS = 100  # > 3 windows
 DECODE_STEPS = 40
 
 
-def _model(name: str):
+def _model(name: str, device: str):
     config_class, model_class = {
         "gemma3": (Gemma3TextConfig, Gemma3ForCausalLM),
         "gemma2": (Gemma2Config, Gemma2ForCausalLM),  # + attention logit soft-cap 50
@@ -34,15 +44,15 @@ def _model(name: str):
         max_position_embeddings=4096,
     )  # fmt: skip
     torch.manual_seed(0)
-    return model_class(config).eval()
+    return model_class(config).eval().to(device)
 
 
 def _logits_and_page_bytes(model, cache):
     """Last-position logits [B, 1 + steps, vocab] of a left-padded prompt then single-token
     decode steps, and each layer's page bytes after every step."""
     generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, 128, (2, PROMPT_TOKENS), generator=generator)
-    steps = torch.randint(0, 128, (2, DECODE_STEPS), generator=generator)
+    prompt = torch.randint(0, 128, (2, PROMPT_TOKENS), generator=generator).to(model.device)
+    steps = torch.randint(0, 128, (2, DECODE_STEPS), generator=generator).to(model.device)
     mask = torch.ones_like(prompt)
     mask[1, :30] = 0  # row 1 is left-padded
     logits, page_bytes = [], []
@@ -50,7 +60,7 @@ def _logits_and_page_bytes(model, cache):
         out = model(prompt, attention_mask=mask, past_key_values=cache)
         logits.append(out.logits[:, -1])
         for step in range(DECODE_STEPS):
-            mask = torch.cat([mask, torch.ones(2, 1, dtype=mask.dtype)], 1)
+            mask = torch.cat([mask, mask.new_ones(2, 1)], 1)
             out = model(steps[:, step : step + 1], attention_mask=mask, past_key_values=cache)
             logits.append(out.logits[:, -1])
             if isinstance(cache, TQCache):
@@ -59,9 +69,10 @@ def _logits_and_page_bytes(model, cache):
     return torch.stack(logits, 1), page_bytes
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["gemma3", "gemma2"])
-def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name):
-    model = _model(name)
+def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name, device):
+    model = _model(name, device)
     bf16, _ = _logits_and_page_bytes(model, DynamicCache(config=model.config))
     scale = bf16.abs().max()
     for k_bits, v_bits in [(8, 8), (4, 4)]:
@@ -72,7 +83,7 @@ def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name)
         fake, _ = _logits_and_page_bytes(model, FakeQuantCache(model.config, **options))
         codec_error = float((fake - bf16).abs().max() / scale)
         cache_error = float((tq - fake).abs().max() / scale)
-        print(f"{name} K{k_bits}V{v_bits}: vs bf16 {codec_error:.2e}, vs codec twin "
+        print(f"{name} {device} K{k_bits}V{v_bits}: vs bf16 {codec_error:.2e}, vs codec twin "
               f"{cache_error:.2e}, page bytes per layer {page_bytes[-1]}")  # fmt: skip
         assert cache_error <= 0.1 * codec_error
         assert codec_error < (0.05 if k_bits == 8 else 0.5)

@@ -211,9 +211,22 @@ class TQCache(Cache):
             window = shape.sliding_window if shape.sliding[i] else None
             layers.append(TQLayer(i, codec, num_kv_heads, center_keys, window))
         super().__init__(layers=layers)
-        from tq_hf.attention import use_tq_attention
+        from tq_hf.attention import NAME, use_tq_attention
 
         use_tq_attention(config)
+        self._config, self._attention_name = config, NAME
+
+    def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
+        # Any other attention would attend to the placeholders update returns, not to the
+        # pages: silently wrong text. Refuse instead (e.g. the config was set back to sdpa).
+        current = getattr(self._config, "_attn_implementation", None)
+        if current != self._attention_name:
+            raise TQConfigError(
+                f"the model's attention implementation is {current!r}, but TQCache needs "
+                f"{self._attention_name!r}, which reads its pages (creating a TQCache sets it): "
+                "create the TQCache after changing the attention implementation"
+            )
+        return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def nbytes(self) -> int:
         """Bytes all layers hold, measured from their tensors."""
