@@ -6,11 +6,11 @@ A random-weight Llama-3-8B-shaped model (32 query / 8 KV heads, head_dim 128, hi
 MLP 14336; 8 layers instead of 32 so it loads in seconds: every layer does the same work, so
 per-step times scale with the layer count), bf16 weights. For each batch x context it prefills
 the prompt, then runs greedy single-token decode steps with a manual loop (no `generate`
-bookkeeping) and records: prefill ms, decode ms per step, decode tokens/s, the KV bytes each
-cache holds (measured from its tensors) and peak GPU memory. Caches: transformers'
-`DynamicCache` (bf16; grows by concatenation) and `StaticCache` (bf16; preallocated, sdpa over
-its full length), and `TQCache` at K4V4 and K8V4 (Triton kernels). Eager PyTorch, no CUDA
-graphs: what a transformers user gets. Writes ``<out>.json`` and ``<out>.md``.
+bookkeeping) and records: prefill ms, the median decode step (each one synchronized), decode
+tokens/s, the KV bytes each cache holds (measured from its tensors) and peak GPU memory.
+Caches: transformers' `DynamicCache` (bf16; grows by concatenation) and `StaticCache` (bf16;
+preallocated, sdpa over its full length), and `TQCache` at K4V4 and K8V4 (Triton kernels).
+Eager PyTorch, no CUDA graphs: what a transformers user gets. Writes <out>.json and <out>.md.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import statistics
 import sys
 import time
 
@@ -97,20 +98,21 @@ def run_case(model, cache_name: str, batch: int, context: int) -> dict:
             _sync()
             row["prefill_ms"] = 1000 * (time.perf_counter() - start)
             token = logits[:, -1:].argmax(-1)
-            position = context
+            position, step_ms = context, []
             for step in range(WARMUP_STEPS + DECODE_STEPS):
-                if step == WARMUP_STEPS:
-                    _sync()
-                    start = time.perf_counter()
+                _sync()
+                start = time.perf_counter()
                 positions = torch.full((batch, 1), position, device=DEVICE)
                 logits = model(
                     token, past_key_values=cache, use_cache=True, position_ids=positions,
                     cache_position=positions[0],
                 ).logits  # fmt: skip
                 token = logits[:, -1:].argmax(-1)
+                _sync()
+                if step >= WARMUP_STEPS:
+                    step_ms.append(1000 * (time.perf_counter() - start))
                 position += 1
-            _sync()
-        step_ms = 1000 * (time.perf_counter() - start) / DECODE_STEPS
+        step_ms = statistics.median(step_ms)
         row.update(
             decode_ms_per_step=step_ms,
             decode_tokens_per_s=batch * 1000 / step_ms,
@@ -148,7 +150,7 @@ def markdown(rows: list[dict], env: dict, layers: int) -> str:
         f"torch {env['torch']}, git {env['git_sha'][:10]}",
         "",
         "`x Dynamic` = DynamicCache bf16 decode ms per step / this one (> 1 = faster). "
-        f"Decode: mean of {DECODE_STEPS} greedy steps after {WARMUP_STEPS} warm-up steps.",
+        f"Decode: median of {DECODE_STEPS} greedy steps after {WARMUP_STEPS} warm-up steps.",
         "",
         "| batch | context | cache | prefill ms | decode ms/step | tokens/s | x Dynamic "
         "| KV MiB | peak GiB over weights |",

@@ -3,7 +3,8 @@
 # generation benchmark. Stage first, here (network, no GPU):
 #   mkdir -p .whl-hf && pip download --no-deps --only-binary=:all: --python-version 3.12 \
 #     --platform manylinux2014_x86_64 --platform any -d .whl-hf \
-#     transformers==5.19.0 huggingface-hub==2.4.0 tokenizers==0.23.3 safetensors==0.8.0
+#     transformers==5.19.0 tokenizers==0.23.3 safetensors==0.8.0
+# (the image's huggingface-hub is used: 2.x from PyPI needs httpx2, which it lacks)
 # then run this there with `carry: [".whl-hf"]`; results land in $OUT.
 #   bash benchmarks/gpu/hf_gpu.sh COMMIT [SUITE]
 set -uo pipefail

@@ -85,7 +85,8 @@ def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name,
         cache_error = float((tq - fake).abs().max() / scale)
         print(f"{name} {device} K{k_bits}V{v_bits}: vs bf16 {codec_error:.2e}, vs codec twin "
               f"{cache_error:.2e}, page bytes per layer {page_bytes[-1]}")  # fmt: skip
-        assert cache_error <= 0.1 * codec_error
+        # The Triton kernels multiply fp16 operands (the CPU reference stays in float32).
+        assert cache_error <= (0.1 if device == "cpu" else 0.25) * codec_error
         assert codec_error < (0.05 if k_bits == 8 else 0.5)
         layout = TQCache(model.config, **options).layers[0].layout
         # A decode step sees the last W tokens: ceil(W / block) + 1 pages per row, however

@@ -42,31 +42,31 @@ def tq_attention_forward(
     layer.commit(valid)
     scale = scaling if scaling is not None else head_dim**-0.5
     seed = layer.codec.seed
-    rotated = rotate_query(query.transpose(1, 2), seed)  # [B, S, Hq, D]
     window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     pages = (layer.kv_cache, layer.block_table)
     if new <= _DECODE_MAX_QUERY and valid is None:
+        # rotate=True: the op rotates the query and un-rotates the output itself (the Triton
+        # kernel fuses both into the attention launch).
         out = ops.decode_attention(
-            rotated.contiguous(), *pages, layer.seq_lens(), layer.layout, scale,
-            sliding_window=window, logit_softcap=softcap,
+            query.transpose(1, 2).contiguous(), *pages, layer.seq_lens(), layer.layout, scale,
+            sliding_window=window, logit_softcap=softcap, rotate=True,
         )  # fmt: skip
-    else:
-        # Ragged: each row's real new tokens, back to back; padding rows get zeros.
-        flat_valid = (
-            torch.ones(batch * new, dtype=torch.bool) if valid is None else valid.reshape(-1)
-        )
-        counts = flat_valid.view(batch, new).sum(1)
-        starts = torch.zeros(batch + 1, dtype=torch.int32)
-        starts[1:] = counts.cumsum(0)
-        rows = flat_valid.nonzero().squeeze(1).to(query.device)
-        packed = ops.prefill_attention(
-            rotated.reshape(batch * new, num_q_heads, head_dim)[rows].contiguous(), *pages,
-            starts.to(query.device), layer.seq_lens(), layer.layout, scale,
-            sliding_window=window, logit_softcap=softcap,
-        )  # fmt: skip
-        out = rotated.new_zeros(batch * new, num_q_heads, head_dim)
-        out[rows] = packed
-        out = out.view(batch, new, num_q_heads, head_dim)
+        return out.to(query.dtype), None
+    rotated = rotate_query(query.transpose(1, 2), seed)  # [B, S, Hq, D]
+    # Ragged: each row's real new tokens, back to back; padding rows get zeros.
+    flat_valid = torch.ones(batch * new, dtype=torch.bool) if valid is None else valid.reshape(-1)
+    counts = flat_valid.view(batch, new).sum(1)
+    starts = torch.zeros(batch + 1, dtype=torch.int32)
+    starts[1:] = counts.cumsum(0)
+    rows = flat_valid.nonzero().squeeze(1).to(query.device)
+    packed = ops.prefill_attention(
+        rotated.reshape(batch * new, num_q_heads, head_dim)[rows].contiguous(), *pages,
+        starts.to(query.device), layer.seq_lens(), layer.layout, scale,
+        sliding_window=window, logit_softcap=softcap,
+    )  # fmt: skip
+    out = rotated.new_zeros(batch * new, num_q_heads, head_dim)
+    out[rows] = packed
+    out = out.view(batch, new, num_q_heads, head_dim)
     return unrotate_output(out, seed).to(query.dtype), None
 
 

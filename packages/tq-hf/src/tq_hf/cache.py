@@ -76,6 +76,9 @@ class TQLayer(CacheLayerMixin):
         self.dtype, self.device = key_states.dtype, key_states.device
         self.batch_size = key_states.shape[0]
         self.lengths = torch.zeros(self.batch_size, dtype=torch.int64)
+        # The same counts on the device, kept in step there, so a decode step computes its
+        # slots and seq_lens without a host-to-device copy (each such copy waits for the GPU).
+        self.device_lengths = torch.zeros(self.batch_size, dtype=torch.int32, device=self.device)
         self.is_initialized = True
 
     def update(self, key_states, value_states, *args, **kwargs):
@@ -94,25 +97,35 @@ class TQLayer(CacheLayerMixin):
         key_states, value_states = self._pending
         self._pending = None
         batch, _, new, head_dim = key_states.shape
-        if valid is None:
-            valid = torch.ones(batch, new, dtype=torch.bool)
-        valid = valid.to("cpu", torch.bool)
-        self._reserve(valid.sum(1))
+        counts = torch.full((batch,), new) if valid is None else valid.to("cpu", torch.bool).sum(1)
+        self._reserve(counts)
         if self.center_keys:  # attention-neutral (tq_core.centering); first chunk's mean
             if self.key_mean is None:
                 self.key_mean = key_mean(key_states, valid)
             key_states = key_states - self.key_mean
-        positions = self.lengths[:, None] + valid.cumsum(1) - 1
-        rows = torch.arange(batch)[:, None]
+        if valid is None:  # every token real (decode, unpadded prefill): slots on the device
+            steps = torch.arange(new, device=self.device, dtype=torch.int32)
+            positions = self.device_lengths[:, None] + steps
+            rows = torch.arange(batch, device=self.device, dtype=torch.int32)[:, None]
+        else:
+            valid = valid.to("cpu", torch.bool)
+            positions = self.lengths[:, None] + valid.cumsum(1) - 1
+            rows = torch.arange(batch)[:, None]
         pages = rows * self.ring + (positions // BLOCK_SIZE) % self.ring
-        slots = torch.where(valid, pages * BLOCK_SIZE + positions % BLOCK_SIZE, -1)
+        slots = pages * BLOCK_SIZE + positions % BLOCK_SIZE
+        if valid is not None:
+            slots = torch.where(valid, slots, -1).to(self.device)
         # [B, Hkv, S, D] -> tokens [B*S, Hkv, D], row-major over (b, s) like the slots.
         ops.store(
             key_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
             value_states.transpose(1, 2).reshape(batch * new, -1, head_dim),
-            self.kv_cache, slots.reshape(-1).to(self.device), self.layout,
+            self.kv_cache, slots.reshape(-1), self.layout,
         )  # fmt: skip
-        self.lengths += valid.sum(1)
+        self.lengths += counts
+        if valid is None:
+            self.device_lengths += new
+        else:
+            self.device_lengths.copy_(self.lengths)
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         """(kv_length, kv_offset) of the mask transformers builds: every position for a full
@@ -130,7 +143,9 @@ class TQLayer(CacheLayerMixin):
 
     def reset(self) -> None:
         self.seen = 0
-        self.lengths = None if self.lengths is None else torch.zeros_like(self.lengths)
+        if self.lengths is not None:
+            self.lengths.zero_()
+            self.device_lengths.zero_()
         self.key_mean = None
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
@@ -140,7 +155,7 @@ class TQLayer(CacheLayerMixin):
 
     def seq_lens(self) -> torch.Tensor:
         """Real tokens held per row, int32 on the cache's device (tq_core's ``seq_lens``)."""
-        return self.lengths.to(self.device, torch.int32)
+        return self.device_lengths
 
     def nbytes(self) -> int:
         """Bytes this layer holds on its device (pages and block table), from the tensors."""
