@@ -9,6 +9,7 @@ import pytest
 
 from tq_core.cli import plan
 from tq_core.cli.main import main
+from tq_core.errors import TQUnsupportedModelError
 
 GiB = 2**30
 
@@ -202,6 +203,23 @@ def test_gemma3_layer_types_give_the_same_shape():
     text["layer_types"] = ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
                            for i in range(12)]  # fmt: skip
     assert plan.model_shape({**GEMMA3, "text_config": text}) == plan.model_shape(GEMMA3)
+
+
+def test_hybrid_models_count_only_their_attention_layers(capsys, write_cfg):
+    """LFM2-style: convolution layers keep a fixed state, not K/V; only attention layers count."""
+    config = {"model_type": "lfm2", "num_hidden_layers": 6, "num_attention_heads": 8,
+              "num_key_value_heads": 2, "hidden_size": 512,
+              "layer_types": ["conv", "conv", "full_attention"] * 2}  # fmt: skip
+    shape = plan.model_shape(config)
+    assert shape.attention == (False, False, True) * 2
+    bf16 = plan.plan(shape, 2**30, [])["rows"][0]
+    assert bf16["bytes_per_token"] == 2 * bf16_bytes_per_layer(2, 64)
+    assert main(["plan", str(write_cfg(config)), "--kv-memory", "1GiB"]) == 0
+    assert "Hybrid model: 2 of 6 layers keep K/V" in capsys.readouterr().out
+    for kinds, message in ((["conv", "chunked_attention"], "chunked_attention"),
+                           (["conv", "mamba"], "no attention layer")):  # fmt: skip
+        with pytest.raises(TQUnsupportedModelError, match=message):
+            plan.model_shape({**config, "num_hidden_layers": 2, "layer_types": kinds})
 
 
 def test_sequences_shorter_than_the_window_fill_sliding_layers_too():

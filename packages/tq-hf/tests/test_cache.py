@@ -103,10 +103,10 @@ def test_k4v4_holds_under_a_3_5th_of_bf16_bytes_at_4k_context():
 
 
 def test_unsupported_models_and_bad_settings_fail_before_any_work():
-    hybrid = LlamaConfig(num_hidden_layers=2, head_dim=64)
-    hybrid.layer_types = ["full_attention", "linear_attention"]
-    with pytest.raises(TQUnsupportedModelError, match="linear_attention"):
-        TQCache(hybrid)
+    chunked = LlamaConfig(num_hidden_layers=2, head_dim=64)  # Llama 4's chunked attention
+    chunked.layer_types = ["full_attention", "chunked_attention"]
+    with pytest.raises(TQUnsupportedModelError, match="chunked_attention"):
+        TQCache(chunked)
     with pytest.raises(TQUnsupportedModelError, match="head_dim"):
         TQCache(LlamaConfig(num_hidden_layers=2, hidden_size=192, num_attention_heads=2))
     with pytest.raises(TQConfigError, match="k_bits"):

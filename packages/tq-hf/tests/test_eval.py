@@ -34,6 +34,22 @@ def test_cache_path_scores_like_fake_quantize_then_sdpa(smollm2_model, restore_a
     assert rows[2].delta_percent > rows[1].delta_percent
 
 
+def test_in_float64_the_cache_path_scores_exactly_like_its_fake_quant_twin(smollm2_model):
+    """With the model in float64 no float rounding upstream flips a code, so both paths see the
+    same codes: any difference would be error the cache or its attention adds. There is none."""
+    import copy
+
+    tokenizer, model = smollm2_model
+    model = copy.deepcopy(model).to(torch.float64)
+    chunks = _chunks(tokenizer, tokens=128, chunk=128)
+    rows = harness.evaluate(model, chunks, [("K3V3", {"k_bits": 3, "v_bits": 3})], None, True)
+    gap = rows[1].perplexity / rows[1].fake_quant_perplexity - 1
+    print(f"float64 K3V3: cache {rows[1].perplexity:.6f}, fake-quant "
+          f"{rows[1].fake_quant_perplexity:.6f}, gap {gap:.1e}")  # fmt: skip
+    assert rows[1].delta_percent > 1.0  # K3V3 does cost quality: the check is not vacuous
+    assert abs(gap) < 1e-6
+
+
 def test_levers_cost_the_bytes_the_cache_holds_and_boundary_layers_help(
     smollm2_model, restore_attention
 ):

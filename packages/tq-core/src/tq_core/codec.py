@@ -111,19 +111,22 @@ class TQCodec:
         """keys [..., head_dim] float -> uint8 [..., key_bytes]."""
         return self._join(self.encode_fields(keys, self.key_format), self.key_format)
 
-    def decode_keys(self, packed: torch.Tensor) -> torch.Tensor:
-        """uint8 [..., key_bytes] -> float32 [..., head_dim] in the original domain."""
+    def decode_keys(self, packed: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """uint8 [..., key_bytes] -> [..., head_dim] in the original domain, rotated back in
+        ``dtype`` (float32, or float64 to compare with float64 math without rounding)."""
         fields = self._split(packed, self.key_format)
-        return unrotate(self.decode_fields(fields, self.key_format), self.seed)
+        return unrotate(self.decode_fields(fields, self.key_format).to(dtype), self.seed)
 
     def encode_values(self, values: torch.Tensor) -> torch.Tensor:
         """values [..., head_dim] float -> uint8 [..., value_bytes]."""
         return self._join(self.encode_fields(values, self.value_format), self.value_format)
 
-    def decode_values(self, packed: torch.Tensor) -> torch.Tensor:
-        """uint8 [..., value_bytes] -> float32 [..., head_dim] in the original domain."""
+    def decode_values(
+        self, packed: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> torch.Tensor:
+        """uint8 [..., value_bytes] -> [..., head_dim] in the original domain (see decode_keys)."""
         fields = self._split(packed, self.value_format)
-        return unrotate(self.decode_fields(fields, self.value_format), self.seed)
+        return unrotate(self.decode_fields(fields, self.value_format).to(dtype), self.seed)
 
     # -- fields (what the paged ops scatter and gather) ----------------------------------------
 

@@ -12,11 +12,18 @@ from dataclasses import dataclass
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
 
 _MLA_MODEL_TYPES = ("deepseek_v2", "deepseek_v3")
+# Layer types (HF ``layer_types``) that keep per-token K/V, and those that keep none (a fixed
+# recurrent or convolution state, or nothing): hybrid models mix both, and tq compresses the
+# first kind only. Chunked (Llama 4) and indexed/compressed attention are refused.
+_KV_LAYER_TYPES = ("full_attention", "sliding_attention")
+_NO_KV_LAYER_TYPES = ("linear_attention", "conv", "mamba", "moe", "mlp")
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """What the KV cache of a model depends on; ``sliding[i]`` says layer i is sliding-window."""
+    """What the KV cache of a model depends on; ``sliding[i]`` says layer i is sliding-window,
+    ``attention[i]`` that it keeps per-token K/V at all (False: a hybrid model's linear-attention,
+    convolution or Mamba layer, whose state is not tq's business)."""
 
     model_type: str
     num_layers: int
@@ -24,6 +31,11 @@ class ModelShape:
     head_dim: int
     sliding: tuple[bool, ...]
     sliding_window: int | None
+    attention: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.attention:
+            object.__setattr__(self, "attention", (True,) * self.num_layers)
 
 
 def model_shape(config: dict) -> ModelShape:
@@ -56,8 +68,9 @@ def model_shape(config: dict) -> ModelShape:
     head_dim = cfg.get("head_dim") or positive_int("hidden_size") // num_heads
     head_dim = positive_int("head_dim", head_dim)
     sliding = _sliding_layers(cfg, model_type, num_layers)
+    attention = tuple(kind in _KV_LAYER_TYPES for kind in cfg.get("layer_types") or ())
     window = positive_int("sliding_window") if any(sliding) else None
-    return ModelShape(model_type, num_layers, num_kv_heads, head_dim, sliding, window)
+    return ModelShape(model_type, num_layers, num_kv_heads, head_dim, sliding, window, attention)
 
 
 def _sliding_layers(cfg: dict, model_type: str, num_layers: int) -> tuple[bool, ...]:
@@ -68,11 +81,16 @@ def _sliding_layers(cfg: dict, model_type: str, num_layers: int) -> tuple[bool, 
     if layer_types is not None:
         if not isinstance(layer_types, list) or len(layer_types) != num_layers:
             raise TQConfigError(f"layer_types must list one type per layer ({num_layers})")
-        unknown = sorted(set(map(str, layer_types)) - {"sliding_attention", "full_attention"})
+        unknown = sorted(set(map(str, layer_types)) - {*_KV_LAYER_TYPES, *_NO_KV_LAYER_TYPES})
         if unknown:
             raise TQUnsupportedModelError(
-                f"layer type {unknown[0]!r} is not supported; tq plans full_attention and "
-                "sliding_attention layers"
+                f"layer type {unknown[0]!r} is not supported; tq compresses full_attention and "
+                "sliding_attention layers and leaves " + ", ".join(_NO_KV_LAYER_TYPES) + " layers "
+                "to the engine"
+            )
+        if not any(kind in _KV_LAYER_TYPES for kind in layer_types):
+            raise TQUnsupportedModelError(
+                f"{model_type} has no attention layer: there is no K/V to compress"
             )
         return tuple(kind == "sliding_attention" for kind in layer_types)
     if cfg.get("sliding_window") is None:

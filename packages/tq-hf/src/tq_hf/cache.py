@@ -15,7 +15,7 @@ Codec math and byte layout stay in tq_core; this module only keeps block tables 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache, CacheLayerMixin
+from transformers.cache_utils import Cache, CacheLayerMixin, DynamicCache
 
 from tq_core import TQCodec, TQConfig, ops
 from tq_core.centering import key_mean
@@ -220,8 +220,14 @@ class TQCache(Cache):
         shape = supported_shape(config)
         head_dim, num_kv_heads, num_layers = shape.head_dim, shape.num_kv_heads, shape.num_layers
         self.tq_config = TQConfig.from_env(head_dim=head_dim, **tq_options)
+        # Hybrid models: transformers builds its own state layers (linear attention, conv)
+        # exactly as for a DynamicCache; tq takes over the layers that keep K/V.
+        own = None if all(shape.attention) else DynamicCache(config=config).layers
         layers = []
         for i in range(num_layers):
+            if not shape.attention[i]:
+                layers.append(own[i])
+                continue
             codec = TQCodec.from_config(self.tq_config, i, num_layers)
             window = shape.sliding_window if shape.sliding[i] else None
             layers.append(TQLayer(i, codec, num_kv_heads, center_keys, window))
@@ -244,12 +250,12 @@ class TQCache(Cache):
         return super().update(key_states, value_states, layer_idx, *args, **kwargs)
 
     def nbytes(self) -> int:
-        """Bytes all layers hold, measured from their tensors."""
-        return sum(layer.nbytes() for layer in self.layers)
+        """Bytes all tq layers hold (a hybrid model's recurrent state is not counted)."""
+        return sum(layer.nbytes() for layer in self.layers if isinstance(layer, TQLayer))
 
 
 def supported_shape(config) -> ModelShape:
     """The model's KV shape (tq_core's reading of the HF config), or one clear error for a
-    model this cache does not handle (tq_core refuses MLA, encoder-decoder models, unknown
-    layer types such as linear attention, and unsupported head_dim)."""
+    model this cache does not handle (tq_core refuses MLA, encoder-decoder models, chunked or
+    unknown layer types, and unsupported head_dim)."""
     return model_shape(config.to_dict())

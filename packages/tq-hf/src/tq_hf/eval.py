@@ -58,8 +58,11 @@ class FakeQuantCache(DynamicCache):
             if layer_idx not in self.key_means:
                 self.key_means[layer_idx] = key_mean(key_states)
             key_states = key_states - self.key_means[layer_idx]
-        keys = codec.decode_keys(codec.encode_keys(key_states)).to(key_states.dtype)
-        values = codec.decode_values(codec.encode_values(value_states)).to(value_states.dtype)
+        # float64 models: rotate back in float64, so both paths share the model's precision.
+        dtype = torch.promote_types(key_states.dtype, torch.float32)
+        keys = codec.decode_keys(codec.encode_keys(key_states), dtype).to(key_states.dtype)
+        values = codec.decode_values(codec.encode_values(value_states), dtype)
+        values = values.to(value_states.dtype)
         return super().update(keys, values, layer_idx, *args, **kwargs)
 
 

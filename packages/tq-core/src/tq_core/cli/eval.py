@@ -47,6 +47,12 @@ def add_parser(verbs) -> None:
         help="also score each config with encode+decode then sdpa (checks the cache path)",
     )
     parser.add_argument(
+        "--dtype",
+        choices=("float32", "float64"),
+        default="float32",
+        help="model precision; float64 (slow) lets --compare-fake-quant agree without rounding",
+    )
+    parser.add_argument(
         "--no-center-keys",
         dest="center_keys",
         action="store_false",
@@ -92,11 +98,17 @@ def run(args) -> int:
         raise TQConfigError("--no-perplexity leaves nothing to do; add --needle TOKENS")
     model_dir = args.model or smollm2.ensure_model_folder(progress=_to_stderr)
     tokenizer, model = smollm2.load_model(model_dir)
+    if args.dtype == "float64":  # a copy: load_model's model is shared within the process
+        import copy
+
+        import torch
+
+        model = copy.deepcopy(model).to(torch.float64)
     # ~4.5 characters per token for English prose; ask for a margin.
     text = smollm2.prose_text(min_chars=6 * max(args.tokens, args.needle))
     started = time.time()
     record = {"model": model_dir.name, "text": "CPython standard-library docstrings",
-              "center_keys": args.center_keys}  # fmt: skip
+              "center_keys": args.center_keys, "dtype": args.dtype}  # fmt: skip
     rows = best = None
     if args.perplexity:
         chunks = harness.chunked_ids(tokenizer, text, args.tokens, args.chunk)

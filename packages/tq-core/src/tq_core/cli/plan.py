@@ -73,14 +73,17 @@ class Row:
 
 def plain_row(label: str, bytes_per_element: int, shape: ModelShape) -> Row:
     per_layer = Fraction(2 * shape.num_kv_heads * shape.head_dim * bytes_per_element)
-    sliding = sum(shape.sliding)
-    return Row(label, per_layer * (shape.num_layers - sliding), per_layer * sliding)
+    sliding = sum(s and a for s, a in zip(shape.sliding, shape.attention, strict=True))
+    full = sum(shape.attention) - sliding
+    return Row(label, per_layer * full, per_layer * sliding)
 
 
 def tq_row(shape: ModelShape, config: TQConfig, block_size: int) -> Row:
     """Per-layer bits come from the config's policy, so skipped boundary layers count as bf16."""
     sums = {False: Fraction(0), True: Fraction(0)}
     for layer, is_sliding in enumerate(shape.sliding):
+        if not shape.attention[layer]:  # a hybrid model's recurrent layer: no K/V
+            continue
         layout = TQCodec.from_config(config, layer, shape.num_layers).cache_layout(
             shape.num_kv_heads, block_size
         )
@@ -127,7 +130,7 @@ def plan(shape: ModelShape, memory: int, bits, block_size=16, num_seqs=1, **tq_o
         }
         for row in rows
     ]
-    model = {**shape.__dict__, "sliding": list(shape.sliding)}
+    model = {**shape.__dict__, "sliding": list(shape.sliding), "attention": list(shape.attention)}
     settings = {"kv_memory_bytes": memory, "block_size": block_size, "num_seqs": num_seqs}
     return {"model": model, **settings, "tq_options": tq_options, "rows": entries}
 
@@ -135,8 +138,9 @@ def plan(shape: ModelShape, memory: int, bits, block_size=16, num_seqs=1, **tq_o
 def format_plan(result: dict, source: str = "model") -> str:
     """An aligned table with a header naming the model and footnotes saying how we counted."""
     model, seqs, options = result["model"], result["num_seqs"], result["tq_options"]
-    window, num_sliding = model["sliding_window"], sum(model["sliding"])
-    all_sliding = num_sliding == model["num_layers"]
+    window, num_kv_layers = model["sliding_window"], sum(model["attention"])
+    num_sliding = sum(s and a for s, a in zip(model["sliding"], model["attention"], strict=True))
+    all_sliding = num_sliding == num_kv_layers
     gib = result["kv_memory_bytes"] / 2**30
     capped = "window seqs" if all_sliding else "context per seq"
     table = [["KV", "bytes/token", "vs bf16", "KV tokens", capped]] + [
@@ -162,6 +166,11 @@ def format_plan(result: dict, source: str = "model") -> str:
         "bytes/token: K+V of one token summed over all layers; tq rows from CacheLayout "
         f"(norms {options.get('norm_dtype', 'float32')}, page padding included).",
     ]
+    if num_kv_layers < model["num_layers"]:
+        lines.append(
+            f"Hybrid model: {num_kv_layers} of {model['num_layers']} layers keep K/V (the others "
+            "keep a fixed-size recurrent state the engine manages); only those are counted."
+        )
     first, last = options.get("skip_first_layers", 0), options.get("skip_last_layers", 0)
     if first or last:
         lines.append(f"tq rows keep the first {first} and last {last} layers in bf16.")

@@ -49,8 +49,9 @@ def implementation(device: torch.device | str, layout: CacheLayout) -> str:
     return "triton" if usable else "reference"
 
 
-def _module(device: torch.device, layout: CacheLayout, kernel_module: str):
-    if implementation(device, layout) == "reference":
+def _module(device: torch.device, layout: CacheLayout, kernel_module: str, dtype: torch.dtype):
+    # float64 inputs are precision checks (see validation._FLOATS): the reference computes them.
+    if dtype == torch.float64 or implementation(device, layout) == "reference":
         return reference
     if kernel_module == "store":
         from tq_core.ops import triton_store
@@ -63,12 +64,14 @@ def _module(device: torch.device, layout: CacheLayout, kernel_module: str):
 
 def store(key, value, kv_cache, slot_mapping, layout: CacheLayout) -> None:
     """Encode new tokens' K/V into the paged cache (see ``reference.store``)."""
-    _module(key.device, layout, "store").store(key, value, kv_cache, slot_mapping, layout)
+    _module(key.device, layout, "store", key.dtype).store(
+        key, value, kv_cache, slot_mapping, layout
+    )
 
 
 def decode_attention(query, kv_cache, block_table, seq_lens, layout: CacheLayout, scale, **kw):
     """Decode attention over the compressed cache (see ``reference.decode_attention``)."""
-    impl = _module(query.device, layout, "attention")
+    impl = _module(query.device, layout, "attention", query.dtype)
     return impl.decode_attention(query, kv_cache, block_table, seq_lens, layout, scale, **kw)
 
 
@@ -76,7 +79,7 @@ def prefill_attention(
     query, kv_cache, block_table, query_start_loc, seq_lens, layout: CacheLayout, scale, **kw
 ):
     """Prefill attention over the compressed cache (see ``reference.prefill_attention``)."""
-    impl = _module(query.device, layout, "attention")
+    impl = _module(query.device, layout, "attention", query.dtype)
     return impl.prefill_attention(
         query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, **kw
     )

@@ -86,16 +86,18 @@ def attend(
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """Dense causal attention of one sequence, computed in the dtype of ``keys``.
+    """Dense causal attention of one sequence, computed in float32 (float64 for a float64
+    query: a float64 model then shares its precision with the decoded cache).
 
     query: [num_query_tokens, num_q_heads, head_dim]; keys, values: [num_kv_heads, seq_len,
     head_dim]; query_positions: int [num_query_tokens]. Returns [num_query_tokens, num_q_heads,
     head_dim]. GQA: query head h reads KV head h // (num_q_heads / num_kv_heads).
     """
+    dtype = torch.promote_types(torch.promote_types(query.dtype, keys.dtype), torch.float32)
     group = query.shape[1] // keys.shape[0]
-    keys = keys.repeat_interleave(group, dim=0)
-    values = values.repeat_interleave(group, dim=0)
-    scores = torch.einsum("nhd,hld->hnl", query.to(keys.dtype), keys) * scale
+    keys = keys.to(dtype).repeat_interleave(group, dim=0)
+    values = values.to(dtype).repeat_interleave(group, dim=0)
+    scores = torch.einsum("nhd,hld->hnl", query.to(dtype), keys) * scale
     if logit_softcap is not None:
         scores = logit_softcap * torch.tanh(scores / logit_softcap)
     key_positions = torch.arange(keys.shape[1], device=keys.device)

@@ -12,7 +12,9 @@ import torch
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 
-_FLOATS = (torch.float32, torch.float16, torch.bfloat16)
+# float64 is for precision checks (a float64 model against its float64 twin); ops/__init__.py
+# sends it to the reference, never to a kernel.
+_FLOATS = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 _INDEX = (torch.int32, torch.int64)
 
 
@@ -24,7 +26,7 @@ def check_float(name: str, x: torch.Tensor, ndim: int) -> None:
     if not isinstance(x, torch.Tensor):
         _fail(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in _FLOATS:
-        _fail(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+        _fail(f"{name} must be float32, float16, bfloat16 or float64, got {x.dtype}")
     if x.dim() != ndim:
         _fail(f"{name} must have {ndim} dimensions, got shape {list(x.shape)}")
 
