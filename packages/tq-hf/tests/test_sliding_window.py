@@ -6,16 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import (
-    DynamicCache,
     Gemma2Config,
     Gemma2ForCausalLM,
     Gemma3ForCausalLM,
     Gemma3TextConfig,
 )
 
+from conftest import codec_and_cache_errors, decode_logits
 from tq_hf import TQCache
 from tq_hf.cache import BLOCK_SIZE
-from tq_hf.eval import FakeQuantCache
 
 WINDOW = 32
 DEVICES = [
@@ -47,42 +46,26 @@ def _model(name: str, device: str):
     return model_class(config).eval().to(device)
 
 
-def _logits_and_page_bytes(model, cache):
-    """Last-position logits [B, 1 + steps, vocab] of a left-padded prompt then single-token
-    decode steps, and each layer's page bytes after every step."""
-    generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(0, 128, (2, PROMPT_TOKENS), generator=generator).to(model.device)
-    steps = torch.randint(0, 128, (2, DECODE_STEPS), generator=generator).to(model.device)
-    mask = torch.ones_like(prompt)
-    mask[1, :30] = 0  # row 1 is left-padded
-    logits, page_bytes = [], []
-    with torch.inference_mode():
-        out = model(prompt, attention_mask=mask, past_key_values=cache)
-        logits.append(out.logits[:, -1])
-        for step in range(DECODE_STEPS):
-            mask = torch.cat([mask, mask.new_ones(2, 1)], 1)
-            out = model(steps[:, step : step + 1], attention_mask=mask, past_key_values=cache)
-            logits.append(out.logits[:, -1])
-            if isinstance(cache, TQCache):
-                page_bytes.append([layer.kv_cache.numel() for layer in cache.layers])
-    model.config._attn_implementation = "sdpa"  # TQCache switched it to "tq"
-    return torch.stack(logits, 1), page_bytes
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["gemma3", "gemma2"])
 def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name, device):
     model = _model(name, device)
-    bf16, _ = _logits_and_page_bytes(model, DynamicCache(config=model.config))
-    scale = bf16.abs().max()
     for k_bits, v_bits in [(8, 8), (4, 4)]:
         options = dict(k_bits=k_bits, v_bits=v_bits, center_keys=False)
-        tq, page_bytes = _logits_and_page_bytes(model, TQCache(model.config, **options))
-        # The independent twin: the codec's encode + decode, then transformers' own sliding
-        # window cache and sdpa. Its distance from bf16 is the bit width's error.
-        fake, _ = _logits_and_page_bytes(model, FakeQuantCache(model.config, **options))
-        codec_error = float((fake - bf16).abs().max() / scale)
-        cache_error = float((tq - fake).abs().max() / scale)
+        # The twin: the codec's encode + decode, then transformers' own sliding-window cache
+        # and sdpa. Its distance from bf16 is the bit width's error.
+        codec_error, cache_error, _ = codec_and_cache_errors(
+            model, PROMPT_TOKENS, DECODE_STEPS, padded_row=1, **options
+        )
+        page_bytes = []
+
+        def record(cache, page_bytes=page_bytes):
+            page_bytes.append([layer.kv_cache.numel() for layer in cache.layers])
+
+        decode_logits(
+            model, TQCache(model.config, **options), PROMPT_TOKENS, DECODE_STEPS, padded_row=1,
+            on_step=record,
+        )  # fmt: skip
         print(f"{name} {device} K{k_bits}V{v_bits}: vs bf16 {codec_error:.2e}, vs codec twin "
               f"{cache_error:.2e}, page bytes per layer {page_bytes[-1]}")  # fmt: skip
         # The Triton kernels multiply fp16 operands (the CPU reference stays in float32).
