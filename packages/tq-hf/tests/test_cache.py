@@ -37,6 +37,26 @@ def test_k4v4_generates_and_reports_how_long_it_agrees(smollm2_model, restore_at
     assert cache.get_seq_length() == ids.shape[1] + 63  # the last token is never fed back
 
 
+def test_sampling_with_k8v8_draws_what_uncompressed_kv_draws(smollm2_model, restore_attention):
+    """Beam-free sampling (temperature, top-p) runs on the cache; with the same seed, K8V8's
+    near-identical probabilities give the same draws as uncompressed KV."""
+    tokenizer, model = smollm2_model
+    ids = tokenizer(PROMPT, return_tensors="pt").input_ids
+
+    def sample(cache):
+        torch.manual_seed(7)
+        with torch.inference_mode():
+            out = model.generate(
+                ids, max_new_tokens=24, min_new_tokens=24, do_sample=True, temperature=0.9,
+                top_p=0.95, past_key_values=cache,
+            )  # fmt: skip
+        return out[0, ids.shape[1] :]
+
+    baseline = sample(None)
+    assert torch.equal(sample(TQCache(model.config, k_bits=8, v_bits=8)), baseline)
+    assert not torch.equal(baseline, greedy(model, ids, 24))  # it did sample
+
+
 def test_other_caches_still_get_sdpa_after_tq_attention_is_on(smollm2_model, restore_attention):
     tokenizer, model = smollm2_model
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids
