@@ -83,6 +83,33 @@ def cache_bytes(cache) -> int:
     )
 
 
+def profile_decode(model, cache_name: str, batch: int, context: int, path: pathlib.Path) -> None:
+    """torch.profiler over 8 decode steps of one case: where a step's time goes (host and GPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    ids = torch.randint(0, model.config.vocab_size, (batch, context), device=DEVICE)
+    cache = make_cache(cache_name, model, context + 16)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if DEVICE == "cuda" else [])
+    with torch.inference_mode():
+        token = model(ids, past_key_values=cache, logits_to_keep=1).logits[:, -1:].argmax(-1)
+        for step in range(10):
+            if step == 2:
+                profiler = profile(activities=activities)
+                profiler.__enter__()
+            positions = torch.full((batch, 1), context + step, device=DEVICE)
+            logits = model(token, past_key_values=cache, position_ids=positions,
+                           cache_position=positions[0]).logits  # fmt: skip
+            token = logits[:, -1:].argmax(-1)
+        _sync()
+        profiler.__exit__(None, None, None)
+    sort = "cuda_time_total" if DEVICE == "cuda" else "cpu_time_total"
+    table = profiler.key_averages().table(sort_by=sort, row_limit=40)
+    by_host = profiler.key_averages().table(sort_by="cpu_time_total", row_limit=25)
+    path.write_text(f"{cache_name}, batch {batch}, context {context}, 8 decode steps\n"
+                    f"{table}\n\nby host time:\n{by_host}\n")  # fmt: skip
+    print(table)
+
+
 def run_case(model, cache_name: str, batch: int, context: int) -> dict:
     row = {"cache": cache_name, "batch": batch, "context": context}
     try:
@@ -181,11 +208,19 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--out", required=True, help="path prefix for .json and .md")
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
+    parser.add_argument(
+        "--profile", metavar="CACHE", help='only profile decode of one cache, e.g. "TQCache K4V4"'
+    )
     args = parser.parse_args()
     env = environment_record()
     if args.git_sha:
         env["git_sha"] = args.git_sha
     model = llama3_8b_shaped(args.layers, tiny=args.suite == "cpu-check")
+    if args.profile:
+        batch, context = SUITES[args.suite][0]
+        run_case(model, args.profile, 1, 64)  # compile first
+        profile_decode(model, args.profile, batch, context, pathlib.Path(args.out + "-profile.txt"))
+        return
     layout = make_cache(CACHES[2], model, 0).layers[0].layout
     env["tq_kernels"] = ops.implementation(DEVICE, layout)
     started = time.time()
