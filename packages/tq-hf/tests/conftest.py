@@ -29,7 +29,7 @@ def greedy(model, ids: torch.Tensor, tokens: int, cache=None) -> torch.Tensor:
 def decode_logits(model, cache, prompt_tokens: int, steps: int, padded_row: int = -1, on_step=None):
     """Last-position logits [B=2, 1 + steps, vocab] of a random prompt (row ``padded_row`` left-
     padded by 30 tokens, if any) followed by single-token decode steps; ``on_step(cache)`` runs
-    after each step. Puts the model back on sdpa afterwards (a TQCache switches it to "tq")."""
+    after each step. Afterwards the model gets back the attention a TQCache replaced."""
     generator = torch.Generator().manual_seed(1)
     vocab = model.config.vocab_size
     prompt = torch.randint(3, vocab, (2, prompt_tokens), generator=generator).to(model.device)
@@ -46,7 +46,9 @@ def decode_logits(model, cache, prompt_tokens: int, steps: int, padded_row: int 
             logits.append(out.logits[:, -1])
             if on_step is not None:
                 on_step(cache)
-    model.config._attn_implementation = "sdpa"
+    replaced = getattr(cache, "replaced_attention", None)
+    if replaced is not None:
+        model.config._attn_implementation = replaced
     return torch.stack(logits, 1)
 
 

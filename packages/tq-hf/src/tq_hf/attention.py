@@ -76,11 +76,14 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def use_tq_attention(config) -> None:
-    """Switch a model (through its config) to the "tq" attention implementation."""
+def use_tq_attention(config) -> str | None:
+    """Switch a model (through its config) to the "tq" attention implementation; returns the
+    implementation it replaced (to switch back to: ``config._attn_implementation = that``)."""
     register()
+    previous = getattr(_text_config(config), "_attn_implementation", None)
     for sub in {id(c): c for c in (config, _text_config(config))}.values():
         sub._attn_implementation = NAME
+    return previous if previous != NAME else None
 
 
 def _text_config(config):

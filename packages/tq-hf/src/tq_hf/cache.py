@@ -234,7 +234,8 @@ class TQCache(Cache):
         super().__init__(layers=layers)
         from tq_hf.attention import NAME, use_tq_attention
 
-        use_tq_attention(config)
+        #: The attention implementation "tq" replaced (None if it was "tq" already).
+        self.replaced_attention = use_tq_attention(config)
         self._config, self._attention_name = config, NAME
 
     def update(self, key_states, value_states, layer_idx: int, *args, **kwargs):
