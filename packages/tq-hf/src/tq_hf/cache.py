@@ -213,7 +213,10 @@ class TQCache(Cache):
     key (from the first chunk) before encoding, which leaves attention unchanged and took K4V4
     from +5.8% to +3.3% perplexity on SmolLM2 (docs/hf.md); ``center_keys=False`` is plain
     TurboQuant. Constructing it switches the model's attention to "tq" (attention.py), which
-    reads these pages and behaves exactly like "sdpa" for any other cache.
+    reads these pages and behaves exactly like "sdpa" for any other cache
+    (``replaced_attention`` keeps what it replaced). Sliding-window layers keep a ring of pages
+    bounded by the window; a hybrid model's linear-attention, convolution or Mamba layers keep
+    transformers' own state layers.
     """
 
     def __init__(self, config, *, center_keys: bool = True, **tq_options) -> None:
