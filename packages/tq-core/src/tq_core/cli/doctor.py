@@ -7,6 +7,7 @@ would use on this machine.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -41,7 +42,7 @@ def diagnose() -> dict:
     for adapter, (engines, tested) in TESTED.items():
         found = [(name, installed_version(name)) for name in engines]
         engine, engine_version = next(((n, v) for n, v in found if v), (engines[0], None))
-        version = installed_version(adapter)
+        version = installed_version(adapter) or _source_checkout(adapter)
         if version is None:
             status = "not installed"
         elif engine_version is None:
@@ -63,6 +64,12 @@ def diagnose() -> dict:
         "kernels": _kernels(cuda),
         "adapters": adapters,
     }
+
+
+def _source_checkout(adapter: str) -> str | None:
+    """ "source" when the adapter is importable without being installed (PYTHONPATH to a
+    checkout): found, not imported, since importing it would import its engine."""
+    return "source" if importlib.util.find_spec(adapter.replace("-", "_")) else None
 
 
 def _kernels(cuda: bool) -> str:
