@@ -97,7 +97,9 @@ class TQLayer(CacheLayerMixin):
         key_states, value_states = self._pending
         self._pending = None
         batch, _, new, head_dim = key_states.shape
-        counts = torch.full((batch,), new) if valid is None else valid.to("cpu", torch.bool).sum(1)
+        if valid is not None:
+            valid = valid.to("cpu", torch.bool)
+        counts = torch.full((batch,), new) if valid is None else valid.sum(1)
         self._reserve(counts)
         if self.center_keys:  # attention-neutral (tq_core.centering); first chunk's mean
             if self.key_mean is None:
@@ -108,7 +110,6 @@ class TQLayer(CacheLayerMixin):
             positions = self.device_lengths[:, None] + steps
             rows = torch.arange(batch, device=self.device, dtype=torch.int32)[:, None]
         else:
-            valid = valid.to("cpu", torch.bool)
             positions = self.lengths[:, None] + valid.cumsum(1) - 1
             rows = torch.arange(batch)[:, None]
         pages = rows * self.ring + (positions // BLOCK_SIZE) % self.ring
