@@ -7,6 +7,7 @@ import torch
 from transformers import Lfm2Config, Lfm2ForCausalLM
 
 from conftest import codec_and_cache_errors
+from tq_hf import eval as harness
 from tq_hf.cache import TQLayer
 
 LAYER_TYPES = ["conv", "full_attention", "conv", "full_attention"]
@@ -35,3 +36,9 @@ def test_attention_layers_are_compressed_and_conv_layers_left_to_transformers():
     # attention layers hold every token: the 48-token prompt and 12 decode steps.
     assert cache.layers[1].lengths.tolist() == [48 + 12] * 2
     assert cache.nbytes() == sum(cache.layers[i].nbytes() for i in (1, 3))
+    # tq eval's bytes per token count the two attention layers only (K and V, 2 KV heads of 64).
+    assert harness.bytes_per_token(model.config, k_bits=16, v_bits=16) == 2 * 2 * 2 * 64 * 2
+    layout = cache.layers[1].layout
+    assert harness.bytes_per_token(model.config, k_bits=4, v_bits=4) == (
+        2 * layout.packed_bytes_per_token
+    )

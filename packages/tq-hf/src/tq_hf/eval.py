@@ -89,17 +89,19 @@ def perplexity(model, chunks: Iterable[torch.Tensor], make_cache: Callable, step
 
 
 def bytes_per_token(config, **tq_options) -> int:
-    """Packed K+V bytes of one token over every layer and KV head, for ``TQConfig`` keywords;
-    ``k_bits=16, v_bits=16`` is the bf16 cache."""
+    """Packed K+V bytes of one token over every K/V layer and KV head, for ``TQConfig``
+    keywords; ``k_bits=16, v_bits=16`` is the bf16 cache. A hybrid model's layers without
+    K/V (linear attention, convolutions) count nothing."""
     shape = supported_shape(config)
+    kv_layers = [i for i in range(shape.num_layers) if shape.attention[i]]
     if (tq_options.get("k_bits"), tq_options.get("v_bits")) == (16, 16):
-        return 2 * 2 * shape.head_dim * shape.num_kv_heads * shape.num_layers
+        return 2 * 2 * shape.head_dim * shape.num_kv_heads * len(kv_layers)
     tq = TQConfig(head_dim=shape.head_dim, **tq_options)
     return sum(
         TQCodec.from_config(tq, i, shape.num_layers)
         .cache_layout(shape.num_kv_heads, 16)
         .packed_bytes_per_token
-        for i in range(shape.num_layers)
+        for i in kv_layers
     )
 
 
