@@ -1,0 +1,30 @@
+"""Which attention layers tq serves, for checks and bug reports.
+
+``LLM(...).apply_model(tq_vllm.report.attention_layers)`` runs this in the worker process
+(vLLM sends the function by reference, so it must live in an importable module) and returns one
+row per attention layer: its implementation, its cache's dtype and how many cache bytes are
+non-zero, i.e. whether tq wrote pages for it.
+"""
+
+from __future__ import annotations
+
+
+def attention_layers(model) -> list[dict]:
+    from vllm.model_executor.layers.attention import Attention
+
+    rows = []
+    for name, module in model.named_modules():
+        if not isinstance(module, Attention):
+            continue
+        cache = module.kv_cache
+        cache = cache[0] if isinstance(cache, list | tuple) else cache
+        impl = type(module.impl)
+        rows.append(
+            {
+                "name": name,
+                "impl": f"{impl.__module__}.{impl.__qualname__}",
+                "cache_dtype": str(cache.dtype),
+                "nonzero_bytes": int((cache.reshape(-1) != 0).sum()) if cache.numel() else 0,
+            }
+        )
+    return rows

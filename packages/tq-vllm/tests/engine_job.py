@@ -1,0 +1,81 @@
+"""One real vLLM engine on SmolLM2, in its own process: ``python engine_job.py SPEC_JSON``.
+
+The tests run each engine configuration here, in a fresh process, because vLLM spawns worker
+processes and keeps global state; this script prints one JSON object (after the marker line)
+with what the tests assert on. SPEC keys:
+  model: the SmolLM2 folder; tq: [k_bits, v_bits] or null (vLLM's own attention, KV in
+  ``kv_cache_dtype``); engine: extra ``LLM(...)`` keywords; prompts: greedy-decoded texts;
+  max_tokens; repeat: decode the prompts a second time (prefix-cache hits);
+  perplexity_text: a text whose teacher-forced perplexity comes from ``prompt_logprobs``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+
+MARKER = "== tq engine job result =="
+
+
+def main(spec: dict) -> dict:
+    from vllm import LLM, SamplingParams
+
+    engine = dict(
+        model=spec["model"],
+        dtype="float32",  # ~2x faster than bf16 on AVX2-only CPUs (oneDNN bf16 falls back)
+        max_model_len=2048,
+        enforce_eager=True,
+        max_num_seqs=8,
+        seed=0,
+    )
+    if spec.get("tq"):
+        k_bits, v_bits = spec["tq"]
+        engine["attention_backend"] = "CUSTOM"
+        engine["additional_config"] = {"tq": {"k_bits": k_bits, "v_bits": v_bits}}
+    engine.update(spec.get("engine", {}))
+    llm = LLM(**engine)
+    result: dict = {}
+    cache_config = llm.llm_engine.vllm_config.cache_config
+    result["kv_blocks"] = cache_config.num_gpu_blocks
+    result["block_size"] = cache_config.block_size
+    greedy = SamplingParams(max_tokens=spec.get("max_tokens", 32), temperature=0.0)
+    if spec.get("prompts"):
+        runs = 2 if spec.get("repeat") else 1
+        result["generations"] = []
+        for _ in range(runs):
+            outs = llm.generate(spec["prompts"], greedy, use_tqdm=False)
+            result["generations"].append(
+                [
+                    {
+                        "token_ids": list(o.outputs[0].token_ids),
+                        "text": o.outputs[0].text,
+                        "num_cached_tokens": o.num_cached_tokens or 0,
+                    }
+                    for o in outs
+                ]
+            )
+    if spec.get("perplexity_text"):
+        scoring = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        (out,) = llm.generate([spec["perplexity_text"]], scoring, use_tqdm=False)
+        nll = [
+            -step[token].logprob
+            for token, step in zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], strict=True)
+        ]
+        result["perplexity"] = math.exp(sum(nll) / len(nll))
+        result["perplexity_tokens"] = len(out.prompt_token_ids)
+    from tq_vllm.report import attention_layers
+
+    result["layers"] = llm.apply_model(attention_layers)[0]
+    return result
+
+
+if __name__ == "__main__":  # vLLM spawns workers: the guard keeps them from re-running this
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # apply_model sends a function to the worker process, which needs pickle.
+    os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+    result = main(json.loads(sys.argv[1]))
+    print(MARKER)
+    print(json.dumps(result))
