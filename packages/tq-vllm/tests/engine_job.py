@@ -6,7 +6,8 @@ with what the tests assert on. SPEC keys:
   model: the SmolLM2 folder; tq: [k_bits, v_bits] or null (vLLM's own attention, KV in
   ``kv_cache_dtype``); engine: extra ``LLM(...)`` keywords; prompts: greedy-decoded texts;
   max_tokens; repeat: decode the prompts a second time (prefix-cache hits);
-  perplexity_text: a text whose teacher-forced perplexity comes from ``prompt_logprobs``.
+  prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
+  whose teacher-forced perplexity comes from ``prompt_logprobs``.
 """
 
 from __future__ import annotations
@@ -40,31 +41,40 @@ def main(spec: dict) -> dict:
     cache_config = llm.llm_engine.vllm_config.cache_config
     result["kv_blocks"] = cache_config.num_gpu_blocks
     result["block_size"] = cache_config.block_size
-    greedy = SamplingParams(max_tokens=spec.get("max_tokens", 32), temperature=0.0)
-    if spec.get("prompts"):
+    # logprobs=2: each step's top two tokens, to tell near-ties apart from real disagreements.
+    greedy = SamplingParams(
+        max_tokens=spec.get("max_tokens", 32), temperature=0.0, logprobs=2, ignore_eos=True
+    )
+    prompts = list(spec.get("prompts", []))
+    prompts += [{"prompt_token_ids": ids} for ids in spec.get("prompt_ids", [])]
+    if prompts:
         runs = 2 if spec.get("repeat") else 1
         result["generations"] = []
         for _ in range(runs):
-            outs = llm.generate(spec["prompts"], greedy, use_tqdm=False)
+            outs = llm.generate(prompts, greedy, use_tqdm=False)
             result["generations"].append(
                 [
                     {
                         "token_ids": list(o.outputs[0].token_ids),
                         "text": o.outputs[0].text,
                         "num_cached_tokens": o.num_cached_tokens or 0,
+                        "top2": [
+                            {str(t): lp.logprob for t, lp in step.items()}
+                            for step in o.outputs[0].logprobs
+                        ],
                     }
                     for o in outs
                 ]
             )
-    if spec.get("perplexity_text"):
+    if spec.get("perplexity_ids"):
         scoring = SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        (out,) = llm.generate([spec["perplexity_text"]], scoring, use_tqdm=False)
+        prompt = {"prompt_token_ids": spec["perplexity_ids"]}
+        (out,) = llm.generate([prompt], scoring, use_tqdm=False)
         nll = [
             -step[token].logprob
             for token, step in zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], strict=True)
         ]
         result["perplexity"] = math.exp(sum(nll) / len(nll))
-        result["perplexity_tokens"] = len(out.prompt_token_ids)
     from tq_vllm.report import attention_layers
 
     result["layers"] = llm.apply_model(attention_layers)[0]

