@@ -20,6 +20,8 @@ def register() -> None:
 
     if current_platform.is_cpu():
         _compat.honour_custom_backend_on_cpu()
+    if _compat.needs_page_spec_patch():
+        _compat.size_pages_without_customize_spec()
 
 
 __all__ = ["register"]

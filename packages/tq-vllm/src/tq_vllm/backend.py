@@ -42,9 +42,10 @@ BLOCK_MULTIPLE = 16
 DECODE_MAX_QUERY = 8
 
 
-def _layout(num_kv_heads: int, head_size: int, block_size: int) -> CacheLayout:
+def packed_bytes_per_token(num_kv_heads: int, head_size: int) -> int:
+    """K + V bytes of one token of one layer under the engine's tq settings."""
     codec = TQCodec.from_config(replace(settings.active_config(), head_dim=head_size))
-    return CacheLayout(codec, num_kv_heads, block_size)
+    return CacheLayout(codec, num_kv_heads, BLOCK_MULTIPLE).packed_bytes_per_token
 
 
 class TQAttentionBackend(AttentionBackend):
@@ -92,13 +93,18 @@ class TQAttentionBackend(AttentionBackend):
     def customize_spec(cls, spec):
         """One head slot of ``packed_bytes_per_token`` uint8 per token: a block of B tokens
         is then exactly one tq page of B tokens."""
-        layout = _layout(spec.num_kv_heads, spec.head_size, BLOCK_MULTIPLE)
         return replace(
             spec,
             dtype=torch.uint8,
             num_head_slots=1,
-            state_content_bytes=layout.packed_bytes_per_token,
+            state_content_bytes=packed_bytes_per_token(spec.num_kv_heads, spec.head_size),
         )
+
+    @staticmethod
+    def get_kv_cache_shape(num_blocks, block_size, num_kv_heads, head_size, cache_dtype_str="auto"):
+        """vLLM < 0.30 shapes each layer's cache from this (0.30+ from customize_spec's
+        spec): the same [num_blocks, 1, block_size, packed bytes per token] uint8 view."""
+        return (num_blocks, 1, block_size, packed_bytes_per_token(num_kv_heads, head_size))
 
     @classmethod
     def supported_kv_cache_layouts(cls):
@@ -126,7 +132,12 @@ class TQMetadata:
 
 
 class TQMetadataBuilder(AttentionMetadataBuilder[TQMetadata]):
-    _cudagraph_support: ClassVar[AttentionCGSupport] = AttentionCGSupport.NEVER
+    # Batches of single-token decodes replay as full CUDA graphs: the decode and store kernels
+    # neither sync with the host nor depend on values of the metadata beyond its shapes.
+    # Anything else (prefills, speculative verification) runs outside the graph.
+    _cudagraph_support: ClassVar[AttentionCGSupport] = (
+        AttentionCGSupport.UNIFORM_SINGLE_TOKEN_DECODE
+    )
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
@@ -246,12 +257,16 @@ class TQAttentionImpl(AttentionImpl):
         out = output[:n].view(n, self.num_heads, self.head_size)
         common = dict(sliding_window=self.sliding_window, logit_softcap=self.logits_soft_cap)
         if meta.num_decodes:
-            q = query[:nd].view(meta.num_decodes, meta.decode_query_len, *query.shape[1:])
+            shape = (meta.num_decodes, meta.decode_query_len, self.num_heads, self.head_size)
+            # Written straight into vLLM's output buffer when the dtypes agree (they do on GPU).
+            target = out[:nd].view(shape) if out.dtype == query.dtype else None
             decoded = ops.decode_attention(
-                q.contiguous(), pages, meta.block_table[: meta.num_decodes],
-                meta.seq_lens[: meta.num_decodes], layout, self.scale, rotate=True, **common,
+                query[:nd].reshape(shape).contiguous(), pages,
+                meta.block_table[: meta.num_decodes], meta.seq_lens[: meta.num_decodes],
+                layout, self.scale, rotate=True, out=target, **common,
             )  # fmt: skip
-            out[:nd] = decoded.reshape(nd, *query.shape[1:]).to(out.dtype)
+            if target is None:
+                out[:nd] = decoded.reshape(nd, *query.shape[1:]).to(out.dtype)
         if meta.num_prefills:
             seed = self.codec.seed
             prefilled = ops.prefill_attention(

@@ -1,0 +1,182 @@
+"""Offline vLLM throughput and KV capacity, one KV configuration per process.
+
+A Llama-3-8B-shaped model with dummy (random) weights, prompts as random token ids, no
+tokenizer: what is measured is the engine and its attention, not the text. Each call starts one
+engine, reads vLLM's KV capacity, warms up, then runs each scenario INPUTxOUTPUTxREQUESTS with
+enough requests to fill the cache, and writes ``<out>/vllm-<config>.json``.
+
+  python benchmarks/vllm_throughput.py --config tq-k4v4 --out DIR --git-sha SHA
+  python benchmarks/vllm_throughput.py --table DIR      # every JSON of DIR as one table
+
+Configs: bf16 (vLLM's own attention, KV in bf16), fp8 (kv_cache_dtype fp8), vllm-tq-4bit-nc and
+vllm-tq-k8v4 (vLLM's built-in TurboQuant), tq-kKvV (the tq plugin, e.g. tq-k4v4).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import platform
+import re
+import sys
+import time
+
+LLAMA3_8B_SHAPE = {
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "head_dim": 128,
+    "vocab_size": 128256,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 500000.0,
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "bos_token_id": 128000,
+    "eos_token_id": 128001,
+    "torch_dtype": "bfloat16",
+}
+VLLM_KV_DTYPES = {
+    "bf16": "auto",
+    "fp8": "fp8",
+    "vllm-tq-4bit-nc": "turboquant_4bit_nc",
+    "vllm-tq-k8v4": "turboquant_k8v4",
+}
+DEFAULT_SCENARIOS = "1024x512x256,8192x512x64"
+
+
+def engine_options(config: str) -> dict:
+    if config in VLLM_KV_DTYPES:
+        return {"kv_cache_dtype": VLLM_KV_DTYPES[config]}
+    match = re.fullmatch(r"tq-k(\d+)v(\d+)", config)
+    if match is None:
+        raise SystemExit(f"unknown config {config!r}: bf16, fp8, vllm-tq-*, or tq-kKvV")
+    tq = {"k_bits": int(match.group(1)), "v_bits": int(match.group(2))}
+    return {"attention_backend": "CUSTOM", "additional_config": {"tq": tq}}
+
+
+def measure(args) -> dict:
+    import numpy as np
+    import torch
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    model_dir = pathlib.Path(args.model_dir)
+    model_dir.mkdir(parents=True, exist_ok=True)
+    (model_dir / "config.json").write_text(json.dumps(LLAMA3_8B_SHAPE, indent=1))
+    result = {
+        "config": args.config,
+        "git_sha": args.git_sha,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "vllm": vllm.__version__,
+        "model": "Llama-3-8B shape, dummy weights, bf16",
+        "max_model_len": args.max_model_len,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "enforce_eager": args.enforce_eager,
+        "scenarios": [],
+    }
+    started = time.perf_counter()
+    llm = LLM(
+        model=str(model_dir), skip_tokenizer_init=True, load_format="dummy", dtype="bfloat16",
+        max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
+        enable_prefix_caching=False, enforce_eager=args.enforce_eager, seed=0,
+        **engine_options(args.config),
+    )  # fmt: skip
+    result["engine_start_s"] = round(time.perf_counter() - started, 1)
+    cache = llm.llm_engine.vllm_config.cache_config
+    result["kv_blocks"], result["block_size"] = cache.num_gpu_blocks, cache.block_size
+    result["kv_tokens"] = cache.num_gpu_blocks * cache.block_size
+    if args.config.startswith("tq-"):
+        from tq_vllm.report import attention_layers
+
+        layers = llm.apply_model(attention_layers)[0]
+        result["tq_layers"] = sum(row["impl"].startswith("tq_vllm.") for row in layers)
+        result["attention_layers"] = len(layers)
+    print("ENGINE", json.dumps(result), flush=True)
+    rng = np.random.default_rng(0)
+
+    def run(requests: int, prompt_len: int, output_len: int) -> tuple[float, int, int]:
+        prompts = [
+            {"prompt_token_ids": rng.integers(1000, 120000, size=prompt_len).tolist()}
+            for _ in range(requests)
+        ]
+        params = SamplingParams(
+            temperature=1.0, max_tokens=output_len, ignore_eos=True, detokenize=False
+        )
+        begin = time.perf_counter()
+        outputs = llm.generate(prompts, params, use_tqdm=False)
+        elapsed = time.perf_counter() - begin
+        generated = sum(len(o.outputs[0].token_ids) for o in outputs)
+        if not all(o.outputs[0].token_ids for o in outputs):
+            raise RuntimeError("a request generated no token")
+        return elapsed, generated, requests * prompt_len
+
+    run(8, 256, 16)  # warm-up: kernels compiled, allocator settled
+    for scenario in args.scenarios.split(","):
+        prompt_len, output_len, requests = (int(x) for x in scenario.split("x"))
+        elapsed, generated, prompt_tokens = run(requests, prompt_len, output_len)
+        row = {
+            "input_len": prompt_len, "output_len": output_len, "requests": requests,
+            "elapsed_s": round(elapsed, 2), "generated_tokens": generated,
+            "gen_tok_per_s": round(generated / elapsed, 1),
+            "total_tok_per_s": round((generated + prompt_tokens) / elapsed, 1),
+        }  # fmt: skip
+        result["scenarios"].append(row)
+        print("SCENARIO", json.dumps(row), flush=True)
+    return result
+
+
+def table(folder: pathlib.Path) -> str:
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("vllm-*.json"))]
+    base = next((r for r in rows if r["config"] == "bf16"), None)
+    scenarios = [f"{s['input_len']}/{s['output_len']}" for s in (base or rows[0])["scenarios"]]
+    head = "| KV | KV tokens | vs bf16 | " + " | ".join(
+        f"gen tok/s {s} | vs bf16" for s in scenarios
+    )
+    lines = [head + " |", "|" + "---|" * (3 + 2 * len(scenarios))]
+    for r in rows:
+        cells = [r["config"], f"{r['kv_tokens']:,}"]
+        cells.append(f"{r['kv_tokens'] / base['kv_tokens']:.2f}x" if base else "")
+        for i, s in enumerate(r["scenarios"]):
+            cells.append(f"{s['gen_tok_per_s']:,.0f}")
+            ref = base["scenarios"][i]["gen_tok_per_s"] if base else None
+            cells.append(f"{s['gen_tok_per_s'] / ref:.2f}x" if ref else "")
+        lines.append("| " + " | ".join(cells) + " |")
+    gpu = {r.get("gpu") for r in rows}
+    return "\n".join(lines) + f"\n\nGPU: {', '.join(map(str, gpu))}; vLLM {rows[0]['vllm']}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="bf16, fp8, vllm-tq-4bit-nc, vllm-tq-k8v4, tq-kKvV")
+    parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
+    parser.add_argument("--max-model-len", type=int, default=9216)
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.90)
+    parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--model-dir", default="/tmp/llama3-8b-shape")
+    parser.add_argument("--out", default=os.environ.get("OUT", "."))
+    parser.add_argument("--git-sha", default="unknown")
+    parser.add_argument("--table", type=pathlib.Path, help="print the table of a result folder")
+    args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if not args.config:
+        parser.error("--config is required")
+    os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # FlashInfer is not carried
+    result = measure(args)
+    path = pathlib.Path(args.out) / f"vllm-{args.config}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":  # vLLM spawns workers: the guard keeps them from re-running this
+    main()
