@@ -136,6 +136,8 @@ def measure(args) -> dict:
 
 def table(folder: pathlib.Path) -> str:
     rows = [json.loads(p.read_text()) for p in sorted(folder.glob("vllm-*.json"))]
+    if not rows:
+        return f"no vllm-*.json in {folder}"
     base = next((r for r in rows if r["config"] == "bf16"), None)
     scenarios = [f"{s['input_len']}/{s['output_len']}" for s in (base or rows[0])["scenarios"]]
     head = "| KV | KV tokens | vs bf16 | " + " | ".join(
