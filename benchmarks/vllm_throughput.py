@@ -94,12 +94,6 @@ def measure(args) -> dict:
     cache = llm.llm_engine.vllm_config.cache_config
     result["kv_blocks"], result["block_size"] = cache.num_gpu_blocks, cache.block_size
     result["kv_tokens"] = cache.num_gpu_blocks * cache.block_size
-    if args.config.startswith("tq-"):
-        from tq_vllm.report import attention_layers
-
-        layers = llm.apply_model(attention_layers)[0]
-        result["tq_layers"] = sum(row["impl"].startswith("tq_vllm.") for row in layers)
-        result["attention_layers"] = len(layers)
     print("ENGINE", json.dumps(result), flush=True)
     rng = np.random.default_rng(0)
 
@@ -131,6 +125,18 @@ def measure(args) -> dict:
         }  # fmt: skip
         result["scenarios"].append(row)
         print("SCENARIO", json.dumps(row), flush=True)
+    if args.config.startswith("tq-"):  # after the runs: tq's pages hold what they wrote
+        from tq_vllm.report import attention_layers
+
+        layers = llm.apply_model(attention_layers)[0]
+        result["attention_layers"] = len(layers)
+        result["tq_layers_with_pages"] = sum(
+            row["impl"].startswith("tq_vllm.") and row["nonzero_bytes"] > 0 for row in layers
+        )
+        print(
+            "LAYERS",
+            json.dumps({k: result[k] for k in ("attention_layers", "tq_layers_with_pages")}),
+        )
     return result
 
 

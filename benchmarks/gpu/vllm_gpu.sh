@@ -23,7 +23,7 @@ for config in "$@"; do
       --scenarios "${SCENARIOS:-1024x512x256,8192x512x64}" --out "$OUT" --git-sha "$sha" \
       > "$OUT/log-$config.txt" 2>&1
   echo "== $config rc=$? $(( $(date +%s) - start )) s"
-  grep -E "ENGINE|SCENARIO|tq-vllm:|CUDAGraphMode|cudagraph|Graph capturing finished|Error|error" \
+  grep -E "ENGINE|SCENARIO|LAYERS|tq-vllm:|CUDAGraphMode|cudagraph|Graph capturing finished|Error|error" \
       "$OUT/log-$config.txt" | grep -v "^ *$" | cut -c1-300 | tail -12
 done
 python3 benchmarks/vllm_throughput.py --table "$OUT" | tee "$OUT/table.md"

@@ -24,7 +24,14 @@ def attention_layers(model) -> list[dict]:
                 "name": name,
                 "impl": f"{impl.__module__}.{impl.__qualname__}",
                 "cache_dtype": str(cache.dtype),
-                "nonzero_bytes": int((cache.reshape(-1) != 0).sum()) if cache.numel() else 0,
+                "nonzero_bytes": _nonzero_bytes(cache),
             }
         )
     return rows
+
+
+def _nonzero_bytes(cache, chunk: int = 1 << 26) -> int:
+    """Non-zero bytes of a (possibly many-GB) cache, counted in chunks so that the count
+    itself needs little memory."""
+    flat = cache.reshape(-1)
+    return sum(int(flat[i : i + chunk].count_nonzero()) for i in range(0, flat.numel(), chunk))
