@@ -100,7 +100,9 @@ def vllm(session: nox.Session, version: str) -> None:
     session.install("--no-deps", "-e", "packages/tq-core", "-e", "packages/tq-hf")
     session.install("--no-deps", "-e", "packages/tq-vllm")
     session.env["HF_HUB_OFFLINE"] = "1"
-    session.run("pytest", "-q", "packages/tq-vllm/tests", *session.posargs)
+    # -s: the tests print what they measured (capacity, perplexities, agreement); the engines'
+    # own logs stay in their subprocesses.
+    session.run("pytest", "-q", "-s", "packages/tq-vllm/tests", *session.posargs)
 
 
 @nox.session
