@@ -99,6 +99,24 @@ class Engines:
                     "max_num_batched_tokens": 64,
                 },
             },
+            # Speculative decoding (n-gram drafts from the prompt, no draft model): vLLM verifies
+            # 3 drafted tokens per step, which tq runs as a 4-token decode.
+            "k8v8-ngram": {
+                "tq": [8, 8],
+                **generate,
+                "perplexity_ids": None,
+                "metrics": True,
+                "engine": {
+                    "enable_prefix_caching": False,
+                    "disable_log_stats": False,
+                    "speculative_config": {
+                        "method": "ngram",
+                        "num_speculative_tokens": 3,
+                        "prompt_lookup_min": 2,
+                        "prompt_lookup_max": 4,
+                    },
+                },
+            },
         }
         return {"model": self.model, **specs[name]}
 

@@ -75,6 +75,12 @@ def main(spec: dict) -> dict:
             for token, step in zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], strict=True)
         ]
         result["perplexity"] = math.exp(sum(nll) / len(nll))
+    if spec.get("metrics"):
+        result["metrics"] = {
+            metric.name: metric.value
+            for metric in llm.get_metrics()
+            if "spec_decode" in metric.name and hasattr(metric, "value")
+        }
     from tq_vllm.report import attention_layers
 
     result["layers"] = llm.apply_model(attention_layers)[0]
