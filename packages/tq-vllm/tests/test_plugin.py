@@ -102,3 +102,23 @@ def test_patched_cpu_platform_honours_only_tq_custom():
 
 def test_vllm_version_is_in_the_tested_range():
     assert _compat.OLDEST <= _compat.vllm_version() <= _compat.NEWEST
+
+
+def test_vllm_0_26_page_spec():
+    """The vLLM < 0.30 path (no customize_spec), checked where it can be: TQPageSpec's page
+    (``real_page_size_bytes``, from which vLLM 0.26 sizes pages) is block_size x tq's bytes,
+    and merging layers of different tq sizes is refused."""
+    from tq_core.errors import TQUnsupportedModelError
+
+    def spec(bytes_per_token):
+        return _compat.TQPageSpec(
+            block_size=16, num_kv_heads=8, head_size=128, dtype=torch.uint8,
+            tq_bytes_per_token=bytes_per_token,
+        )  # fmt: skip
+
+    assert spec(1088).real_page_size_bytes == 16 * 1088
+    assert _compat.TQPageSpec.merge([spec(1088), spec(1088)]).real_page_size_bytes == 16 * 1088
+    with pytest.raises(TQUnsupportedModelError, match="differ in tq bytes"):
+        _compat.TQPageSpec.merge([spec(1088), spec(1600)])
+    # Fails when a tested vLLM >= 0.30 loses customize_spec (the 0.26 patch would then apply).
+    assert _compat.needs_page_spec_patch() == (_compat.vllm_version() < (0, 30))
