@@ -31,13 +31,14 @@ from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 from tq_core import CacheLayout, TQCodec, ops
 from tq_core.config import SUPPORTED_HEAD_DIMS
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
+from tq_core.layout import REGION_ALIGNMENT
 from tq_core.rotation import rotate_query, unrotate_output
 from tq_vllm import settings
 
 logger = init_logger("vllm.tq_vllm")  # under "vllm": vLLM's log configuration applies
-#: Block sizes must be multiples of 16: then a page is exactly block_size x the packed bytes of
-#: one token (layout.py aligns regions to 16 bytes), which is how vLLM's spec counts bytes.
-BLOCK_MULTIPLE = 16
+#: Block sizes must be multiples of the core's region alignment: then a page is exactly
+#: block_size x the packed bytes of one token, which is how vLLM's spec counts bytes.
+BLOCK_MULTIPLE = REGION_ALIGNMENT
 #: ``ops.decode_attention`` takes 1-8 query tokens per sequence (speculative verification).
 DECODE_MAX_QUERY = 8
 
