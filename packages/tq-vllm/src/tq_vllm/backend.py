@@ -121,11 +121,9 @@ class TQMetadata:
     num_decodes: int
     num_decode_tokens: int
     decode_query_len: int
-    query_start_loc: torch.Tensor  # [num_reqs + 1], decodes first
     prefill_query_start_loc: torch.Tensor  # [num_prefills + 1], from the first prefill token
     seq_lens: torch.Tensor  # [num_reqs], new tokens included
     block_table: torch.Tensor  # [num_reqs, max_blocks]
-    slot_mapping: torch.Tensor  # [num_actual_tokens]
 
     @property
     def num_prefills(self) -> int:
@@ -166,11 +164,9 @@ class TQMetadataBuilder(AttentionMetadataBuilder[TQMetadata]):
             num_decodes=num_decodes,
             num_decode_tokens=num_decode_tokens,
             decode_query_len=decode_len,
-            query_start_loc=starts,
             prefill_query_start_loc=starts[num_decodes:] - num_decode_tokens,
             seq_lens=meta.seq_lens[: meta.num_reqs],
             block_table=meta.block_table_tensor[: meta.num_reqs],
-            slot_mapping=meta.slot_mapping[: meta.num_actual_tokens],
         )
 
 
