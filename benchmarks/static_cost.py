@@ -34,7 +34,9 @@ _POINTERS = {
 _SASS_OP = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 
 
-def compile_decode(k_bits: int, v_bits: int, block_n: int, num_warps: int) -> dict:
+def compile_decode(
+    k_bits: int, v_bits: int, block_n: int, num_warps: int, lookup: int = 0, keep_ptx=None
+) -> dict:
     layout = TQCodec(128, k_bits, v_bits).cache_layout(8, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
     tables = {
@@ -44,7 +46,7 @@ def compile_decode(k_bits: int, v_bits: int, block_n: int, num_warps: int) -> di
     constants = dict(
         GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
-        LOOKUP=0, ROTATE=False, **triton_attention._kernel_constants(layout),
+        LOOKUP=lookup, ROTATE=False, **triton_attention._kernel_constants(layout),
     )  # fmt: skip
     kernel = triton_attention._attention_kernel
     signature = {}
@@ -73,6 +75,8 @@ def compile_decode(k_bits: int, v_bits: int, block_n: int, num_warps: int) -> di
     with tempfile.TemporaryDirectory() as folder:
         ptx, cubin = os.path.join(folder, "k.ptx"), os.path.join(folder, "k.cubin")
         pathlib.Path(ptx).write_text(compiled.asm["ptx"])
+        if keep_ptx:
+            pathlib.Path(keep_ptx).write_text(compiled.asm["ptx"])
         report = subprocess.run(
             [tools / "ptxas", "-v", "--gpu-name=sm_90a", ptx, "-o", cubin],
             capture_output=True, text=True, check=True,
@@ -97,7 +101,7 @@ def compile_decode(k_bits: int, v_bits: int, block_n: int, num_warps: int) -> di
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
     return {
         "k_bits": k_bits, "v_bits": v_bits, "block_n": block_n, "num_warps": num_warps,
-        "registers": registers, "spill_store_bytes": spills,
+        "lookup": lookup, "registers": registers, "spill_store_bytes": spills,
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
         "top_ops": collections.Counter(body).most_common(12),

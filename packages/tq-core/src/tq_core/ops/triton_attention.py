@@ -24,7 +24,13 @@ from torch.nn.attention.bias import causal_lower_right
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_decompress, triton_layout, validation
-from tq_core.ops.triton_common import dequantize, load_field, nibble_pair_lookup, times_signs
+from tq_core.ops.triton_common import (
+    dequantize,
+    load_field,
+    nibble_pair_lookup,
+    nibble_pair_registers,
+    times_signs,
+)
 
 _LOG2E = 1.4426950408889634
 
@@ -164,7 +170,10 @@ def _attention_kernel(
             V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
         if K_PAIRS:
-            k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
+            if LOOKUP == 2:
+                k_a, k_b = nibble_pair_registers(k0, k_cent_ptr)
+            else:
+                k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
             scores = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
         else:
             k = dequantize(
@@ -188,7 +197,10 @@ def _attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         weights = (p * v_norm[None, :]).to(V_DOT)
         if V_PAIRS:
-            v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
+            if LOOKUP == 2:
+                v_a, v_b = nibble_pair_registers(v0, v_cent_ptr)
+            else:
+                v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
             acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
             acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
         else:

@@ -65,15 +65,33 @@ _PAIR_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
-    """int32 [256]: entry b packs the fp16 centroids of both 4-bit codes of byte b (low nibble
-    in the low half), so a kernel dequantizes two coordinates with one table load."""
+    """int32 [260]: entry b < 256 packs the fp16 centroids of both 4-bit codes of byte b (low
+    nibble in the low half), so a kernel dequantizes two coordinates with one table load.
+
+    Entries 256-259 hold the same codebook for register lookups (``prmt``): the codebook is
+    symmetric (c[15 - i] = -c[i]), so the eight magnitudes m[j] = c[8 + j] are enough; 256 and
+    257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes.
+    """
     key = (head_dim, torch.device(device))
     if key not in _PAIR_TABLES:
-        half = codebook_tensors(head_dim, 4, "cpu")[0].to(torch.float16).view(torch.int16)
+        half = codebook_tensors(head_dim, 4, "cpu")[0].to(torch.float16)
+        if not torch.equal(half, -half.flip(0)):
+            raise TQConfigError(f"the 4-bit codebook for head_dim {head_dim} is not symmetric")
+        bits = half.view(torch.int16).to(torch.int32) & 0xFFFF
         byte = torch.arange(256)
-        low = half[byte & 15].to(torch.int32) & 0xFFFF
-        high = half[byte >> 4].to(torch.int32) & 0xFFFF
-        _PAIR_TABLES[key] = (low | (high << 16)).to(torch.int32).to(device)
+        pairs = bits[byte & 15] | (bits[byte >> 4] << 16)
+        magnitude = bits[8:]
+        words = [
+            sum(int(part[4 * word + i]) << (8 * i) for i in range(4))
+            for part in (magnitude & 0xFF, magnitude >> 8)
+            for word in range(2)
+        ]
+        # int32 storage of the unsigned words (two's complement), exact bit patterns.
+        extra = torch.tensor(words, dtype=torch.int64)
+        extra = torch.where(extra >= 2**31, extra - 2**32, extra)
+        table = torch.cat([pairs.to(torch.int64), extra])
+        table = torch.where(table >= 2**31, table - 2**32, table)
+        _PAIR_TABLES[key] = table.to(torch.int32).to(device)
     return _PAIR_TABLES[key]
 
 

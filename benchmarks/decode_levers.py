@@ -1,0 +1,186 @@
+"""Where decode time goes: the K4V4 decode kernel under each lever, against bf16, on one GPU.
+
+    python benchmarks/decode_levers.py --out benchmarks/results/decode-levers-h100
+    python benchmarks/decode_levers.py --ncu-target 8x16384 --lookup 2   # one shape, for ncu
+
+Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte permutes on
+register-resident magnitudes), the split-K count (the shape heuristic, x0.5, x2, x4), tile and
+warps, and a lower bound: the same kernel with the lookup replaced by a plain int-to-fp16
+conversion (wrong values, the arithmetic of dequantization removed; timing only). Every tq
+variant is checked against the default kernel's output on the same bytes before it is timed.
+Timing, inputs and bf16 baselines are those of kernels.py (CUDA-graph replays, inputs rotated
+past L2, SDPA flash and cuDNN in the same process). Writes ``<out>.json`` and ``<out>.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+import time
+
+import torch
+import triton
+import triton.language as tl
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import kernels
+
+from tq_core import TQCodec
+from tq_core.cli.provenance import environment_record
+from tq_core.ops import triton_attention
+
+SHAPES = [(1, 1024), (8, 16384), (32, 32768), (128, 32768)]
+
+
+@triton.jit
+def _stand_in_lookup(raw, pair_table_ptr):
+    """Not a dequantization: nibbles converted to fp16 as numbers. The kernel's cost with the
+    table lookup taken out, for the lower-bound row."""
+    raw = raw.to(tl.int32)
+    return (raw & 15).to(tl.float16), (raw >> 4).to(tl.float16)
+
+
+# (name, TUNING["decode"] overrides, factor on the split count)
+VARIANTS = [
+    ("table (default)", {}, 1.0),
+    ("prmt", {"lookup": 2}, 1.0),
+    ("table splits x2", {}, 2.0),
+    ("prmt splits x2", {"lookup": 2}, 2.0),
+    ("prmt splits x4", {"lookup": 2}, 4.0),
+    ("table splits x0.5", {}, 0.5),
+    ("prmt tile 64", {"lookup": 2, "block_n": 64}, 1.0),
+    ("prmt 8 warps", {"lookup": 2, "num_warps": 8}, 1.0),
+    ("prmt 2 stages", {"lookup": 2, "num_stages": 2}, 1.0),
+]
+
+
+def _setup(batch: int, context: int):
+    num_q, num_kv, head_dim = kernels.MODELS["llama3-8b"]
+    layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, kernels.BLOCK_SIZE)
+    packed = batch * context * layout.packed_bytes_per_token
+    copies = kernels.copies_for(packed)
+    caches, block_table = kernels.paged_cache(layout, batch, context, copies)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    queries = [
+        torch.randn(batch, 1, num_q, head_dim, device="cuda", dtype=torch.bfloat16)
+        for _ in range(copies)
+    ]
+    return layout, packed, caches, block_table, seq_lens, queries
+
+
+def _run(layout, caches, block_table, seq_lens, queries, out, i, splits):
+    triton_attention.decode_attention(
+        queries[i], caches[i], block_table, seq_lens, layout, layout.head_dim**-0.5, out=out,
+        num_splits=splits,
+    )  # fmt: skip
+
+
+def _default_splits(layout, batch, block_table) -> int:
+    max_tokens = block_table.shape[1] * layout.block_size
+    return triton_attention._split_count(batch, layout, max_tokens, torch.device("cuda"))
+
+
+def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
+    layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context)
+    out = torch.empty_like(queries[0])
+    default = dict(triton_attention.TUNING["decode"])
+    base_splits = _default_splits(layout, batch, block_table)
+    _run(layout, caches, block_table, seq_lens, queries, out, 0, None)
+    expected = out.float().clone()
+    base = {"op": "decode", "model": "llama3-8b", "batch": batch, "context": context}
+    rows = []
+    # LOOKUP 9 is no lookup of the kernel's: a fresh specialization, so the kernel compiles
+    # again and picks up the stand-in in place of nibble_pair_lookup.
+    variants = [*VARIANTS, ("stand-in lookup (lower bound)", {"lookup": 9}, 1.0)]
+    for name, overrides, factor in variants:
+        triton_attention.TUNING["decode"] = {**default, **overrides}
+        splits = max(1, min(64, round(base_splits * factor)))
+        stand_in = name.startswith("stand-in")
+        if stand_in:
+            triton_attention.nibble_pair_lookup = _stand_in_lookup
+        try:
+            _run(layout, caches, block_table, seq_lens, queries, out, 0, splits)
+            error = (out.float() - expected).abs().max().item()
+            inputs = (layout, caches, block_table, seq_lens, queries, out)
+            calls = [
+                (lambda i=i, s=splits, inputs=inputs: _run(*inputs, i, s))
+                for i in range(len(caches))
+            ]
+            ms, how = kernels.time_calls(calls)
+        except Exception as failure:  # a setting that fails to compile is reported, not fatal
+            print(f"  {name}: {type(failure).__name__} {str(failure)[:120]}", flush=True)
+            rows.append({**base, "impl": f"tq K4V4 {name}", "error": str(failure)[:300]})
+            continue
+        finally:
+            triton_attention.TUNING["decode"] = default
+            if stand_in:
+                triton_attention.nibble_pair_lookup = kernels_default_lookup
+        row = {
+            **base, "impl": f"tq K4V4 {name}", "bits": "K4V4", "ms": ms, "timing": how,
+            "bytes": packed, "splits": splits, "tuning": {**default, **overrides},
+            "max_abs_diff_vs_default": None if stand_in else error,
+        }  # fmt: skip
+        print(f"  {name}: splits {splits}, {ms:.4f} ms, max |diff| {error:.2e}", flush=True)
+        rows.append(row)
+    caches.clear()
+    num_q, num_kv, head_dim = kernels.MODELS["llama3-8b"]
+    rows += kernels.bf16_decode_rows(base, num_q, num_kv, head_dim, batch, context)
+    return kernels._finish(rows, copy_gbps)
+
+
+kernels_default_lookup = triton_attention.nibble_pair_lookup
+
+
+def ncu_target(shape: str, lookup: int, splits_factor: float) -> None:
+    """A few launches of one configuration, for `ncu --launch-skip 2 --launch-count 1`."""
+    batch, context = (int(part) for part in shape.split("x"))
+    triton_attention.TUNING["decode"] = {**triton_attention.TUNING["decode"], "lookup": lookup}
+    layout, _, caches, block_table, seq_lens, queries = _setup(batch, context)
+    out = torch.empty_like(queries[0])
+    splits = max(1, round(_default_splits(layout, batch, block_table) * splits_factor))
+    for i in range(4):
+        _run(layout, caches, block_table, seq_lens, queries, out, i % len(caches), splits)
+    torch.cuda.synchronize()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="path prefix for .json and .md")
+    parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
+    parser.add_argument("--shapes", help="comma list of BATCHxCONTEXT (default: four shapes)")
+    parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
+    parser.add_argument("--lookup", type=int, default=0, help="with --ncu-target")
+    parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
+    args = parser.parse_args()
+    if args.ncu_target:
+        ncu_target(args.ncu_target, args.lookup, args.splits_factor)
+        return
+    shapes = SHAPES
+    if args.shapes:
+        shapes = [tuple(int(p) for p in s.split("x")) for s in args.shapes.split(",")]
+    env = environment_record()
+    if args.git_sha:
+        env["git_sha"] = args.git_sha
+    started = time.time()
+    copy_gbps = kernels.copy_bandwidth()
+    print(f"copy bandwidth {copy_gbps:.0f} GB/s on {env['gpu']}", flush=True)
+    rows = []
+    for batch, context in shapes:
+        print(f"decode {batch} x {context}", flush=True)
+        rows += lever_rows(batch, context, copy_gbps)
+        torch.cuda.empty_cache()
+    env["seconds"] = round(time.time() - started, 1)
+    result = {"environment": env, "copy_gbps": copy_gbps, "suite": "levers", "rows": rows}
+    out = pathlib.Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    table = kernels.markdown(rows, copy_gbps, env)
+    out.with_suffix(".md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
