@@ -4,10 +4,9 @@
     python benchmarks/decode_levers.py --ncu-target 8x16384 --lookup 2   # one shape, for ncu
 
 Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte permutes on
-register-resident magnitudes), the split-K count (the shape heuristic, x0.5, x2, x4), tile and
-warps, and a lower bound: the same kernel with the lookup replaced by a plain int-to-fp16
-conversion (wrong values, the arithmetic of dequantization removed; timing only). Every tq
-variant is checked against the default kernel's output on the same bytes before it is timed.
+magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``; 3: the same
+permutes after the packed bytes are staged), the split-K count, tile and warps. Every variant
+is checked against the default kernel's output on the same bytes before it is timed.
 Timing, inputs and bf16 baselines are those of kernels.py (CUDA-graph replays, inputs rotated
 past L2, SDPA flash and cuDNN in the same process). Writes ``<out>.json`` and ``<out>.md``.
 """
@@ -21,8 +20,6 @@ import sys
 import time
 
 import torch
-import triton
-import triton.language as tl
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -35,25 +32,16 @@ from tq_core.ops import triton_attention
 SHAPES = [(1, 1024), (8, 16384), (32, 32768), (128, 32768)]
 
 
-@triton.jit
-def _stand_in_lookup(raw, pair_table_ptr):
-    """Not a dequantization: nibbles converted to fp16 as numbers. The kernel's cost with the
-    table lookup taken out, for the lower-bound row."""
-    raw = raw.to(tl.int32)
-    return (raw & 15).to(tl.float16), (raw >> 4).to(tl.float16)
-
-
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
     ("table (default)", {}, 1.0),
     ("prmt", {"lookup": 2}, 1.0),
-    ("table splits x2", {}, 2.0),
+    ("prmt, bytes staged", {"lookup": 3}, 1.0),
+    ("prmt, bytes staged, 8 warps", {"lookup": 3, "num_warps": 8}, 1.0),
+    ("prmt, bytes staged, tile 64", {"lookup": 3, "block_n": 64}, 1.0),
+    ("prmt, bytes staged, splits x2", {"lookup": 3}, 2.0),
+    ("prmt tile 256", {"lookup": 2, "block_n": 256}, 1.0),
     ("prmt splits x2", {"lookup": 2}, 2.0),
-    ("prmt splits x4", {"lookup": 2}, 4.0),
-    ("table splits x0.5", {}, 0.5),
-    ("prmt tile 64", {"lookup": 2, "block_n": 64}, 1.0),
-    ("prmt 8 warps", {"lookup": 2, "num_warps": 8}, 1.0),
-    ("prmt 2 stages", {"lookup": 2, "num_stages": 2}, 1.0),
 ]
 
 
@@ -92,15 +80,9 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
     expected = out.float().clone()
     base = {"op": "decode", "model": "llama3-8b", "batch": batch, "context": context}
     rows = []
-    # LOOKUP 9 is no lookup of the kernel's: a fresh specialization, so the kernel compiles
-    # again and picks up the stand-in in place of nibble_pair_lookup.
-    variants = [*VARIANTS, ("stand-in lookup (lower bound)", {"lookup": 9}, 1.0)]
-    for name, overrides, factor in variants:
+    for name, overrides, factor in VARIANTS:
         triton_attention.TUNING["decode"] = {**default, **overrides}
         splits = max(1, min(64, round(base_splits * factor)))
-        stand_in = name.startswith("stand-in")
-        if stand_in:
-            triton_attention.nibble_pair_lookup = _stand_in_lookup
         try:
             _run(layout, caches, block_table, seq_lens, queries, out, 0, splits)
             error = (out.float() - expected).abs().max().item()
@@ -116,12 +98,10 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
             continue
         finally:
             triton_attention.TUNING["decode"] = default
-            if stand_in:
-                triton_attention.nibble_pair_lookup = kernels_default_lookup
         row = {
             **base, "impl": f"tq K4V4 {name}", "bits": "K4V4", "ms": ms, "timing": how,
             "bytes": packed, "splits": splits, "tuning": {**default, **overrides},
-            "max_abs_diff_vs_default": None if stand_in else error,
+            "max_abs_diff_vs_default": error,
         }  # fmt: skip
         print(f"  {name}: splits {splits}, {ms:.4f} ms, max |diff| {error:.2e}", flush=True)
         rows.append(row)
@@ -129,9 +109,6 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
     num_q, num_kv, head_dim = kernels.MODELS["llama3-8b"]
     rows += kernels.bf16_decode_rows(base, num_q, num_kv, head_dim, batch, context)
     return kernels._finish(rows, copy_gbps)
-
-
-kernels_default_lookup = triton_attention.nibble_pair_lookup
 
 
 def ncu_target(shape: str, lookup: int, splits_factor: float) -> None:

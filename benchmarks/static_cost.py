@@ -46,7 +46,8 @@ def compile_decode(
     constants = dict(
         GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
-        LOOKUP=lookup, ROTATE=False, **triton_attention._kernel_constants(layout),
+        LOOKUP=lookup, ROTATE=False, **triton_attention._nibble_constants(layout, lookup),
+        **triton_attention._kernel_constants(layout),
     )  # fmt: skip
     kernel = triton_attention._attention_kernel
     signature = {}

@@ -27,6 +27,7 @@ from tq_core.ops import triton_decompress, triton_layout, validation
 from tq_core.ops.triton_common import (
     dequantize,
     load_field,
+    nibble_centroids,
     nibble_pair_lookup,
     nibble_pair_registers,
     times_signs,
@@ -45,7 +46,7 @@ def _attention_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
-    ROTATE: tl.constexpr,
+    ROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
     K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
@@ -163,18 +164,23 @@ def _attention_kernel(
         # together; then the arithmetic.
         k0, k1, k2, k_norm = load_field(
             cache_ptr, page_base, slot, pos_ok, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
-            K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16,
+            K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16, K_PAIRS and LOOKUP == 3,
         )  # fmt: skip
         v0, v1, v2, v_norm = load_field(
             cache_ptr, page_base, slot, pos_ok, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
             V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
         if K_PAIRS:
-            if LOOKUP == 2:
-                k_a, k_b = nibble_pair_registers(k0, k_cent_ptr)
+            if LOOKUP == 3:  # k0 is [bytes, tokens]
+                k_a = nibble_centroids(k0, NIBBLE_LOW)
+                k_b = nibble_centroids(k0, NIBBLE_HIGH)
+                scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
             else:
-                k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
-            scores = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
+                if LOOKUP == 2:
+                    k_a, k_b = nibble_pair_registers(k0, k_cent_ptr)
+                else:
+                    k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
+                scores = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
         else:
             k = dequantize(
                 k0, k1, k2, k_cent_ptr, D, K_BITS, K_P0_W, K_P0_SHIFT, K_P1_W, K_P1_SHIFT,
@@ -197,7 +203,10 @@ def _attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         weights = (p * v_norm[None, :]).to(V_DOT)
         if V_PAIRS:
-            if LOOKUP == 2:
+            if LOOKUP == 3:
+                v_a = nibble_centroids(v0, NIBBLE_LOW)
+                v_b = nibble_centroids(v0, NIBBLE_HIGH)
+            elif LOOKUP == 2:
                 v_a, v_b = nibble_pair_registers(v0, v_cent_ptr)
             else:
                 v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
@@ -318,6 +327,19 @@ def _kernel_constants(layout: CacheLayout) -> dict:
     }
 
 
+def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
+    """The inline PTX of the immediate-table lookup (lookup 3) when a field is 4-bit."""
+    four_bit = any(
+        fmt.compressed and fmt.mse_bits == 4 for fmt in (layout.key_format, layout.value_format)
+    )
+    if lookup != 3 or not four_bit:
+        return {"NIBBLE_LOW": "", "NIBBLE_HIGH": ""}
+    return {
+        "NIBBLE_LOW": triton_layout.nibble_asm(layout.head_dim, high=False),
+        "NIBBLE_HIGH": triton_layout.nibble_asm(layout.head_dim, high=True),
+    }
+
+
 # Launch settings, per op. Kept in one dict so the benchmark's tuning mode can try others.
 TUNING = {
     # From the tune suites on an H200 (benchmarks/results/kernels-tune-h200*.json) and the
@@ -352,7 +374,7 @@ def _launch(
         float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=tuning["lookup"],
-        ROTATE=rotate,
+        ROTATE=rotate, **_nibble_constants(layout, tuning["lookup"]),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],

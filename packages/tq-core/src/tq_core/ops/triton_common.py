@@ -64,14 +64,27 @@ def unpack_plane(raw, WIDTH: tl.constexpr, D: tl.constexpr):
 
 
 @triton.jit
+def load_plane_transposed(base_ptr, row_off, mask, WIDTH: tl.constexpr, D: tl.constexpr):
+    """uint8 [D * WIDTH / 8, rows]: :func:`load_plane` with the bytes along the first axis, the
+    shape of a ``tl.dot`` right operand (so no transpose sits between the load and the dot)."""
+    NB: tl.constexpr = D * WIDTH // 8
+    ALIGN: tl.constexpr = 16 if NB >= 16 else NB
+    row_off = tl.multiple_of(row_off, ALIGN)
+    cols = tl.max_contiguous(tl.arange(0, NB), NB)
+    return tl.load(base_ptr + row_off[None, :] + cols[:, None], mask=mask[None, :], other=0)
+
+
+@triton.jit
 def load_field(
     cache_ptr, page_base, slot, mask, D: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P1_OFF: tl.constexpr, P1_W: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+    TRANSPOSED: tl.constexpr = False,
 ):  # fmt: skip
     """The stored bytes of one K or V field for a tile of tokens: (plane0, plane1, plane2,
     norms float32 [rows]); absent planes are 0. A raw bf16 layer (BITS == 16, its region at
-    NORM_OFF) gives (vectors bf16 [rows, D], 0, 0, ones).
+    NORM_OFF) gives (vectors bf16 [rows, D], 0, 0, ones). ``TRANSPOSED`` gives a 4-bit plane0
+    as [bytes, rows] (load_plane_transposed).
 
     Loading is separate from decoding so a kernel can issue every load of a tile (K and V) before
     the arithmetic that waits for them.
@@ -87,7 +100,14 @@ def load_field(
         plane0 = tl.load(ptr + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
         norms = tl.where(mask, 1.0, 0.0)
     else:
-        plane0 = load_plane(cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D)
+        if TRANSPOSED:
+            plane0 = load_plane_transposed(
+                cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D
+            )
+        else:
+            plane0 = load_plane(
+                cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D
+            )
         if P1_W > 0:
             plane1 = load_plane(
                 cache_ptr + P1_OFF, page_base + slot * (D * P1_W // 8), mask, P1_W, D
@@ -230,6 +250,16 @@ def nibble_pair_registers(raw, pair_table_ptr):
         pack=4,
     )
     return low, high
+
+
+@triton.jit
+def nibble_centroids(raw, ASM: tl.constexpr):
+    """fp16 centroids of one nibble (low or high, per ``ASM`` from
+    triton_layout.nibble_asm) of every byte of a 4-bit plane, by byte permutes over the
+    codebook's magnitudes held as immediates (GPU only: inline PTX). One input, one output and
+    no side effects: Triton then moves the layout change that feeds ``tl.dot`` ahead of it, so
+    the packed bytes, not the fp16 values, pass through shared memory."""
+    return tl.inline_asm_elementwise(ASM, "=r,=r,r", [raw], dtype=tl.float16, is_pure=True, pack=4)
 
 
 @triton.jit

@@ -95,6 +95,52 @@ def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
     return _PAIR_TABLES[key]
 
 
+_NIBBLE_ASM = """
+{{
+.reg .b32 neg, flip, idx, lb, hb, sg, l0, l1, h0, h1, c80;
+mov.b32 l0, {l0:#010x};
+mov.b32 l1, {l1:#010x};
+mov.b32 h0, {h0:#010x};
+mov.b32 h1, {h1:#010x};
+mov.b32 c80, 0x8000;
+not.b32 neg, $2;
+shr.u32 neg, neg, 3;
+and.b32 neg, neg, 0x11111111;
+mul.lo.u32 flip, neg, 7;
+xor.b32 idx, $2, flip;
+and.b32 idx, idx, 0x77777777;
+prmt.b32 lb, l0, l1, idx;
+prmt.b32 hb, h0, h1, idx;
+prmt.b32 sg, c80, c80, neg;
+or.b32 hb, hb, sg;
+prmt.b32 $0, lb, hb, {select:#06x};
+shr.u32 idx, idx, 16;
+shr.u32 neg, neg, 16;
+prmt.b32 lb, l0, l1, idx;
+prmt.b32 hb, h0, h1, idx;
+prmt.b32 sg, c80, c80, neg;
+or.b32 hb, hb, sg;
+prmt.b32 $1, lb, hb, {select:#06x};
+}}
+"""
+
+
+def nibble_asm(head_dim: int, high: bool) -> str:
+    """Inline PTX for triton_common.nibble_centroids: the fp16 centroids of the low (or high)
+    nibbles of 4 bytes ($2) into two fp16x2 registers ($0: bytes 0-1, $1: bytes 2-3).
+
+    The 4-bit codebook is symmetric (c[15 - i] = -c[i]): code n >= 8 is +m[n - 8], code n < 8
+    is -m[7 - n], with m the 8 magnitudes. So: flip the low 3 bits of negative codes, pick the
+    low and high bytes of 4 magnitudes with one ``prmt`` each from words holding all 8 (the
+    words are immediates: the codebook is fixed per head_dim), set the sign bit of negative
+    codes, and interleave low and high bytes of the wanted nibbles into fp16 pairs.
+    """
+    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    return _NIBBLE_ASM.format(
+        l0=words[0], l1=words[1], h0=words[2], h1=words[3], select=0x7351 if high else 0x6240
+    )
+
+
 def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
     """The table the attention kernel reads for K or V: nibble pairs for a 4-bit field,
     centroids otherwise."""
