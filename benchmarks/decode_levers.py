@@ -34,14 +34,15 @@ SHAPES = [(1, 1024), (8, 16384), (32, 32768), (128, 32768)]
 
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
-    ("table (default)", {}, 1.0),
-    ("prmt", {"lookup": 2}, 1.0),
+    ("table", {"lookup": 0}, 1.0),
+    ("prmt (default)", {}, 1.0),
+    ("prmt, 128 registers", {"maxnreg": 128}, 1.0),
+    ("prmt, 8 warps", {"num_warps": 8}, 1.0),
+    ("prmt, tile 64", {"block_n": 64}, 1.0),
+    ("prmt, tile 64, 128 registers", {"block_n": 64, "maxnreg": 128}, 1.0),
+    ("prmt, splits x2", {}, 2.0),
+    ("prmt, 2 stages", {"num_stages": 2}, 1.0),
     ("prmt, bytes staged", {"lookup": 3}, 1.0),
-    ("prmt, bytes staged, 8 warps", {"lookup": 3, "num_warps": 8}, 1.0),
-    ("prmt, bytes staged, tile 64", {"lookup": 3, "block_n": 64}, 1.0),
-    ("prmt, bytes staged, splits x2", {"lookup": 3}, 2.0),
-    ("prmt tile 256", {"lookup": 2, "block_n": 256}, 1.0),
-    ("prmt splits x2", {"lookup": 2}, 2.0),
 ]
 
 
@@ -114,7 +115,8 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
 def ncu_target(shape: str, lookup: int, splits_factor: float) -> None:
     """A few launches of one configuration, for `ncu --launch-skip 2 --launch-count 1`."""
     batch, context = (int(part) for part in shape.split("x"))
-    triton_attention.TUNING["decode"] = {**triton_attention.TUNING["decode"], "lookup": lookup}
+    if lookup is not None:
+        triton_attention.TUNING["decode"] = {**triton_attention.TUNING["decode"], "lookup": lookup}
     layout, _, caches, block_table, seq_lens, queries = _setup(batch, context)
     out = torch.empty_like(queries[0])
     splits = max(1, round(_default_splits(layout, batch, block_table) * splits_factor))
@@ -129,7 +131,7 @@ def main() -> None:
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
     parser.add_argument("--shapes", help="comma list of BATCHxCONTEXT (default: four shapes)")
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
-    parser.add_argument("--lookup", type=int, default=0, help="with --ncu-target")
+    parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
     args = parser.parse_args()
     if args.ncu_target:

@@ -115,13 +115,15 @@ def main() -> None:
     args = parser.parse_args()
     default = triton_attention.TUNING["decode"]
     rows = [
-        compile_decode(4, 4, 64, 4),  # the tiles of the committed H200 decode grid
-        compile_decode(4, 4, default["block_n"], default["num_warps"]),  # today's default
-        compile_decode(8, 4, default["block_n"], default["num_warps"]),
+        compile_decode(4, 4, 64, 4),  # the tiles of the committed H200 decode grid, L1 table
+        compile_decode(4, 4, default["block_n"], default["num_warps"]),  # L1 table, 128 tiles
+        compile_decode(4, 4, default["block_n"], default["num_warps"], default["lookup"]),
+        compile_decode(8, 4, default["block_n"], default["num_warps"], default["lookup"]),
     ]
     for row in rows:
         print(
-            f"K{row['k_bits']}V{row['v_bits']} tile {row['block_n']} x {row['num_warps']} warps: "
+            f"K{row['k_bits']}V{row['v_bits']} tile {row['block_n']} x {row['num_warps']} warps, "
+            f"lookup {row['lookup']}: "
             f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "
             "warp-instructions per token and KV head"

@@ -14,6 +14,7 @@ given shape: both ops can be captured in CUDA graphs.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +29,7 @@ from tq_core.ops.triton_common import (
     dequantize,
     load_field,
     nibble_centroids,
+    nibble_magnitude_words,
     nibble_pair_lookup,
     nibble_pair_registers,
     times_signs,
@@ -149,6 +151,12 @@ def _attention_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    if LOOKUP == 2 and (K_PAIRS or V_PAIRS):
+        # One 4-bit codebook per head_dim: K's and V's magnitudes are the same words.
+        lut_ptr = k_cent_ptr if K_PAIRS else v_cent_ptr
+        lut = nibble_magnitude_words(lut_ptr)
+    else:
+        lut = (0, 0, 0, 0, 0)
     kv_slot_base = kv_head * BLOCK_SIZE
     for tile_start in range(key_start, key_end, BLOCK_N):
         pos = tile_start + tl.arange(0, BLOCK_N)
@@ -177,7 +185,7 @@ def _attention_kernel(
                 scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
             else:
                 if LOOKUP == 2:
-                    k_a, k_b = nibble_pair_registers(k0, k_cent_ptr)
+                    k_a, k_b = nibble_pair_registers(k0, *lut)
                 else:
                     k_a, k_b = nibble_pair_lookup(k0, k_cent_ptr)
                 scores = tl.dot(q_b, tl.trans(k_b), tl.dot(q_a, tl.trans(k_a)))
@@ -207,7 +215,7 @@ def _attention_kernel(
                 v_a = nibble_centroids(v0, NIBBLE_LOW)
                 v_b = nibble_centroids(v0, NIBBLE_HIGH)
             elif LOOKUP == 2:
-                v_a, v_b = nibble_pair_registers(v0, v_cent_ptr)
+                v_a, v_b = nibble_pair_registers(v0, *lut)
             else:
                 v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
             acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
@@ -344,9 +352,18 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
 TUNING = {
     # From the tune suites on an H200 (benchmarks/results/kernels-tune-h200*.json) and the
     # compiler's register report: more stages only add registers to these gather-bound loops.
-    "decode": {"block_n": 128, "num_warps": 4, "num_stages": 1, "lookup": 0},
-    "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 0, "block_m": 128},
+    # lookup: how 4-bit codes become centroids. 0 reads a table through L1 (any device, the
+    # interpreter included); 2 permutes bytes of magnitudes held in registers (GPU: 1.5x faster
+    # decode, benchmarks/results/decode-levers-*.json); 3 is 2 with the packed bytes staged
+    # for tl.dot instead of the fp16 values (slower: registers). The interpreter always gets 0.
+    "decode": {"block_n": 128, "num_warps": 4, "num_stages": 1, "lookup": 2},
+    "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
+
+
+def _lookup(tuning: dict) -> int:
+    """The lookup to compile: inline PTX (2, 3) cannot run in Triton's interpreter."""
+    return 0 if os.environ.get("TRITON_INTERPRET") == "1" else tuning["lookup"]
 
 
 def _launch(
@@ -361,6 +378,8 @@ def _launch(
     workspace = _workspace(device, max(1, partials * (layout.head_dim + 2)))
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
     inv_sqrt_d = layout.head_dim**-0.5
+    lookup = _lookup(tuning)
+    limits = {"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
     _attention_kernel[grid](
@@ -373,12 +392,12 @@ def _launch(
         num_seqs, query_rows.shape[0], float(scale),
         float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
-        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=tuning["lookup"],
-        ROTATE=rotate, **_nibble_constants(layout, tuning["lookup"]),
+        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
+        ROTATE=rotate, **_nibble_constants(layout, lookup),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
-        num_stages=tuning["num_stages"],
+        num_stages=tuning["num_stages"], **limits,
     )  # fmt: skip
     if num_splits > 1:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](

@@ -195,27 +195,27 @@ def nibble_pair_lookup(raw, pair_table_ptr):
 
 
 # Register lookup of both nibbles of 4 bytes (8 codes) with byte permutes, no memory access.
-# $4: the 4 bytes; $5, $9, $13, $17: table words 256-259 of nibble_pair_table (magnitude low
+# $4: the 4 bytes; $5, $9, $13, $17, $21: words 256-260 of nibble_pair_table (magnitude low
 # bytes m0-3, m4-7, high bytes m0-3, m4-7; each arg arrives as 4 packed copies). Code n >= 8 is
-# +m[n - 8], code n < 8 is -m[7 - n]: flip the low 3 bits of negative codes, look up low and
+# +m[n - 8], code n < 8 is -m[7 - n]: flip the low 3 bits of negative codes (8 - 1 = 7 in
+# their nibbles of `flip`, 1 in `neg`), look up low and
 # high bytes of 4 codes with one prmt each, set the sign bit of negative codes in the high
 # byte, and interleave: $0, $1 = codes of the low nibbles of bytes (0, 1), (2, 3) as fp16x2,
 # $2, $3 = those of the high nibbles.
 _PRMT_PAIRS = tl.constexpr("""
 {
-.reg .b32 neg, flip, idx, lb, hb, sg, c80, even, odd;
-mov.b32 c80, 0x8000;
+.reg .b32 neg, flip, idx, lb, hb, sg, even, odd;
 mov.b32 even, 0x6240;
 mov.b32 odd, 0x7351;
-not.b32 neg, $4;
-shr.u32 neg, neg, 3;
-and.b32 neg, neg, 0x11111111;
-mul.lo.u32 flip, neg, 7;
+and.b32 flip, $4, 0x88888888;
+xor.b32 flip, flip, 0x88888888;
+shr.u32 neg, flip, 3;
+sub.u32 flip, flip, neg;
 xor.b32 idx, $4, flip;
 and.b32 idx, idx, 0x77777777;
 prmt.b32 lb, $5, $9, idx;
 prmt.b32 hb, $13, $17, idx;
-prmt.b32 sg, c80, c80, neg;
+prmt.b32 sg, $21, $21, neg;
 or.b32 hb, hb, sg;
 prmt.b32 $0, lb, hb, even;
 prmt.b32 $2, lb, hb, odd;
@@ -223,30 +223,46 @@ shr.u32 idx, idx, 16;
 shr.u32 neg, neg, 16;
 prmt.b32 lb, $5, $9, idx;
 prmt.b32 hb, $13, $17, idx;
-prmt.b32 sg, c80, c80, neg;
+prmt.b32 sg, $21, $21, neg;
 or.b32 hb, hb, sg;
 prmt.b32 $1, lb, hb, even;
 prmt.b32 $3, lb, hb, odd;
 }
 """)
-_PRMT_CONSTRAINTS = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 17))
+_PRMT_CONSTRAINTS = tl.constexpr("=r,=r,=r,=r," + ",".join(["r"] * 21))
 
 
 @triton.jit
-def nibble_pair_registers(raw, pair_table_ptr):
+def nibble_magnitude_words(pair_table_ptr):
+    """Words 256-260 of nibble_pair_table (the magnitudes' low and high bytes, the sign byte),
+    read once per
+    program. Read as a 4-vector and picked out with reductions: values the compiler cannot
+    prove uniform across the warp stay in ordinary registers, where ``prmt`` reads them, instead
+    of being copied out of uniform registers before every use."""
+    lanes = tl.arange(0, 8)
+    words = tl.load(pair_table_ptr + 256 + lanes, mask=lanes < 5, other=0)
+    low_0 = tl.sum(tl.where(lanes == 0, words, 0))
+    low_1 = tl.sum(tl.where(lanes == 1, words, 0))
+    high_0 = tl.sum(tl.where(lanes == 2, words, 0))
+    high_1 = tl.sum(tl.where(lanes == 3, words, 0))
+    sign = tl.sum(tl.where(lanes == 4, words, 0))
+    return low_0, low_1, high_0, high_1, sign
+
+
+@triton.jit
+def nibble_pair_registers(raw, low_0, low_1, high_0, high_1, sign):
     """:func:`nibble_pair_lookup` without memory: the codebook's magnitudes sit in four
-    registers and ``prmt`` selects bytes from them (GPU only: inline PTX, which Triton's
-    interpreter cannot run). Same results, bit for bit."""
-    low_0 = tl.load(pair_table_ptr + 256)
-    low_1 = tl.load(pair_table_ptr + 257)
-    high_0 = tl.load(pair_table_ptr + 258)
-    high_1 = tl.load(pair_table_ptr + 259)
+    registers (:func:`nibble_magnitude_words`) and ``prmt`` selects bytes from them (GPU only:
+    inline PTX, which Triton's interpreter cannot run). Same results, bit for bit."""
     low, high = tl.inline_asm_elementwise(
         _PRMT_PAIRS,
         _PRMT_CONSTRAINTS,
-        [raw, low_0, low_1, high_0, high_1],
+        [raw, low_0, low_1, high_0, high_1, sign],
         dtype=(tl.float16, tl.float16),
-        is_pure=True,
+        # Not pure, on purpose: Triton sizes the dot operand's register groups (kWidth) from
+        # the narrowest type behind it through pure elementwise ops, and would see the uint8
+        # bytes; kWidth 4 then costs four register moves per HMMA. Nothing here needs CSE.
+        is_pure=False,
         pack=4,
     )
     return low, high

@@ -65,12 +65,12 @@ _PAIR_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
 
 
 def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
-    """int32 [260]: entry b < 256 packs the fp16 centroids of both 4-bit codes of byte b (low
+    """int32 [261]: entry b < 256 packs the fp16 centroids of both 4-bit codes of byte b (low
     nibble in the low half), so a kernel dequantizes two coordinates with one table load.
 
     Entries 256-259 hold the same codebook for register lookups (``prmt``): the codebook is
     symmetric (c[15 - i] = -c[i]), so the eight magnitudes m[j] = c[8 + j] are enough; 256 and
-    257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes.
+    257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes; 260 is 0x8000.
     """
     key = (head_dim, torch.device(device))
     if key not in _PAIR_TABLES:
@@ -86,6 +86,7 @@ def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
             for part in (magnitude & 0xFF, magnitude >> 8)
             for word in range(2)
         ]
+        words.append(0x8000)  # byte 1 = the fp16 sign bit's byte, for the sign permute
         # int32 storage of the unsigned words (two's complement), exact bit patterns.
         extra = torch.tensor(words, dtype=torch.int64)
         extra = torch.where(extra >= 2**31, extra - 2**32, extra)
