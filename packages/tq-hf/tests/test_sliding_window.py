@@ -52,6 +52,7 @@ def _model(name: str, device: str):
     return model_class(config).eval().to(device)
 
 
+@pytest.mark.feature("sliding window")
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", ["gemma3", "gemma2"])
 def test_sliding_window_layers_keep_the_codecs_error_and_a_window_of_pages(name, device):

@@ -63,6 +63,7 @@ def _same_or_near_tie(reference: list[dict], tq: list[dict], label: str) -> int:
     return identical
 
 
+@pytest.mark.feature("decode", "prefill")
 def test_k8v8_greedy_matches_uncompressed_kv(engines):
     """32 greedy tokens per prompt: identical, or parting only at a near-tie of the
     uncompressed engine."""
@@ -72,6 +73,7 @@ def test_k8v8_greedy_matches_uncompressed_kv(engines):
     assert all(len(ref["token_ids"]) == GREEDY_TOKENS for ref in reference)
 
 
+@pytest.mark.feature("speculative decoding")
 def test_speculative_decoding_verifies_through_multi_token_decode(engines):
     """n-gram drafts verified by tq's 4-token decode: drafts get accepted and the greedy text is
     the one plain K8V8 decoding gives (or parts only at its near-ties)."""
@@ -108,6 +110,7 @@ def test_k4v4_is_coherent(engines):
     assert increase < 0.15
 
 
+@pytest.mark.feature("prefill")
 @pytest.mark.parametrize("config, bits", [("k8v8", (8, 8)), ("k4v4", (4, 4))])
 def test_perplexity_matches_tq_hf(engines, smollm2_hf, harness_ids, config, bits):
     """vLLM's prompt_logprobs perplexity on the harness's text equals tq-hf's (TQCache, same
@@ -137,6 +140,7 @@ def test_perplexity_matches_tq_hf(engines, smollm2_hf, harness_ids, config, bits
     assert abs(vllm_tq / tq_hf - 1) < 0.005
 
 
+@pytest.mark.feature("chunked prefill", "prefix cache")
 def test_chunked_prefill_and_prefix_cache_hit_match_a_cold_run(engines):
     cold = engines.get("k8v8")["generations"][0][-1]  # the long prompt, prefilled in one step
     first, second = (run[0] for run in engines.get("k8v8-chunked")["generations"])

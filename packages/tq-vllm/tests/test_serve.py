@@ -13,6 +13,8 @@ import time
 import urllib.error
 import urllib.request
 
+import pytest
+
 from conftest import PROMPTS
 
 START_TIMEOUT_S = 300
@@ -42,6 +44,7 @@ def _serve_command(model_dir: str) -> list[str]:
     return [str(pathlib.Path(sys.executable).with_name("vllm")), "serve", model_dir]
 
 
+@pytest.mark.feature("server")
 def test_vllm_serve_answers_openai_completions(engines, model_dir, tmp_path):
     port = _free_port()
     command = [
