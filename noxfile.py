@@ -42,9 +42,9 @@ def _record_features(session: nox.Session, package: str, engine: str) -> list[st
     """Environment and pytest arguments that make an adapter session write its matrix record."""
     # hf(transformers='5.19.0') -> hf-transformers-5.19.0.json
     name = re.sub(r"[^\w.]+", "-", session.name).strip("-")
-    session.env["TQ_MATRIX_OUT"] = str((COMPAT / f"{name}.json").resolve())
-    session.env["TQ_MATRIX_ENGINE"] = engine
-    session.env["TQ_MATRIX_PACKAGE"] = package
+    session.env["COMPAT_RECORD_OUT"] = str((COMPAT / f"{name}.json").resolve())
+    session.env["COMPAT_RECORD_ENGINE"] = engine
+    session.env["COMPAT_RECORD_PACKAGE"] = package
     plugin_dir = str(pathlib.Path("integration-tests/compat").resolve())
     session.env["PYTHONPATH"] = plugin_dir
     return ["-p", "pytest_matrix"]

@@ -2,10 +2,11 @@
 
 Tests declare what they prove with ``@pytest.mark.feature("decode", "prefix cache", ...)``.
 Loaded with ``-p pytest_matrix`` (nox puts this folder on PYTHONPATH) and given
-``TQ_MATRIX_OUT`` (a JSON path) and ``TQ_MATRIX_ENGINE`` (``name==version``), it writes one
-record per session: package, engine, python, torch, and per feature "pass" (every test marked
-with it passed), "fail" (one failed) or "skip" (all skipped). build_matrix.py turns the records
-into docs/compatibility.md.
+``COMPAT_RECORD_OUT`` (a JSON path), ``COMPAT_RECORD_ENGINE`` (``name==version``) and
+``COMPAT_RECORD_PACKAGE`` (not ``TQ_*``: tq refuses environment variables it does not know), it
+writes one record per session: package, engine, python, torch, and per feature "pass" (every
+test marked with it passed), "fail" (one failed) or "skip" (all skipped). build_matrix.py turns
+the records into docs/compatibility.md.
 """
 
 from __future__ import annotations
@@ -51,13 +52,13 @@ def _summary(outcomes: list[str]) -> str:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    path = os.environ.get("TQ_MATRIX_OUT")
+    path = os.environ.get("COMPAT_RECORD_OUT")
     if not path:
         return
     import torch
 
-    engine, _, version = os.environ.get("TQ_MATRIX_ENGINE", "==").partition("==")
-    package = os.environ.get("TQ_MATRIX_PACKAGE", "")
+    engine, _, version = os.environ.get("COMPAT_RECORD_ENGINE", "==").partition("==")
+    package = os.environ.get("COMPAT_RECORD_PACKAGE", "")
     record = {
         "package": package,
         "engine": engine,

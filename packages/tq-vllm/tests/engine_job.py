@@ -7,7 +7,8 @@ with what the tests assert on. SPEC keys:
   ``kv_cache_dtype``); engine: extra ``LLM(...)`` keywords; prompts: greedy-decoded texts;
   max_tokens; repeat: decode the prompts a second time (prefix-cache hits);
   prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
-  whose teacher-forced perplexity comes from ``prompt_logprobs``.
+  whose teacher-forced perplexity comes from ``prompt_logprobs``; logprob_ids: token ids whose
+  per-token log-probabilities (``prompt_logprobs``) are returned as they are.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main(spec: dict) -> dict:
         engine["additional_config"] = {"tq": {"k_bits": k_bits, "v_bits": v_bits}}
     engine.update(spec.get("engine", {}))
     llm = LLM(**engine)
+    no_tokenizer = bool(engine.get("skip_tokenizer_init"))
     result: dict = {}
     cache_config = llm.llm_engine.vllm_config.cache_config
     result["kv_blocks"] = cache_config.num_gpu_blocks
@@ -75,6 +77,15 @@ def main(spec: dict) -> dict:
             for token, step in zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], strict=True)
         ]
         result["perplexity"] = math.exp(sum(nll) / len(nll))
+    if spec.get("logprob_ids"):
+        scoring = SamplingParams(
+            max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=not no_tokenizer
+        )
+        (out,) = llm.generate([{"prompt_token_ids": spec["logprob_ids"]}], scoring, use_tqdm=False)
+        result["token_logprobs"] = [
+            step[token].logprob
+            for token, step in zip(out.prompt_token_ids[1:], out.prompt_logprobs[1:], strict=True)
+        ]
     if spec.get("metrics"):
         result["metrics"] = {
             metric.name: metric.value

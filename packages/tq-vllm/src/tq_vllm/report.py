@@ -2,8 +2,8 @@
 
 ``LLM(...).apply_model(tq_vllm.report.attention_layers)`` runs this in the worker process
 (vLLM sends the function by reference, so it must live in an importable module) and returns one
-row per attention layer: its implementation, its cache's dtype and how many cache bytes are
-non-zero, i.e. whether tq wrote pages for it.
+row per attention layer: its implementation, its cache's dtype, how many cache bytes are
+non-zero (whether tq wrote pages for it) and the sliding window its implementation applies.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ def attention_layers(model) -> list[dict]:
                 "impl": f"{impl.__module__}.{impl.__qualname__}",
                 "cache_dtype": str(cache.dtype),
                 "nonzero_bytes": _nonzero_bytes(cache),
+                "sliding_window": getattr(module.impl, "sliding_window", None),
             }
         )
     return rows
