@@ -55,9 +55,10 @@ def render(rows: list[dict]) -> str:
     ]
     sources = []
     for row in rows:
+        python = ".".join(row["python"].split(".")[:2])  # a patch release changes nothing here
         cells = [
-            row["package"], f"{row['engine']} {row['engine_version']}", row["device"],
-            row["python"], row["torch"],
+            row["package"], f"{row['engine']} {row['engine_version']}", row["device"], python,
+            row["torch"],
         ]  # fmt: skip
         features = row["features"]
         cells += [CELL[features[name]] if name in features else "" for name in FEATURES]

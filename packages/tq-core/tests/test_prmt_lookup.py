@@ -1,0 +1,124 @@
+"""The inline PTX of the GPU's register lookup, run instruction by instruction on the CPU.
+
+Triton's interpreter cannot run inline PTX, so CI would otherwise never execute the asm the GPU
+kernels use to turn 4-bit codes into centroids. This interprets the asm text itself (the few
+PTX instructions it uses, with their documented semantics) for every byte value in every byte
+position, and compares its fp16 outputs with the codebook.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from tq_core.codebook import codebook_tensors
+from tq_core.ops import triton_layout
+
+pytest.importorskip("triton")
+from tq_core.ops import triton_common
+
+MASK = 0xFFFFFFFF
+
+
+def _prmt(a: int, b: int, selector: int) -> int:
+    """PTX prmt.b32 (default mode): result byte i is byte (s & 7) of {b, a}, or that byte's
+    sign replicated when bit 3 of the selector nibble s is set."""
+    source = [(a >> (8 * i)) & 0xFF for i in range(4)] + [(b >> (8 * i)) & 0xFF for i in range(4)]
+    result = 0
+    for i in range(4):
+        nibble = (selector >> (4 * i)) & 0xF
+        byte = source[nibble & 7]
+        if nibble & 8:
+            byte = 0xFF if byte & 0x80 else 0
+        result |= byte << (8 * i)
+    return result
+
+
+def run_ptx(asm: str, registers: dict[str, int]) -> dict[str, int]:
+    """Execute the straight-line PTX of ``asm`` over 32-bit ``registers`` ($n operands and
+    named .reg values); refuses any instruction it does not model."""
+    regs = dict(registers)
+
+    def value(token: str) -> int:
+        token = token.strip()
+        if token in regs:
+            return regs[token]
+        return int(token, 0) & MASK
+
+    for line in asm.splitlines():
+        line = line.strip()
+        if not line or line in "{}" or line.startswith(".reg"):
+            continue
+        op, rest = line.rstrip(";").split(None, 1)
+        dest, *args = [part.strip() for part in rest.split(",")]
+        x = [value(arg) for arg in args]
+        if op == "mov.b32":
+            out = x[0]
+        elif op == "and.b32":
+            out = x[0] & x[1]
+        elif op == "or.b32":
+            out = x[0] | x[1]
+        elif op == "xor.b32":
+            out = x[0] ^ x[1]
+        elif op == "not.b32":
+            out = ~x[0]
+        elif op == "shr.u32":
+            out = x[0] >> x[1]
+        elif op == "sub.u32":
+            out = x[0] - x[1]
+        elif op == "mul.lo.u32":
+            out = x[0] * x[1]
+        elif op == "prmt.b32":
+            out = _prmt(*x)
+        else:
+            raise AssertionError(f"PTX instruction not modelled here: {line}")
+        regs[dest] = out & MASK
+    return regs
+
+
+def _words() -> list[int]:
+    """Every byte value in every byte position, and random words."""
+    rng = np.random.default_rng(0)
+    return [b * 0x01010101 for b in range(256)] + [int(w) for w in rng.integers(0, 2**32, 256)]
+
+
+def _fp16_bits(head_dim: int) -> list[int]:
+    centroids = codebook_tensors(head_dim, 4, "cpu")[0].to(torch.float16)
+    return [int(v) & 0xFFFF for v in centroids.view(torch.int16).tolist()]
+
+
+def _nibbles(word: int) -> list[int]:
+    return [(word >> (4 * k)) & 15 for k in range(8)]
+
+
+def _halves(*registers: int) -> list[int]:
+    return [half for r in registers for half in (r & 0xFFFF, r >> 16)]
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_pair_asm_gives_the_codebook_for_both_nibbles_of_every_byte(head_dim):
+    asm = triton_common._PRMT_PAIRS.value
+    table = [w & MASK for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    codebook = _fp16_bits(head_dim)
+    # Each table argument arrives as 4 packed copies: $5-$8, $9-$12, ... (arg-major).
+    words = {f"${5 + 4 * arg + copy}": table[arg] for arg in range(5) for copy in range(4)}
+    for word in _words():
+        out = run_ptx(asm, {"$4": word, **words})
+        nibbles = _nibbles(word)
+        assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles[0::2]], hex(word)
+        assert _halves(out["$2"], out["$3"]) == [codebook[n] for n in nibbles[1::2]], hex(word)
+
+
+@pytest.mark.parametrize("high", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_single_nibble_asm_gives_the_codebook(head_dim, high):
+    asm = triton_layout.nibble_asm(head_dim, high=high)
+    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    codebook = _fp16_bits(head_dim)
+    for word in _words():
+        out = run_ptx(asm, {"$2": word})
+        nibbles = _nibbles(word)[1 if high else 0 :: 2]
+        assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles], hex(word)
