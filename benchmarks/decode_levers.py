@@ -25,7 +25,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import kernels
 
-from tq_core import TQCodec
 from tq_core.cli.provenance import environment_record
 from tq_core.ops import triton_attention
 
@@ -47,17 +46,7 @@ VARIANTS = [
 
 
 def _setup(batch: int, context: int):
-    num_q, num_kv, head_dim = kernels.MODELS["llama3-8b"]
-    layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, kernels.BLOCK_SIZE)
-    packed = batch * context * layout.packed_bytes_per_token
-    copies = kernels.copies_for(packed)
-    caches, block_table = kernels.paged_cache(layout, batch, context, copies)
-    seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
-    queries = [
-        torch.randn(batch, 1, num_q, head_dim, device="cuda", dtype=torch.bfloat16)
-        for _ in range(copies)
-    ]
-    return layout, packed, caches, block_table, seq_lens, queries
+    return kernels.decode_inputs("llama3-8b", batch, context, (4, 4))
 
 
 def _run(layout, caches, block_table, seq_lens, queries, out, i, splits):

@@ -163,11 +163,10 @@ def paged_cache(layout, batch: int, context: int, copies: int):
     return caches, block_table
 
 
-def decode_rows(
-    model, batch, context, bits, copy_gbps, *, with_bf16=True, with_rotations=True
-) -> list[dict]:
+def decode_inputs(model, batch, context, bits):
+    """(layout, packed bytes, caches, block table, seq_lens, queries) of one decode shape: enough
+    cache and query copies to rotate past the L2 cache, every sequence ``context`` long."""
     num_q, num_kv, head_dim = MODELS[model]
-    scale = 1 / math.sqrt(head_dim)
     layout = TQCodec(head_dim, *bits).cache_layout(num_kv, BLOCK_SIZE)
     packed = batch * context * layout.packed_bytes_per_token
     copies = copies_for(packed)
@@ -177,6 +176,18 @@ def decode_rows(
         torch.randn(batch, 1, num_q, head_dim, device="cuda", dtype=torch.bfloat16)
         for _ in range(copies)
     ]
+    return layout, packed, caches, block_table, seq_lens, queries
+
+
+def decode_rows(
+    model, batch, context, bits, copy_gbps, *, with_bf16=True, with_rotations=True
+) -> list[dict]:
+    num_q, num_kv, head_dim = MODELS[model]
+    scale = 1 / math.sqrt(head_dim)
+    layout, packed, caches, block_table, seq_lens, queries = decode_inputs(
+        model, batch, context, bits
+    )
+    copies = len(caches)
     out = torch.empty_like(queries[0])
 
     def ours(i, rotations):

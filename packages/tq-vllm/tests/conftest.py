@@ -22,6 +22,8 @@ PROMPTS = [
     "The three primary colors are",
 ]
 GREEDY_TOKENS = 32
+#: The class a layer's ``impl`` has when tq serves it (tq_vllm.report rows name it so).
+BACKEND_IMPL = "tq_vllm.backend.TQAttentionImpl"
 LONG_PROMPT_TOKENS = 400  # > 3 CPU blocks of 128: chunked prefill and prefix-cache hits
 PERPLEXITY_TOKENS = 512
 

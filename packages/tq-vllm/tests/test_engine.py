@@ -5,12 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import GREEDY_TOKENS, PROMPTS
+from conftest import BACKEND_IMPL, GREEDY_TOKENS, PROMPTS
 
 #: Greedy decoding may only part where the uncompressed engine's top two tokens are this close
 #: (log-probability, nats): a near-tie that any rounding can flip.
 NEAR_TIE_NATS = 0.05
-BACKEND_IMPL = "tq_vllm.backend.TQAttentionImpl"
 
 
 def _capacity(job: dict) -> int:

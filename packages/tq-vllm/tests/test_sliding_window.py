@@ -10,12 +10,11 @@ import pathlib
 import pytest
 import torch
 
-from conftest import run_engine
+from conftest import BACKEND_IMPL, run_engine
 
 WINDOW = 32
 LAYER_TYPES = ["sliding_attention"] * 3 + ["full_attention"]
 TOKENS = 300  # > 9 windows
-BACKEND_IMPL = "tq_vllm.backend.TQAttentionImpl"
 
 
 def _save_model(folder: pathlib.Path, layer_types: list[str]) -> str:

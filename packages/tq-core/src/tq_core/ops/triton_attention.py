@@ -363,9 +363,13 @@ TUNING = {
 }
 
 
+# Triton reads the flag when its modules are imported, and so does this one.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def _lookup(tuning: dict) -> int:
     """The lookup to compile: inline PTX (2, 3) cannot run in Triton's interpreter."""
-    return 0 if os.environ.get("TRITON_INTERPRET") == "1" else tuning["lookup"]
+    return 0 if _INTERPRETED else tuning["lookup"]
 
 
 def _launch(

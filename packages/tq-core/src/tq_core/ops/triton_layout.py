@@ -8,6 +8,7 @@ side and the tests can use it too.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -87,10 +88,8 @@ def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
             for word in range(2)
         ]
         words.append(0x8000)  # byte 1 = the fp16 sign bit's byte, for the sign permute
+        table = torch.cat([pairs.to(torch.int64), torch.tensor(words, dtype=torch.int64)])
         # int32 storage of the unsigned words (two's complement), exact bit patterns.
-        extra = torch.tensor(words, dtype=torch.int64)
-        extra = torch.where(extra >= 2**31, extra - 2**32, extra)
-        table = torch.cat([pairs.to(torch.int64), extra])
         table = torch.where(table >= 2**31, table - 2**32, table)
         _PAIR_TABLES[key] = table.to(torch.int32).to(device)
     return _PAIR_TABLES[key]
@@ -126,6 +125,7 @@ prmt.b32 $1, lb, hb, {select:#06x};
 """
 
 
+@functools.cache
 def nibble_asm(head_dim: int, high: bool) -> str:
     """Inline PTX for triton_common.nibble_centroids: the fp16 centroids of the low (or high)
     nibbles of 4 bytes ($2) into two fp16x2 registers ($0: bytes 0-1, $1: bytes 2-3).
