@@ -174,7 +174,9 @@ def test_pool_bytes_against_sglang_bf16_pool(page_size):
     """What SGLang's planner sees: the pool's bytes for the same token count, vs bf16."""
     config = TQConfig(head_dim=HEAD_DIM, k_bits=4, v_bits=4)
     args = (4096, page_size, torch.bfloat16, 3, HEAD_DIM, 2, "cpu", False)
-    tq = sum(TQTokenToKVPool(*args, tq_config=config).get_kv_size_bytes())
+    pool = TQTokenToKVPool(*args, tq_config=config)
+    tq = sum(pool.get_kv_size_bytes())
+    assert tq == sum(pages.numel() for pages in pool.k_buffer), "the pool misreports its bytes"
     bf16 = sum(MHATokenToKVPool(*args).get_kv_size_bytes())
     packed = 3 * 2 * (HEAD_DIM // 2 + 4)  # 3 heads, K and V: 4-bit codes + a float32 norm
     ratio = bf16 / tq
