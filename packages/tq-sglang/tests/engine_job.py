@@ -6,6 +6,8 @@ a fresh process; this script prints one JSON object (after the marker line). SPE
   TQ_K_BITS / TQ_V_BITS, the way users choose bits); dtype: the model's (bfloat16 unless
   given); engine: extra ``Engine(...)`` keywords;
   prompt_ids: token-id prompts, greedy-decoded (max_tokens each, top-2 log-probabilities kept);
+  perplexity_ids: token ids whose teacher-forced perplexity comes from SGLang's input-token
+  log-probabilities;
   shared_prefix: {"prefix": ids, "suffixes": [ids, ids]}: prefix + each suffix in turn (the
   second reuses the radix cache), then the radix cache flushed and prefix + the last suffix again
   (a cold run).
@@ -14,8 +16,10 @@ a fresh process; this script prints one JSON object (after the marker line). SPE
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
+import time
 
 MARKER = "== tq engine job result =="
 
@@ -34,6 +38,27 @@ def _greedy(engine, prompt_ids: list[list[int]], max_tokens: int) -> list[dict]:
             {"token_ids": tokens, "top2": top2, "cached_tokens": meta.get("cached_tokens", 0)}
         )
     return results
+
+
+def _perplexity(engine, ids: list[int]) -> float:
+    out = engine.generate(
+        input_ids=[ids], sampling_params={"temperature": 0.0, "max_new_tokens": 1},
+        return_logprob=True, logprob_start_len=0,
+    )[0]  # fmt: skip
+    # The first token has no log-probability (nothing before it predicts it).
+    logprobs = [lp for lp, _, _ in out["meta_info"]["input_token_logprobs"][1:]]
+    return math.exp(-sum(logprobs) / len(logprobs))
+
+
+def _flush(engine) -> None:
+    """Empty the radix cache. SGLang refuses while its scheduler still holds the last request
+    (it finishes bookkeeping after answering), so ask again until it is idle."""
+    for _ in range(100):
+        outcome = engine.flush_cache()
+        if getattr(outcome, "success", outcome):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"SGLang did not flush its cache: {outcome}")
 
 
 def main(spec: dict) -> dict:
@@ -66,12 +91,14 @@ def main(spec: dict) -> dict:
         max_tokens = spec.get("max_tokens", 32)
         if spec.get("prompt_ids"):
             result["generations"] = _greedy(engine, spec["prompt_ids"], max_tokens)
+        if spec.get("perplexity_ids"):
+            result["perplexity"] = _perplexity(engine, spec["perplexity_ids"])
         shared = spec.get("shared_prefix")
         if shared:
             prefix, runs = shared["prefix"], []
             for suffix in shared["suffixes"]:
                 runs += _greedy(engine, [prefix + suffix], max_tokens)
-            engine.flush_cache()
+            _flush(engine)
             runs += _greedy(engine, [prefix + shared["suffixes"][-1]], max_tokens)
             result["shared_prefix"] = runs
     finally:

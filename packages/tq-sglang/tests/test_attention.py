@@ -101,7 +101,7 @@ def random_tokens(n: int, generator: torch.Generator):
     return q, k, v
 
 
-@pytest.mark.feature("prefill", "decode", "prefix_cache", "paged_layout")
+@pytest.mark.feature("prefill", "decode", "prefix cache")
 @pytest.mark.parametrize("page_size", [1, 16])
 @pytest.mark.parametrize("bits", [(8, 8), (4, 4), (4, 8)])
 def test_tq_backend_matches_fp64_attention_over_the_codec_round_trip(page_size, bits):
@@ -142,7 +142,6 @@ def test_tq_backend_matches_fp64_attention_over_the_codec_round_trip(page_size, 
             row += n
 
 
-@pytest.mark.feature("paged_layout")
 def test_pool_writes_the_core_format_at_sglang_slots():
     """SGLang slot s is token s % page_size of page s // page_size: the pool's pages decode,
     through tq_core alone, to the codec's round trip of what was written there."""
@@ -168,7 +167,6 @@ def test_pool_writes_the_core_format_at_sglang_slots():
     assert not pool.pages(0).any(), "layer 0 was never written"
 
 
-@pytest.mark.feature("capacity")
 @pytest.mark.parametrize("page_size", [1, 16])
 def test_pool_bytes_against_sglang_bf16_pool(page_size):
     """What SGLang's planner sees: the pool's bytes for the same token count, vs bf16."""

