@@ -122,6 +122,15 @@ class Engines:
                 },
             },
             "k4v4": {"backend": "tq", "tq": [4, 4], **generate, "engine": tq_pages},
+            # Perplexity only: K4V4 without key centering (plain TurboQuant).
+            "k4v4-plain": {
+                "backend": "tq",
+                "tq": [4, 4],
+                "center_keys": False,
+                "dtype": "float32",
+                "perplexity_ids": self.harness,
+                "engine": tq_pages,
+            },
         }
         return {"model": self.model, **specs[name]}
 

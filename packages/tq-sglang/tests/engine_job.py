@@ -3,7 +3,8 @@
 SGLang starts scheduler processes and keeps global state, so each engine configuration runs in
 a fresh process; this script prints one JSON object (after the marker line). SPEC keys:
   model: the SmolLM2 folder; backend: "tq" or "torch_native"; tq: [k_bits, v_bits] (set as
-  TQ_K_BITS / TQ_V_BITS, the way users choose bits); dtype: the model's (bfloat16 unless
+  TQ_K_BITS / TQ_V_BITS, the way users choose bits); center_keys: false sets TQ_CENTER_KEYS=0
+  (key centering is on by default); dtype: the model's (bfloat16 unless
   given); engine: extra ``Engine(...)`` keywords;
   prompt_ids: token-id prompts, greedy-decoded (max_tokens each, top-2 log-probabilities kept);
   perplexity_ids: token ids whose teacher-forced perplexity comes from SGLang's input-token
@@ -64,6 +65,8 @@ def _flush(engine) -> None:
 def main(spec: dict) -> dict:
     if spec.get("tq"):
         os.environ["TQ_K_BITS"], os.environ["TQ_V_BITS"] = map(str, spec["tq"])
+    if spec.get("center_keys") is False:
+        os.environ["TQ_CENTER_KEYS"] = "0"
     import sglang
 
     engine = sglang.Engine(

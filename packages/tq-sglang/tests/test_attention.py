@@ -182,3 +182,38 @@ def test_pool_bytes_against_sglang_bf16_pool(page_size):
     print(f"page_size {page_size}: bf16 / tq bytes = {ratio:.3f} (unpadded {unpadded:.3f})")
     assert tq >= 4096 * 2 * packed, "fewer bytes than the packed format needs"
     assert ratio >= (3.5 if page_size == 16 else 3.4)
+
+
+@pytest.mark.feature("prefill", "decode")
+def test_centered_keys_leave_attention_unchanged():
+    """With key centering the pool stores k - m (m: the mean key per head of the first batch
+    it stored) for every later write too; tq's outputs equal fp64 attention over the codec's
+    round trip of those centered keys, which is the attention of the uncentered ones up to the
+    codec's error, since softmax ignores the constant q . m."""
+    generator = torch.Generator().manual_seed(11)
+    config = TQConfig(head_dim=HEAD_DIM, k_bits=4, v_bits=4)
+    codec = TQCodec.from_config(config)
+    slots = page_slots(16, generator)
+    pool = TQTokenToKVPool(slots.numel() + 64, 16, torch.float32, KV_HEADS, HEAD_DIM, 1, "cpu",
+                           False, tq_config=config, center_keys=True)  # fmt: skip
+    tq = Server(pool, TQAttnBackend, slots)
+    history, mean = {0: ([], []), 1: ([], [])}, None
+    for mode, spans in STEPS:
+        q, k, v = random_tokens(sum(e - s for s, e in spans.values()), generator)
+        k = k + torch.linspace(-3, 3, HEAD_DIM)  # a shared offset, as real keys have
+        got = tq.run(mode, spans, q, k, v)
+        mean = k.mean(dim=0, keepdim=True) if mean is None else mean
+        row = 0
+        for request, (start, end) in sorted(spans.items()):
+            n = end - start
+            keys, values = history[request]
+            centered = k[row : row + n] - mean
+            keys.append(codec.decode_keys(codec.encode_keys(centered), torch.float64))
+            values.append(codec.decode_values(codec.encode_values(v[row : row + n]), torch.float64))
+            positions = torch.arange(start, end)
+            expected = fp64_attention(
+                q[row : row + n], torch.cat(keys), torch.cat(values), positions, SCALE
+            )
+            assert relative_error(got[row : row + n], expected) < 1e-5, (mode, request)
+            row += n
+    assert torch.allclose(pool.key_means[0], mean)

@@ -162,6 +162,7 @@ def build_tq_pool(original, configurator, *args, **kwargs):
             TQTokenToKVPool,
             tq_config=settings.config_for(model_config.head_dim),
             num_model_layers=model_config.num_hidden_layers,
+            center_keys=settings.center_keys(),
         )
         kwargs.pop("quant_method", None)
     return original(configurator, *args, **kwargs)

@@ -6,6 +6,13 @@ slot ``s`` is token ``s % P`` of page ``s // P``: exactly tq's slot mapping over
 tokens. A layer's cache is ``[num_pages, CacheLayout.page_bytes]`` uint8; the layout (and so the
 bits, under ``TQ_SKIP_*`` / ``TQ_LAYER_BITS``) may differ per layer. Writes go through
 ``tq_core.ops.store``; only the tq attention backend reads the pages.
+
+Key centering (``center_keys``): each layer stores keys minus one mean key per KV head, taken
+from the first batch the layer ever stores (the engine's first prefill) and kept for the
+pool's lifetime. q . (k - m) shifts all of a query's scores by q . m, which softmax ignores, so
+attention is unchanged for every request, radix-cache hits included, while the codec stops
+spending bits on the offset a few key channels share (``tq_core.centering``). One mean per
+layer and head, not per request: the shared offset is the model's, not the text's.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class TQTokenToKVPool(MHATokenToKVPool):
         *,
         tq_config: TQConfig,
         num_model_layers: int | None = None,
+        center_keys: bool = False,
         **options,
     ) -> None:
         v_head_dim = options.get("v_head_dim")
@@ -66,6 +74,8 @@ class TQTokenToKVPool(MHATokenToKVPool):
             self.tq_config, head_num, page_size, range(start, start + layer_num),
             num_model_layers or start + layer_num,
         )  # fmt: skip
+        self.center_keys = center_keys
+        self.key_means: list[torch.Tensor | None] = [None] * layer_num
         # The slot-to-slot copy kernel moves plain K/V rows (speculative decoding): not ours.
         options["enable_kv_cache_copy"] = False
         super().__init__(
@@ -143,10 +153,18 @@ class TQTokenToKVPool(MHATokenToKVPool):
         loc, _, _ = unwrap_write_loc(loc_info)
         layer_id = layer_id_override if layer_id_override is not None else layer.layer_id
         shape = (-1, self.head_num, self.head_dim)
-        ops.store(
-            cache_k.reshape(shape), cache_v.reshape(shape), self.pages(layer_id), loc,
-            self.layout(layer_id),
-        )  # fmt: skip
+        keys = cache_k.reshape(shape)
+        if self.center_keys:
+            keys = (keys.float() - self._key_mean(layer_id, keys)).to(keys.dtype)
+        ops.store(keys, cache_v.reshape(shape), self.pages(layer_id), loc, self.layout(layer_id))
+
+    def _key_mean(self, layer_id: int, keys: torch.Tensor) -> torch.Tensor:
+        """The layer's mean key per KV head [1, heads, head_dim] (float32), set by its first
+        write and fixed from then on: every stored key of the layer shares it."""
+        index = layer_id - self.start_layer
+        if self.key_means[index] is None:
+            self.key_means[index] = keys.float().mean(dim=0, keepdim=True)
+        return self.key_means[index]
 
     # -- SGLang features that copy plain K/V rows: refused, not silently wrong ---------------
     def _refuse(self, feature: str):

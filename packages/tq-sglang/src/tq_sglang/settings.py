@@ -5,10 +5,13 @@ cannot extend, and its server arguments have no free-form section for plugins. S
 configures kernels and caches through environment variables (``SGLANG_*``), so tq follows that
 convention: ``--attention-backend tq`` switches tq on, and ``TQ_K_BITS`` / ``TQ_V_BITS`` /
 ``TQ_SKIP_FIRST_LAYERS`` / ``TQ_LAYER_BITS`` ... (``tq_core.config.TQConfig.from_env``) choose
-the bits; they reach SGLang's scheduler processes because those inherit the environment.
+the bits and ``TQ_CENTER_KEYS=0`` turns key centering off; they reach SGLang's scheduler
+processes because those inherit the environment.
 """
 
 from __future__ import annotations
+
+import os
 
 from tq_core.config import TQConfig
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
@@ -57,6 +60,17 @@ def check_server_args(server_args) -> None:
         value = getattr(server_args, name, None)
         if value not in (None, False, "null", ""):
             raise TQConfigError(f"tq-sglang does not support {what} yet ({name}={value!r})")
+
+
+CENTER_KEYS_ENV = "TQ_CENTER_KEYS"
+
+
+def center_keys() -> bool:
+    """Key centering, on unless ``TQ_CENTER_KEYS=0``: tq-hf's default too (docs/sglang.md)."""
+    raw = os.environ.get(CENTER_KEYS_ENV, "1").strip().lower()
+    if raw not in ("0", "1", "true", "false", "yes", "no", "on", "off"):
+        raise TQConfigError(f"{CENTER_KEYS_ENV}={raw!r}; use 1 or 0")
+    return raw in ("1", "true", "yes", "on")
 
 
 def config_for(head_dim: int) -> TQConfig:

@@ -9,6 +9,8 @@ backend for its page size later, outside that context (``TQAttentionBackend.cust
 
 from __future__ import annotations
 
+import os
+
 from tq_core.config import TQConfig
 from tq_core.errors import TQConfigError
 
@@ -38,6 +40,11 @@ def config_from_vllm(vllm_config, head_dim: int) -> TQConfig:
             f"kv_cache_dtype={cache_dtype!r} conflicts with tq, which stores its own compressed "
             "pages: leave kv_cache_dtype at 'auto' and choose bits in --additional-config "
             '\'{"tq": {"k_bits": 4, "v_bits": 4}}\''
+        )
+    if os.environ.get("TQ_CENTER_KEYS", "0").strip().lower() not in ("0", "false", "no", "off"):
+        raise TQConfigError(
+            "TQ_CENTER_KEYS: key centering is not in tq-vllm yet (tq-sglang and tq-hf have it); "
+            "unset it to serve plain TurboQuant"
         )
     config = TQConfig.from_env(head_dim=head_dim, **options)
     unsupported = [name for name in _NOT_IN_VLLM if getattr(config, name)]
