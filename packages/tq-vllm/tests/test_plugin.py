@@ -20,7 +20,7 @@ def _vllm_config(tq=None, kv_cache_dtype="auto"):
 @pytest.fixture(autouse=True)
 def fresh_settings(monkeypatch):
     monkeypatch.setattr(settings, "_active", None)
-    for name in ("TQ_K_BITS", "TQ_V_BITS", "TQ_SKIP_FIRST_LAYERS"):
+    for name in ("TQ_K_BITS", "TQ_V_BITS", "TQ_SKIP_FIRST_LAYERS", "TQ_CENTER_KEYS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -48,6 +48,14 @@ def test_unsupported_options_fail_with_one_clear_line(monkeypatch):
         settings.config_from_vllm(_vllm_config("k4v4"), 64)
     with pytest.raises(TQConfigError, match="k_bits=9"):
         settings.config_from_vllm(_vllm_config({"k_bits": 9}), 64)
+
+
+def test_key_centering_is_refused_until_tq_vllm_has_it(monkeypatch):
+    monkeypatch.setenv("TQ_CENTER_KEYS", "1")
+    with pytest.raises(TQConfigError, match="TQ_CENTER_KEYS: key centering is not in tq-vllm"):
+        settings.config_from_vllm(_vllm_config({}), 64)
+    monkeypatch.setenv("TQ_CENTER_KEYS", "0")
+    assert settings.config_from_vllm(_vllm_config({}), 64).k_bits == 4
 
 
 def test_page_size_reaches_vllm_outside_the_config_context():
