@@ -41,13 +41,9 @@ def model_dir() -> str:
 @pytest.fixture(scope="session")
 def harness_ids(model_dir) -> list[int]:
     """The harness's text (`tq eval`'s standard-library prose) as SmolLM2 token ids."""
-    from transformers import AutoTokenizer
-
     from tq_core.cli import smollm2
 
-    ids = AutoTokenizer.from_pretrained(model_dir)(smollm2.prose_text(6000)).input_ids
-    assert len(ids) >= PERPLEXITY_TOKENS
-    return ids[:PERPLEXITY_TOKENS]
+    return smollm2.prose_token_ids(model_dir, PERPLEXITY_TOKENS)
 
 
 @pytest.fixture(scope="session")

@@ -36,10 +36,7 @@ def model_dir() -> str:
 @pytest.fixture(scope="session")
 def harness_ids(model_dir) -> list[int]:
     """The harness's text (`tq eval`'s standard-library prose) as SmolLM2 token ids."""
-    tokenizer, _ = smollm2.load_model(model_dir)
-    ids = tokenizer(smollm2.prose_text(6000)).input_ids
-    assert len(ids) >= PERPLEXITY_TOKENS
-    return ids[:PERPLEXITY_TOKENS]
+    return smollm2.prose_token_ids(model_dir, PERPLEXITY_TOKENS)
 
 
 def run_engine(spec: dict) -> dict:

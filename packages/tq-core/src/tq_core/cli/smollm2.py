@@ -171,6 +171,19 @@ def _load(model_dir: str):
     return tok, model.eval()
 
 
+def prose_token_ids(model_dir: pathlib.Path, count: int) -> list[int]:
+    """The first ``count`` SmolLM2 token ids of :func:`prose_text`: the text `tq eval` and the
+    engine adapters' tests score, the same ids in every engine."""
+    _require("transformers")
+    import transformers
+
+    tok = transformers.AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True)
+    ids = tok(prose_text(max(6000, 8 * count))).input_ids
+    if len(ids) < count:
+        raise TQConfigError(f"the prose text gave {len(ids)} tokens, fewer than {count}")
+    return ids[:count]
+
+
 def load_model(model_dir: pathlib.Path):
     """Return (tokenizer, float32 causal LM in eval mode), loaded once per process."""
     return _load(str(pathlib.Path(model_dir).resolve()))
