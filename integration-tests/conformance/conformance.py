@@ -1,4 +1,5 @@
-"""One input, one format: what every adapter's write path must put in its pages.
+"""One input, one format: what every adapter's write path must put in its pages, and what its
+attention must compute over them.
 
 Each adapter writes the same K/V (below) into pages through its own engine-facing path
 (tq-hf's ``TQLayer``, tq-vllm's ``do_kv_cache_update``, tq-sglang's pool), wherever its engine
@@ -6,6 +7,9 @@ places them; reading every token's bytes back in token order through the core la
 exactly the committed digest, in every adapter's test session (and tq-core's, from
 ``ops.store`` itself). Pages an engine wrote therefore decode to the same K/V through
 ``tq_core`` whichever engine wrote them. Change a digest only together with FORMAT_VERSION.
+Each adapter then decodes the conformance query (the last token's) through its own attention
+call; the output must equal the ``tq_core`` reference's over the same pages within
+``TOLERANCE``.
 
     python integration-tests/conformance/conformance.py    # prints the digests
 """
@@ -20,6 +24,10 @@ import torch
 from tq_core import CacheLayout, TQCodec, ops
 
 NUM_KV_HEADS, HEAD_DIM, BLOCK_SIZE, NUM_TOKENS = 2, 64, 16, 40
+NUM_Q_HEADS = 4  # two query heads per KV head (GQA)
+SCALE = HEAD_DIM**-0.5
+#: Relative error allowed between an adapter's attention and the reference on the same pages.
+TOLERANCE = 1e-5
 #: The committed digests, per (k_bits, v_bits), of the conformance tokens' bytes in token order.
 GOLDEN = {
     (4, 4): "3f15c3aea4a2dfff0cff484955844dd88dbe66e65f407fb17281d6414a7aa8e2",
@@ -36,6 +44,31 @@ def conformance_kv() -> tuple[torch.Tensor, torch.Tensor]:
     keys = 2 * torch.sin(0.37 * (i + 1) + 0.11 * t + 1.3 * h) + 0.5
     values = torch.cos(1.3 * i + 0.29 * t - 0.7 * h) / (1 + i / 16)
     return keys.float(), values.float()
+
+
+def conformance_query() -> torch.Tensor:
+    """The last token's query [1, NUM_Q_HEADS, HEAD_DIM], from a closed formula."""
+    h = torch.arange(NUM_Q_HEADS, dtype=torch.float64)[None, :, None]
+    i = torch.arange(HEAD_DIM, dtype=torch.float64)[None, None, :]
+    return (torch.sin(0.53 * i - 0.9 * h) + 0.2 * torch.cos(0.07 * i * (h + 1))).float()
+
+
+def reference_decode(pages: torch.Tensor, block_ids: torch.Tensor, layout) -> torch.Tensor:
+    """tq_core's reference decode of the conformance query over an adapter's pages and block
+    table: [1, NUM_Q_HEADS, HEAD_DIM] float32."""
+    from tq_core.ops import reference
+
+    out = reference.decode_attention(
+        conformance_query()[None], pages.cpu()[:, : layout.page_bytes].contiguous(),
+        block_ids.cpu()[None].to(torch.int32), torch.tensor([NUM_TOKENS], dtype=torch.int32),
+        layout, SCALE, rotate=True,
+    )  # fmt: skip
+    return out[0]
+
+
+def relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    actual, expected = actual.double().cpu(), expected.double().cpu()
+    return ((actual - expected).norm() / expected.norm()).item()
 
 
 def codec(k_bits: int, v_bits: int) -> TQCodec:
