@@ -41,14 +41,14 @@ def test_a_moved_or_changed_target_is_an_error(monkeypatch):
 
 
 def test_backend_and_hooks_are_installed_by_load_plugins(plugins_loaded):
-    from sglang.srt.arg_groups.choices import ATTENTION_BACKEND_CHOICES
     from sglang.srt.layers.attention.attention_registry import ATTENTION_BACKENDS
     from sglang.srt.plugins.hook_registry import HookRegistry
+    from sglang.srt.server_args import ATTENTION_BACKEND_CHOICES
     from sglang.srt.utils import common
 
     assert settings.BACKEND_NAME in ATTENTION_BACKEND_CHOICES
     assert ATTENTION_BACKENDS[settings.BACKEND_NAME] is _compat.create_backend
-    for target in (_compat.RESOLVE_ARGS,
+    for target in (_compat.resolve_args_target(),
                    _compat.POOL_BUILDER, _compat.MHA_POOL_BUILDER, _compat.CELL_SIZE,
                    _compat.SUPPORT_TRITON, _compat.ALLOC_EXTEND, _compat.ALLOC_DECODE,
                    _compat.LAST_LOC):  # fmt: skip

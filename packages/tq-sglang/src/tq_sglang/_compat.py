@@ -4,9 +4,10 @@ SGLang gives plugins public extension points for the attention backend (its regi
 ``--attention-backend`` choices) but none for the KV pool, so tq wraps SGLang functions with
 SGLang's own ``HookRegistry`` (AROUND hooks, applied by ``load_plugins`` in every process):
 
-0. ``ServerArgs.resolve_once``: refuse, with one line and in the launching process, the
-   settings tq cannot serve (a conflicting ``--kv-cache-dtype``, speculative decoding, ...)
-   before SGLang resolves them (its own checks would otherwise fail first, on other grounds);
+0. ``ServerArgs.resolve_once`` (``__post_init__`` before 0.5.20): refuse, with one line and in
+   the launching process, the settings tq cannot serve (a conflicting ``--kv-cache-dtype``,
+   speculative decoding, ...) before SGLang resolves them (its own checks would otherwise fail
+   first, on other grounds);
 1. ``KVCacheConfigurator._build_token_to_kv_pool``: refuse, with one line, the models tq
    cannot serve (MLA, hybrid sliding-window / linear-attention pools) before any pool is built;
 2. ``KVCacheConfigurator._build_mha_kv_pool``: build tq's pool class instead of
@@ -42,7 +43,7 @@ from tq_core.errors import TQConfigError
 #: tq_core's doctor lists and a tq-core test keeps equal to noxfile.py).
 TESTED_SGLANG = TESTED["tq-sglang"][1]
 
-RESOLVE_ARGS = "sglang.srt.server_args.ServerArgs.resolve_once"
+SERVER_ARGS = "sglang.srt.server_args.ServerArgs"
 CONFIGURATOR = "sglang.srt.mem_cache.kv_cache_configurator.KVCacheConfigurator"
 POOL_BUILDER = CONFIGURATOR + "._build_token_to_kv_pool"
 MHA_POOL_BUILDER = CONFIGURATOR + "._build_mha_kv_pool"
@@ -54,7 +55,6 @@ ALLOC_DECODE = PAGED_ALLOCATOR + ".alloc_decode"
 LAST_LOC = "sglang.srt.mem_cache.allocation.get_last_loc"
 #: The parameters each hook relies on, checked against SGLang's signatures.
 HOOK_TARGETS = {
-    RESOLVE_ARGS: ("self",),
     POOL_BUILDER: ("self",),
     MHA_POOL_BUILDER: ("self", "max_total_num_tokens", "mha_pool_class"),
     CELL_SIZE: ("self", "kvc", "num_layers"),
@@ -86,7 +86,8 @@ HOOK_TARGETS = {
         "req_pool_indices_tensor",
         "prefix_lens_tensor",
     ),
-    "sglang.srt.runtime_context.attention_backends": (),
+    "sglang.srt.runtime_context.get_exec": (),
+    "sglang.srt.arg_groups.overrides.attention_backends_of": ("cfg",),
 }
 
 
@@ -106,9 +107,17 @@ def check_sglang_version() -> None:
         )
 
 
+def resolve_args_target() -> str:
+    """Where SGLang resolves its server arguments: ``ServerArgs.resolve_once`` since 0.5.20,
+    ``ServerArgs.__post_init__`` before (0.5.17, read from its wheel)."""
+    server_args = pkgutil.resolve_name(SERVER_ARGS)
+    return SERVER_ARGS + (".resolve_once" if hasattr(server_args, "resolve_once") else
+                          ".__post_init__")  # fmt: skip
+
+
 def check_hook_targets() -> None:
     """Every hooked SGLang function exists and takes the parameters the hooks use."""
-    for target, needed in HOOK_TARGETS.items():
+    for target, needed in {resolve_args_target(): ("self",), **HOOK_TARGETS}.items():
         try:
             function = pkgutil.resolve_name(target)
         except (ImportError, AttributeError) as error:
@@ -179,9 +188,12 @@ def tq_cell_size(original, pool_configurator, kvc, num_layers, *args, **kwargs):
     from sglang.srt.runtime_context import get_parallel
 
     parallel = get_parallel()
+    if getattr(parallel, "attn_dcp_size", 1) != 1:
+        raise TQConfigError("tq-sglang does not support decode context parallelism")
     layouts = layer_layouts(
         settings.config_for(model_config.head_dim),
-        model_config.get_num_kv_heads(parallel.attn_tp_size, parallel.attn_dcp_size),
+        # SGLang < 0.5.20 takes no DCP size here; with DCP refused the two calls agree.
+        model_config.get_num_kv_heads(parallel.attn_tp_size),
         kvc.page_size, range(start, start + num_layers), model_config.num_hidden_layers,
     )  # fmt: skip
     return bytes_per_token(layouts)
@@ -199,11 +211,14 @@ def no_triton_for_tq_on_cpu(original, backend, *args, **kwargs):
 
 def _tq_on_cpu(device) -> bool:
     """True inside an engine that serves tq on CPU (read from SGLang's published settings)."""
-    from sglang.srt.runtime_context import attention_backends
+    from sglang.srt.arg_groups.overrides import attention_backends_of
+    from sglang.srt.runtime_context import get_exec
 
     from tq_sglang import settings
 
-    return torch_device_type(device) == "cpu" and settings.BACKEND_NAME in attention_backends()
+    if torch_device_type(device) != "cpu":
+        return False
+    return settings.BACKEND_NAME in attention_backends_of(get_exec().kernel)
 
 
 def torch_device_type(device) -> str:
@@ -278,12 +293,13 @@ def torch_last_loc(original, req_to_token, req_pool_indices_tensor, prefix_lens_
 
 def install() -> None:
     """Register the backend and the hooks (called by the ``sglang.srt.plugins`` entry point)."""
-    from sglang.srt.arg_groups.choices import add_attention_backend_choices
+    # server_args holds the choices in 0.5.17 and re-exports them from arg_groups since 0.5.20.
     from sglang.srt.layers.attention.attention_registry import (
         ATTENTION_BACKENDS,
         register_attention_backend,
     )
     from sglang.srt.plugins.hook_registry import HookRegistry, HookType
+    from sglang.srt.server_args import add_attention_backend_choices
 
     from tq_sglang import settings
 
@@ -293,7 +309,7 @@ def install() -> None:
         register_attention_backend(settings.BACKEND_NAME)(create_backend)
         add_attention_backend_choices([settings.BACKEND_NAME])
     hooks = {
-        RESOLVE_ARGS: refuse_unsupported_settings,
+        resolve_args_target(): refuse_unsupported_settings,
         POOL_BUILDER: refuse_unsupported,
         MHA_POOL_BUILDER: build_tq_pool,
         CELL_SIZE: tq_cell_size,
