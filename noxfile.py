@@ -38,9 +38,10 @@ MATPLOTLIB = "matplotlib==3.10.8"  # tq eval's plot
 
 # CI runs on a clean clone, where a kept virtualenv is never reused, and on a disk that is not
 # always large: the ten environments of the test command (torch in each, two vLLM and two SGLang
-# installs) outgrew one CI machine's free space. TQ_DROP_VENVS=1 (.ci/run sets it) deletes each
+# installs) outgrew one CI machine's free space. NOX_DROP_VENVS=1 (.ci/run sets it) deletes each
 # session's virtualenv, and the release check's fresh ones, as soon as it is done with them.
-DROP_VENVS = os.environ.get("TQ_DROP_VENVS") == "1"
+# Not TQ_-prefixed: tq refuses TQ_ variables it does not know, and sessions inherit this one.
+DROP_VENVS = os.environ.get("NOX_DROP_VENVS") == "1"
 
 
 def _drop(path: str | pathlib.Path) -> None:
