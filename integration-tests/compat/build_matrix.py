@@ -22,7 +22,7 @@ RESULTS = ROOT / ".nox" / "compat"
 GPU_RUNS = pathlib.Path(__file__).with_name("gpu_runs.json")
 FEATURES = (
     "decode", "prefill", "chunked prefill", "prefix cache", "sliding window", "hybrid models",
-    "speculative decoding", "server", "CUDA graphs",
+    "speculative decoding", "tensor parallel", "server", "CUDA graphs",
 )  # fmt: skip
 CELL = {"pass": "yes", "fail": "**FAILS**", "skip": "skipped", "ran": "ran"}
 

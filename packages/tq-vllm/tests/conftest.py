@@ -39,17 +39,26 @@ def harness_ids(model_dir) -> list[int]:
     return smollm2.prose_token_ids(model_dir, PERPLEXITY_TOKENS)
 
 
+def _root_cause(output: str, width: int = 4000) -> str:
+    """The first traceback of a failed job (a worker's, usually the root cause: the engine's own
+    ends in "See root cause above") and the output's tail."""
+    first = output.find("Traceback (most recent call last)")
+    head = output[first : first + width] if first >= 0 else ""
+    return f"{head}\n[...]\n{output[-width:]}" if head else output[-width:]
+
+
 def run_engine(spec: dict) -> dict:
-    """Start one vLLM engine in a fresh process with ``spec`` (engine_job.py), return its JSON."""
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1")
+    """Start one vLLM engine in a fresh process with ``spec`` (engine_job.py; its ``env`` key,
+    if any, adds environment variables), return its JSON."""
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", **spec.get("env", {}))
     done = subprocess.run(
         [sys.executable, str(JOB), json.dumps(spec)],
         capture_output=True, text=True, env=env, timeout=900,
     )  # fmt: skip
     marker = "== tq engine job result ==\n"
     if done.returncode != 0 or marker not in done.stdout:
-        tail = (done.stdout + done.stderr)[-6000:]
-        raise AssertionError(f"vLLM engine job failed (exit {done.returncode}):\n{tail}")
+        cause = _root_cause(done.stdout + done.stderr)
+        raise AssertionError(f"vLLM engine job failed (exit {done.returncode}):\n{cause}")
     return json.loads(done.stdout.split(marker, 1)[1].splitlines()[0])
 
 

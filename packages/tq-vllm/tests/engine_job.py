@@ -45,7 +45,11 @@ def main(spec: dict) -> dict:
     result["block_size"] = cache_config.block_size
     # logprobs=2: each step's top two tokens, to tell near-ties apart from real disagreements.
     greedy = SamplingParams(
-        max_tokens=spec.get("max_tokens", 32), temperature=0.0, logprobs=2, ignore_eos=True
+        max_tokens=spec.get("max_tokens", 32),
+        temperature=0.0,
+        logprobs=2,
+        ignore_eos=True,
+        detokenize=not no_tokenizer,
     )
     prompts = list(spec.get("prompts", []))
     prompts += [{"prompt_token_ids": ids} for ids in spec.get("prompt_ids", [])]
@@ -94,7 +98,9 @@ def main(spec: dict) -> dict:
         }
     from tq_vllm.report import attention_layers
 
-    result["layers"] = llm.apply_model(attention_layers)[0]
+    # One list of rows per worker (tensor-parallel rank); "layers" is rank 0's.
+    result["layers_per_rank"] = llm.apply_model(attention_layers)
+    result["layers"] = result["layers_per_rank"][0]
     return result
 
 
