@@ -8,6 +8,8 @@ enough requests to fill the cache, and writes ``<out>/vllm-<config>.json``.
   python benchmarks/vllm_throughput.py --config tq-k4v4 --out DIR --git-sha SHA
   python benchmarks/vllm_throughput.py --table DIR      # every JSON of DIR as one table
 
+``--tensor-parallel-size 2`` splits the model over two GPUs (KV capacity is then each rank's).
+
 Configs: bf16 (vLLM's own attention, KV in bf16), fp8 (kv_cache_dtype fp8), vllm-tq-4bit-nc and
 vllm-tq-k8v4 (vLLM's built-in TurboQuant), tq-kKvV (the tq plugin, e.g. tq-k4v4).
 """
@@ -81,6 +83,7 @@ def measure(args) -> dict:
         "max_model_len": args.max_model_len,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "enforce_eager": args.enforce_eager,
+        "tensor_parallel_size": args.tensor_parallel_size,
         "scenarios": [],
     }
     started = time.perf_counter()
@@ -88,7 +91,7 @@ def measure(args) -> dict:
         model=str(model_dir), skip_tokenizer_init=True, load_format="dummy", dtype="bfloat16",
         max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization,
         enable_prefix_caching=False, enforce_eager=args.enforce_eager, seed=0,
-        **engine_options(args.config),
+        tensor_parallel_size=args.tensor_parallel_size, **engine_options(args.config),
     )  # fmt: skip
     result["engine_start_s"] = round(time.perf_counter() - started, 1)
     cache = llm.llm_engine.vllm_config.cache_config
@@ -128,7 +131,8 @@ def measure(args) -> dict:
     if args.config.startswith("tq-"):  # after the runs: tq's pages hold what they wrote
         from tq_vllm.report import attention_layers
 
-        layers = llm.apply_model(attention_layers)[0]
+        # One list per tensor-parallel rank; counted over all ranks.
+        layers = [row for rank in llm.apply_model(attention_layers) for row in rank]
         result["attention_layers"] = len(layers)
         result["tq_layers_with_pages"] = sum(
             row["impl"].startswith("tq_vllm.") and row["nonzero_bytes"] > 0 for row in layers
@@ -169,6 +173,7 @@ def main() -> None:
     parser.add_argument("--max-model-len", type=int, default=9216)
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     parser.add_argument("--enforce-eager", action="store_true")
+    parser.add_argument("--tensor-parallel-size", type=int, default=1)
     parser.add_argument("--model-dir", default="/tmp/llama3-8b-shape")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--git-sha", default="unknown")

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
 # tq-vllm on the lent GPU: vLLM 0.26.0 (staged per ../shared/GPU.md into /tmp/site) with the tq
-# plugin from this checkout; one fresh engine per KV configuration; JSON + logs land in $OUT.
+# plugin from this checkout; one fresh engine per KV configuration.
 #   bash benchmarks/gpu/vllm_gpu.sh COMMIT CONFIG...   (configs: see benchmarks/vllm_throughput.py)
-# SCENARIOS (default 1024x512x256,8192x512x64) and TMO (seconds per config, default 420) apply.
+# SCENARIOS (default 1024x512x256,8192x512x64), TMO (seconds per config, default 420) and TP
+# (tensor-parallel size, default 1) apply; TESTS=PYTEST_PATHS runs those tests first (e.g. the
+# tensor-parallel file on two GPUs). Logs and JSON go to a work folder packed into
+# $OUT/vllm-results.tgz after every step ($OUT takes eight files at most), the table to
+# $OUT/table.md.
 set -uo pipefail
 sha=${1:?git sha of the measured commit}
 shift
@@ -17,13 +21,31 @@ export PYTHONPATH=/tmp/tqsite:$root/packages/tq-core/src:$root/packages/tq-vllm/
 export PYTHONUNBUFFERED=1 VLLM_USE_FLASHINFER_SAMPLER=0 VLLM_NO_USAGE_STATS=1 HF_HUB_OFFLINE=1
 # apply_model (which layers tq serves) sends a function to the worker, which needs pickle.
 export VLLM_ALLOW_INSECURE_SERIALIZATION=1
+# The machine's rule (KINDS.md): NVLink multicast stays off, also in the workers vLLM starts;
+# vLLM's symmetric-memory all-reduce is left out with it.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+export VLLM_ALLREDUCE_USE_SYMM_MEM=0
+work=/tmp/vllm-results
+mkdir -p "$work"
+pack() { tar -C "$work" -czf "$OUT/vllm-results.tgz" .; }
+# A run killed by its timeout can leave worker processes holding the GPUs' memory.
+reap() { pkill -9 -f "vllm_throughput.py|engine_job.py|VLLM::" 2>/dev/null; sleep 1; }
+if [ -n "${TESTS:-}" ]; then
+  start=$(date +%s)
+  timeout "${TESTS_TMO:-400}" python3 -m pytest -q -s -p no:cacheprovider $TESTS \
+      > "$work/tests-gpu.txt" 2>&1
+  echo "== tests rc=$? $(( $(date +%s) - start )) s"
+  grep -E "passed|failed|KV tokens|greedy equal|Error" "$work/tests-gpu.txt" | cut -c1-300 | tail -12
+  pack; reap
+fi
 for config in "$@"; do
   start=$(date +%s)
   timeout "${TMO:-420}" python3 benchmarks/vllm_throughput.py --config "$config" \
-      --scenarios "${SCENARIOS:-1024x512x256,8192x512x64}" --out "$OUT" --git-sha "$sha" \
-      > "$OUT/log-$config.txt" 2>&1
+      --scenarios "${SCENARIOS:-1024x512x256,8192x512x64}" --out "$work" --git-sha "$sha" \
+      --tensor-parallel-size "${TP:-1}" > "$work/log-$config.txt" 2>&1
   echo "== $config rc=$? $(( $(date +%s) - start )) s"
   grep -E "ENGINE|SCENARIO|LAYERS|tq-vllm:|CUDAGraphMode|cudagraph|Graph capturing finished|Error|error" \
-      "$OUT/log-$config.txt" | grep -v "^ *$" | cut -c1-300 | tail -12
+      "$work/log-$config.txt" | grep -v "^ *$" | cut -c1-300 | tail -12
+  pack; reap
 done
-python3 benchmarks/vllm_throughput.py --table "$OUT" | tee "$OUT/table.md"
+if [ $# -gt 0 ]; then python3 benchmarks/vllm_throughput.py --table "$work" | tee "$OUT/table.md"; fi
