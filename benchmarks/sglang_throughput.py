@@ -187,7 +187,9 @@ def table(folder: pathlib.Path) -> str:
     if big:
         scen = [f"{s['input_len']}/{s['output_len']} x{s['requests']}" for s in big[0]["scenarios"]]
         lines.append(
-            "| KV | KV tokens | vs bf16 | " + " | ".join(f"gen tok/s {s} | vs bf16" for s in scen)
+            "| KV | KV tokens | vs bf16 | "
+            + " | ".join(f"gen tok/s {s} | vs bf16" for s in scen)
+            + " |"
         )
         lines.append("|" + "---|" * (3 + 2 * len(scen)))
         for r in big:
