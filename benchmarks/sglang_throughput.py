@@ -86,6 +86,45 @@ def _small_model(folder: pathlib.Path) -> None:
     model.to(torch.bfloat16).save_pretrained(folder)
 
 
+def _greedy_prompts() -> list[list[int]]:
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, SMALL["vocab"], size=n).tolist() for n in GREEDY_PROMPTS]
+
+
+def reference(args) -> dict:
+    """The small model's greedy tokens from transformers in float32 on the CPU (its bf16
+    weights, exact attention): the independent reference for every engine config."""
+    import torch
+    import transformers
+
+    folder = pathlib.Path(args.model_dir + "-small")
+    _small_model(folder)
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    greedy = []
+    for prompt in _greedy_prompts():
+        ids = torch.tensor([prompt])
+        steps = []
+        with torch.no_grad():
+            for _ in range(GREEDY_TOKENS):
+                logprobs = model(ids).logits[0, -1].log_softmax(-1)
+                top = logprobs.topk(2)
+                steps.append({str(int(t)): float(v) for v, t in zip(*top, strict=True)})
+                ids = torch.cat([ids, top.indices[:1].view(1, 1)], dim=1)
+        greedy.append({"token_ids": ids[0, len(prompt) :].tolist(), "top2": steps})
+    return {
+        "config": "reference",
+        "model": "small random-weight Llama",
+        "engine": f"transformers {transformers.__version__}, float32, CPU",
+        "torch": torch.__version__,
+        "sglang": None,
+        "gpu": None,
+        "greedy": greedy,
+        "scenarios": [],
+    }
+
+
 def measure(args) -> dict:
     import numpy as np
     import sglang
@@ -126,7 +165,7 @@ def measure(args) -> dict:
         print("ENGINE", json.dumps(result), flush=True)
         rng = np.random.default_rng(0)
         if args.small:
-            prompts = [rng.integers(0, SMALL["vocab"], size=n).tolist() for n in GREEDY_PROMPTS]
+            prompts = _greedy_prompts()
             params = {"temperature": 0.0, "max_new_tokens": GREEDY_TOKENS, "ignore_eos": True}
             outs = engine.generate(
                 input_ids=prompts, sampling_params=params, return_logprob=True,
@@ -204,7 +243,7 @@ def table(folder: pathlib.Path) -> str:
                 ref = base["scenarios"][i]["gen_tok_per_s"] if base else None
                 cells += [f"{s['gen_tok_per_s']:,.0f}", f"{s['gen_tok_per_s'] / ref:.2f}x"]
             lines.append("| " + " | ".join(cells) + " |")
-    ref = next((name for name in ("bf16-eager", "bf16") if name in small), None)
+    ref = next((name for name in ("reference", "bf16-eager", "bf16") if name in small), None)
     if ref:
         lines += [
             "",
@@ -213,14 +252,18 @@ def table(folder: pathlib.Path) -> str:
         ]
         for name, r in sorted(small.items()):
             lines.append(f"| {name} | {_agreement(small[ref], r)} of {GREEDY_TOKENS} |")
-    gpus = {r.get("gpu") for r in rows}
-    return "\n".join(lines) + f"\n\nGPU: {', '.join(map(str, gpus))}; SGLang {rows[0]['sglang']}"
+    gpus = {r["gpu"] for r in rows if r.get("gpu")}
+    versions = {r["sglang"] for r in rows if r.get("sglang")}
+    return "\n".join(lines) + f"\n\nGPU: {', '.join(map(str, gpus))}; SGLang {', '.join(versions)}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="bf16, bf16-eager, fp8, tq-kKvV")
     parser.add_argument("--small", action="store_true", help="greedy check on the small model")
+    parser.add_argument(
+        "--reference", action="store_true", help="the small model's greedy tokens, transformers"
+    )
     parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     parser.add_argument("--context-length", type=int, default=9216)
     parser.add_argument("--mem-fraction-static", type=float, default=0.85)
@@ -232,10 +275,13 @@ def main() -> None:
     if args.table:
         print(table(args.table))
         return
-    if not args.config:
-        parser.error("--config is required")
-    result = measure(args)
-    name = f"sglang-{args.config}{'-small' if args.small else ''}.json"
+    if args.reference:
+        result, name = reference(args), "sglang-reference-small.json"
+    elif not args.config:
+        parser.error("--config or --reference is required")
+    else:
+        result = measure(args)
+        name = f"sglang-{args.config}{'-small' if args.small else ''}.json"
     path = pathlib.Path(args.out) / name
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}", file=sys.stderr)
