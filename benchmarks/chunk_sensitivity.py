@@ -12,18 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
-# This folder holds kernels.py, which would pass for Hugging Face's `kernels` package.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import torch
+from transformers import DynamicCache
 
-import torch  # noqa: E402
-from transformers import DynamicCache  # noqa: E402
-
-from tq_core.cli import smollm2  # noqa: E402
-from tq_core.cli.provenance import environment_record  # noqa: E402
-from tq_hf.eval import FakeQuantCache  # noqa: E402
+from tq_core.cli import smollm2
+from tq_core.cli.provenance import environment_record
+from tq_hf.eval import FakeQuantCache
 
 
 def last_logprobs(model, ids: torch.Tensor, chunk: int, make_cache) -> torch.Tensor:

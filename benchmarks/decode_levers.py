@@ -7,7 +7,7 @@ Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte p
 magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``; 3: the same
 permutes after the packed bytes are staged), the split-K count, tile and warps. Every variant
 is checked against the default kernel's output on the same bytes before it is timed.
-Timing, inputs and bf16 baselines are those of kernels.py (CUDA-graph replays, inputs rotated
+Timing, inputs and bf16 baselines are those of kernel_bench.py (CUDA-graph replays, inputs rotated
 past L2, SDPA flash and cuDNN in the same process). Writes ``<out>.json`` and ``<out>.md``.
 """
 
@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import kernels
+import kernel_bench as kernels
 
 from tq_core.cli.provenance import environment_record
 from tq_core.ops import triton_attention

@@ -19,20 +19,14 @@ import argparse
 import json
 import pathlib
 import statistics
-import sys
 import time
 
-# Python puts this folder first on sys.path, where kernels.py (our kernel benchmark) would pass
-# for Hugging Face's `kernels` package when transformers probes for it. Not needed here.
-_HERE = pathlib.Path(__file__).resolve().parent
-sys.path = [p for p in sys.path if pathlib.Path(p or ".").resolve() != _HERE]
+import torch
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache
 
-import torch  # noqa: E402
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM, StaticCache  # noqa: E402
-
-from tq_core import ops  # noqa: E402
-from tq_core.cli.provenance import environment_record  # noqa: E402
-from tq_hf import TQCache  # noqa: E402
+from tq_core import ops
+from tq_core.cli.provenance import environment_record
+from tq_hf import TQCache
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DECODE_STEPS = 32

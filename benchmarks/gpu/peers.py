@@ -1,6 +1,6 @@
 """Other people's TurboQuant kernels, set up to be timed on our shapes.
 
-``benchmarks/kernels.py`` imports this module and times the callables it
+``benchmarks/kernel_bench.py`` imports this module and times the callables it
 returns next to our own kernels. Nothing here is timed or checked for accuracy:
 each ``setup_*`` builds the peer's own compressed cache from random fp16 K/V
 (never zeros), a random query and every buffer the peer takes, and returns

@@ -1,6 +1,6 @@
 """Kernel benchmark on one CUDA GPU: tq's Triton ops against bf16 and the TurboQuant peers.
 
-    python benchmarks/kernels.py --suite full --out benchmarks/results/kernels-h100
+    python benchmarks/kernel_bench.py --suite full --out benchmarks/results/kernels-h100
 
 writes ``<out>.json`` (every row, the machine, versions, git SHA) and ``<out>.md`` (the table).
 Timing: CUDA graphs of many calls, replayed; the median replay over the calls in it. Inputs
