@@ -15,8 +15,8 @@ from conftest import BACKEND_IMPL, GREEDY_TOKENS, run_engine
 LAYERS, HEADS, KV_HEADS, HEAD_DIM = 2, 8, 4, 64
 VOCAB = 512
 PROMPT_TOKENS = (7, 23, 61, 150)  # four prompts of these lengths, random token ids
-# On the GPU machine (by hand, benchmarks/gpu/vllm_tp_gpu.sh) the same checks run with the model
-# in bf16 and CUDA graphs on (vLLM's default), one GPU per rank.
+# On the GPU machine (by hand: TESTS=<this file> benchmarks/gpu/vllm_gpu.sh) the same checks run
+# with the model in bf16 and CUDA graphs on (vLLM's default), one GPU per rank.
 ON_GPU = torch.cuda.is_available()
 DEVICE_ENGINE = {"dtype": "bfloat16", "enforce_eager": False} if ON_GPU else {}
 #: Greedy decoding may only part where the one-rank engine's top two tokens are this close
