@@ -56,10 +56,11 @@ def prompt_ids(model_dir, harness_ids) -> list[list[int]]:
 
 
 def run_engine(spec: dict, expect_failure: bool = False):
-    """Start one SGLang engine in a fresh process with ``spec`` (engine_job.py), return its JSON
-    (or, with ``expect_failure``, the output of a job that failed as it should)."""
+    """Start one SGLang engine in a fresh process with ``spec`` (engine_job.py; its ``env`` key,
+    if any, adds environment variables), return its JSON (or, with ``expect_failure``, the
+    output of a job that failed as it should)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    env = {k: v for k, v in env.items() if not k.startswith("TQ_")}
+    env = {k: v for k, v in env.items() if not k.startswith("TQ_")} | spec.get("env", {})
     done = subprocess.run(
         [sys.executable, str(JOB), json.dumps(spec)],
         capture_output=True, text=True, env=env, timeout=900,
