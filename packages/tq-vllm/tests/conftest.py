@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from tq_core.cli import smollm2
 
@@ -60,6 +61,36 @@ def run_engine(spec: dict) -> dict:
         cause = _root_cause(done.stdout + done.stderr)
         raise AssertionError(f"vLLM engine job failed (exit {done.returncode}):\n{cause}")
     return json.loads(done.stdout.split(marker, 1)[1].splitlines()[0])
+
+
+def save_random_llama(
+    folder: pathlib.Path,
+    *,
+    layers: int,
+    heads: int,
+    kv_heads: int,
+    head_dim: int,
+    vocab: int = 512,
+    initializer_range: float = 0.02,
+    lm_head_scale: float = 1.0,
+    dtype: torch.dtype = torch.float32,
+) -> str:
+    """Save a random-weight Llama-style model (seed 0) that vLLM loads like any other folder:
+    the engine tests' stand-in where SmolLM2's head counts do not fit (tensor parallelism) or
+    the model cannot travel (the GPU machine has no model hub)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab, hidden_size=heads * head_dim, intermediate_size=2 * heads * head_dim,
+        num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+        head_dim=head_dim, max_position_embeddings=4096, initializer_range=initializer_range,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        model.lm_head.weight.mul_(lm_head_scale)
+    model.to(dtype).save_pretrained(folder)
+    return str(folder)
 
 
 class Engines:

@@ -43,6 +43,8 @@ def main(spec: dict) -> dict:
     cache_config = llm.llm_engine.vllm_config.cache_config
     result["kv_blocks"] = cache_config.num_gpu_blocks
     result["block_size"] = cache_config.block_size
+    # NONE on CPU; on a GPU, whether vLLM kept full graphs for the backend (FULL_AND_PIECEWISE).
+    result["cudagraph_mode"] = str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode)
     # logprobs=2: each step's top two tokens, to tell near-ties apart from real disagreements.
     greedy = SamplingParams(
         max_tokens=spec.get("max_tokens", 32),

@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from conftest import BACKEND_IMPL, GREEDY_TOKENS, run_engine
+from conftest import BACKEND_IMPL, GREEDY_TOKENS, run_engine, save_random_llama
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM = 2, 8, 4, 64
 VOCAB = 512
@@ -38,25 +38,15 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _save_model(folder) -> str:
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=HEADS * HEAD_DIM, intermediate_size=1024,
-        num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
-        head_dim=HEAD_DIM, max_position_embeddings=1024,
+@pytest.fixture(scope="module")
+def tp_jobs(tmp_path_factory) -> dict:
+    model = save_random_llama(
+        tmp_path_factory.mktemp("llama-tp"), layers=LAYERS, heads=HEADS, kv_heads=KV_HEADS,
+        head_dim=HEAD_DIM, vocab=VOCAB,
         # Wider than the default 0.02, so that greedy choices are decided by clear margins
         # rather than by the near-ties of an almost uniform distribution.
         initializer_range=0.2,
     )  # fmt: skip
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    return str(folder)
-
-
-@pytest.fixture(scope="module")
-def tp_jobs(tmp_path_factory) -> dict:
-    model = _save_model(tmp_path_factory.mktemp("llama-tp"))
     generator = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in PROMPT_TOKENS]
     engine = {

@@ -1,0 +1,135 @@
+"""test_engine.py's end-to-end checks on a GPU, with CUDA graphs on (vLLM's default there).
+
+Runs by hand on the lent GPU (vLLM 0.26 staged per ../shared/GPU.md):
+    TESTS=packages/tq-vllm/tests/test_gpu_end_to_end.py bash benchmarks/gpu/vllm_gpu.sh SHA
+and skips everywhere else. SmolLM2 cannot travel there (no model hub), so a random-weight
+Llama stands in: 128-dim heads (the GPU kernels' main shape), 8 query / 4 KV heads, default
+attention weights (soft attention, where 8-bit keys cannot flip which position wins) and an
+output head scaled x10 so that greedy choices are decided by clear margins. The reference is
+vLLM's own attention with a bf16 KV cache, in the same bf16 model. No feature marks: the
+compatibility matrix takes GPU results from integration-tests/compat/gpu_runs.json, which cites
+this file's committed log.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import BACKEND_IMPL, GREEDY_TOKENS, run_engine, save_random_llama
+
+LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 4, 8, 4, 128, 1024
+PROMPT_TOKENS = (7, 23, 61, 150)  # random token ids; then the long prompt
+LONG_PROMPT_TOKENS = 400  # 25 blocks of 16: chunked prefill and prefix-cache hits
+#: Greedy decoding may only part where the reference's top two tokens are this close (nats):
+#: bf16 logits carry ~2^-8 relative rounding, and tq's kernels sum in another order.
+NEAR_TIE_NATS = 0.25
+#: The same KV memory for every engine, so that tokens per engine compare as tokens per GB.
+KV_CACHE_BYTES = 4 << 30
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.fixture(scope="module")
+def gpu_jobs(tmp_path_factory) -> dict:
+    model = save_random_llama(
+        tmp_path_factory.mktemp("llama-gpu"), layers=LAYERS, heads=HEADS, kv_heads=KV_HEADS,
+        head_dim=HEAD_DIM, vocab=VOCAB, lm_head_scale=10.0, dtype=torch.bfloat16,
+    )  # fmt: skip
+    generator = torch.Generator().manual_seed(1)
+    lengths = (*PROMPT_TOKENS, LONG_PROMPT_TOKENS)
+    prompts = [torch.randint(0, VOCAB, (n,), generator=generator).tolist() for n in lengths]
+    engine = {
+        "dtype": "bfloat16",
+        "enforce_eager": False,  # CUDA graphs, as vLLM serves on a GPU
+        "skip_tokenizer_init": True,
+        "kv_cache_memory_bytes": KV_CACHE_BYTES,
+        "enable_prefix_caching": False,
+    }
+    cold = {"model": model, "prompt_ids": prompts, "max_tokens": GREEDY_TOKENS, "engine": engine}
+    chunked = {
+        **engine,
+        "enable_prefix_caching": True,
+        "enable_chunked_prefill": True,
+        "max_num_batched_tokens": 64,
+    }
+    return {
+        "vllm": run_engine({**cold, "tq": None}),
+        "k8v8": run_engine({**cold, "tq": [8, 8]}),
+        "k4v4": run_engine({**cold, "tq": [4, 4]}),
+        # The long prompt in 64-token chunks, twice: the second run reads its first blocks
+        # from the prefix cache (pages the first run wrote).
+        "k8v8-chunked": run_engine(
+            {**cold, "prompt_ids": prompts[-1:], "repeat": True, "tq": [8, 8], "engine": chunked}
+        ),
+    }
+
+
+def _parting(reference: dict, got: dict) -> tuple[int, float]:
+    """(first token where `got` leaves `reference`, the reference's lead there in nats);
+    (len, 0.0) when they agree throughout."""
+    ref_ids, got_ids = reference["token_ids"], got["token_ids"]
+    pairs = enumerate(zip(ref_ids, got_ids, strict=True))
+    n = next((i for i, (a, b) in pairs if a != b), len(ref_ids))
+    if n == len(ref_ids):
+        return n, 0.0
+    step = reference["top2"][n]
+    other = step.get(str(got_ids[n]))
+    return n, step[str(ref_ids[n])] - other if other is not None else float("inf")
+
+
+def _assert_same_or_near_tie(reference: list[dict], got: list[dict], label: str) -> int:
+    identical = 0
+    for ref, out in zip(reference, got, strict=True):
+        assert len(out["token_ids"]) == GREEDY_TOKENS
+        n, lead = _parting(ref, out)
+        if n == GREEDY_TOKENS:
+            identical += 1
+            continue
+        assert lead < NEAR_TIE_NATS, f"{label} parted at token {n}, reference led by {lead:.3f}"
+        print(f"\n{label} parts at a near-tie: token {n} ({lead:.3f} nats)")
+    return identical
+
+
+@pytest.mark.parametrize("config", ["k8v8", "k4v4", "k8v8-chunked"])
+def test_tq_serves_every_layer_inside_cuda_graphs(gpu_jobs, config):
+    job = gpu_jobs[config]
+    # tq's builder declares uniform single-token decode batches capturable: vLLM keeps full
+    # graphs for them (it would fall back to piecewise graphs if the backend declared less).
+    assert "FULL" in job["cudagraph_mode"], job["cudagraph_mode"]
+    assert len(job["layers"]) == LAYERS
+    for row in job["layers"]:
+        assert row["impl"] == BACKEND_IMPL, row
+        assert row["nonzero_bytes"] > 0, f"tq wrote no page to {row}"
+
+
+def test_k4v4_capacity_is_at_least_3_5x_bf16(gpu_jobs):
+    def tokens(job):
+        return job["kv_blocks"] * job["block_size"]
+
+    bf16, tq = tokens(gpu_jobs["vllm"]), tokens(gpu_jobs["k4v4"])
+    gib = KV_CACHE_BYTES >> 30
+    print(f"\nKV tokens in {gib} GiB: bf16 {bf16:,}, tq K4V4 {tq:,} ({tq / bf16:.2f}x)")
+    assert tq >= 3.5 * bf16
+
+
+def test_k8v8_greedy_matches_bf16_kv(gpu_jobs):
+    """32 greedy tokens per prompt equal vLLM's own bf16 KV, or part only at its near-ties."""
+    reference = gpu_jobs["vllm"]["generations"][0]
+    identical = _assert_same_or_near_tie(reference, gpu_jobs["k8v8"]["generations"][0], "K8V8")
+    print(f"\nK8V8 greedy equal to bf16 KV for {identical}/{len(reference)} prompts")
+    assert identical >= len(reference) - 1
+    k4v4_runs = zip(reference, gpu_jobs["k4v4"]["generations"][0], strict=True)
+    k4v4 = [_parting(ref, got)[0] for ref, got in k4v4_runs]
+    print(f"K4V4 greedy agreement with bf16 KV (tokens of {GREEDY_TOKENS}): {k4v4}")
+
+
+def test_chunked_prefill_and_prefix_cache_hit_match_a_cold_run(gpu_jobs):
+    cold = gpu_jobs["k8v8"]["generations"][0][-1]  # the long prompt, prefilled in one step
+    first, second = (run[0] for run in gpu_jobs["k8v8-chunked"]["generations"])
+    assert first["num_cached_tokens"] == 0
+    assert second["num_cached_tokens"] > 0, "the repeated prompt did not hit the prefix cache"
+    # Chunks change the model's own bf16 matmul shapes too, so a near-tie may part them.
+    _assert_same_or_near_tie([cold], [first], "chunked prefill")
+    _assert_same_or_near_tie([cold], [second], "prefix-cache hit")
+    print(f"\nprefix-cache hit: {second['num_cached_tokens']} prompt tokens read from tq pages")
