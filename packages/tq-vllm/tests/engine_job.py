@@ -5,7 +5,8 @@ processes and keeps global state; this script prints one JSON object (after the 
 with what the tests assert on. SPEC keys:
   model: the SmolLM2 folder; tq: [k_bits, v_bits] or null (vLLM's own attention, KV in
   ``kv_cache_dtype``); engine: extra ``LLM(...)`` keywords; prompts: greedy-decoded texts;
-  max_tokens; repeat: decode the prompts a second time (prefix-cache hits);
+  max_tokens; repeat: decode the prompts a second time (prefix-cache hits); logprobs: how many
+  top tokens each greedy step reports (default 2);
   prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
   whose teacher-forced perplexity comes from ``prompt_logprobs``; logprob_ids: token ids whose
   per-token log-probabilities (``prompt_logprobs``) are returned as they are.
@@ -45,11 +46,11 @@ def main(spec: dict) -> dict:
     result["block_size"] = cache_config.block_size
     # NONE on CPU; on a GPU, whether vLLM kept full graphs for the backend (FULL_AND_PIECEWISE).
     result["cudagraph_mode"] = str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode)
-    # logprobs=2: each step's top two tokens, to tell near-ties apart from real disagreements.
+    # Each step's top tokens, to tell near-ties apart from real disagreements.
     greedy = SamplingParams(
         max_tokens=spec.get("max_tokens", 32),
         temperature=0.0,
-        logprobs=2,
+        logprobs=spec.get("logprobs", 2),
         ignore_eos=True,
         detokenize=not no_tokenizer,
     )
@@ -66,7 +67,7 @@ def main(spec: dict) -> dict:
                         "token_ids": list(o.outputs[0].token_ids),
                         "text": o.outputs[0].text,
                         "num_cached_tokens": o.num_cached_tokens or 0,
-                        "top2": [
+                        "top_logprobs": [
                             {str(t): lp.logprob for t, lp in step.items()}
                             for step in o.outputs[0].logprobs
                         ],

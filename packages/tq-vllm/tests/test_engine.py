@@ -51,7 +51,7 @@ def _same_or_near_tie(reference: list[dict], tq: list[dict], label: str) -> int:
         if n == len(ref["token_ids"]):
             identical += 1
             continue
-        step = ref["top2"][n]
+        step = ref["top_logprobs"][n]
         chosen, other = step[str(ref["token_ids"][n])], step.get(str(got["token_ids"][n]))
         lead = chosen - other if other is not None else float("inf")
         assert lead < NEAR_TIE_NATS, (

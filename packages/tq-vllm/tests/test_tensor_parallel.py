@@ -121,7 +121,7 @@ def test_k8v8_greedy_at_tp2_matches_one_rank(tp_jobs):
         if n == GREEDY_TOKENS:
             identical += 1
             continue
-        step = ref["top2"][n]
+        step = ref["top_logprobs"][n]
         lead = step[str(ref["token_ids"][n])] - step.get(str(got["token_ids"][n]), -1e9)
         assert lead < NEAR_TIE_NATS, f"TP=2 parted at token {n} ({n_prompt}-token prompt)"
     print(f"\nTP=2 K8V8 greedy equal to TP=1 for {identical}/{len(one)} prompts")
