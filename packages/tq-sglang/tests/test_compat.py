@@ -64,7 +64,8 @@ def server_args(**overrides):
     fields = dict(
         attention_backend="tq", prefill_attention_backend=None, decode_attention_backend=None,
         kv_cache_dtype="auto", speculative_algorithm=None, enable_hierarchical_cache=False,
-        disaggregation_mode="null", enable_dp_attention=False,
+        disaggregation_mode="null", enable_dp_attention=False, device="cuda",
+        disable_cuda_graph=True,
     )  # fmt: skip
     return SimpleNamespace(**{**fields, **overrides})
 
@@ -75,6 +76,9 @@ def test_settings_refuse_what_tq_cannot_serve_with_one_line():
         settings.check_server_args(server_args(kv_cache_dtype="fp8_e4m3"))
     with pytest.raises(TQConfigError, match="speculative decoding"):
         settings.check_server_args(server_args(speculative_algorithm="EAGLE"))
+    with pytest.raises(TQConfigError, match="launch SGLang with --disable-cuda-graph"):
+        settings.check_server_args(server_args(disable_cuda_graph=False))
+    settings.check_server_args(server_args(disable_cuda_graph=False, device="cpu"))
     with pytest.raises(TQConfigError, match="use --attention-backend tq for both"):
         settings.tq_requested(server_args(decode_attention_backend="triton"))
     assert not settings.tq_requested(server_args(attention_backend="torch_native"))

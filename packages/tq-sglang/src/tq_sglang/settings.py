@@ -60,6 +60,13 @@ def check_server_args(server_args) -> None:
         value = getattr(server_args, name, None)
         if value not in (None, False, "null", ""):
             raise TQConfigError(f"tq-sglang does not support {what} yet ({name}={value!r})")
+    # Refused here, at launch, rather than when the model runner asks the backend for graph
+    # buffers after loading the weights. SGLang never captures graphs on CPU.
+    on_cpu = getattr(server_args, "device", None) == "cpu"
+    if not getattr(server_args, "disable_cuda_graph", False) and not on_cpu:
+        raise TQConfigError(
+            "tq-sglang does not capture CUDA graphs yet: launch SGLang with --disable-cuda-graph"
+        )
 
 
 CENTER_KEYS_ENV = "TQ_CENTER_KEYS"
