@@ -147,6 +147,7 @@ def measure(args) -> dict:
         "sglang": sglang.__version__,
         "engine_options": options,
         "mem_fraction_static": args.mem_fraction_static,
+        "tp_size": args.tp_size,
         "scenarios": [],
     }
     started = time.perf_counter()
@@ -155,7 +156,8 @@ def measure(args) -> dict:
         skip_tokenizer_init=True, dtype="bfloat16",
         context_length=2048 if args.small else args.context_length,
         mem_fraction_static=args.mem_fraction_static, sampling_backend="pytorch",
-        grammar_backend="none", random_seed=0, log_level="warning", **options,
+        grammar_backend="none", random_seed=0, log_level="warning", tp_size=args.tp_size,
+        **options,
     )  # fmt: skip
     try:
         result["engine_start_s"] = round(time.perf_counter() - started, 1)
@@ -267,6 +269,9 @@ def main() -> None:
     parser.add_argument("--scenarios", default=DEFAULT_SCENARIOS)
     parser.add_argument("--context-length", type=int, default=9216)
     parser.add_argument("--mem-fraction-static", type=float, default=0.85)
+    parser.add_argument(
+        "--tp-size", type=int, default=1, help="tensor-parallel ranks (KV tokens are per rank)"
+    )
     parser.add_argument("--model-dir", default="/tmp/llama3-8b-shape-sglang")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--git-sha", default="unknown")
