@@ -148,6 +148,7 @@ def measure(args) -> dict:
         "engine_options": options,
         "mem_fraction_static": args.mem_fraction_static,
         "tp_size": args.tp_size,
+        "page_size": args.page_size,
         "scenarios": [],
     }
     started = time.perf_counter()
@@ -157,7 +158,7 @@ def measure(args) -> dict:
         context_length=2048 if args.small else args.context_length,
         mem_fraction_static=args.mem_fraction_static, sampling_backend="pytorch",
         grammar_backend="none", random_seed=0, log_level="warning", tp_size=args.tp_size,
-        **options,
+        page_size=args.page_size, **options,
     )  # fmt: skip
     try:
         result["engine_start_s"] = round(time.perf_counter() - started, 1)
@@ -272,6 +273,8 @@ def main() -> None:
     parser.add_argument(
         "--tp-size", type=int, default=1, help="tensor-parallel ranks (KV tokens are per rank)"
     )
+    # SGLang's default is 1; tq is built for 16 (one tq page per SGLang page, docs/sglang.md).
+    parser.add_argument("--page-size", type=int, default=1, help="SGLang's --page-size")
     parser.add_argument("--model-dir", default="/tmp/llama3-8b-shape-sglang")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--git-sha", default="unknown")

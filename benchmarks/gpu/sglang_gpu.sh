@@ -4,8 +4,8 @@
 #   bash benchmarks/gpu/sglang_gpu.sh COMMIT SPEC...
 # SPEC is a config of benchmarks/sglang_throughput.py (bf16, bf16-eager, fp8, tq-k4v4, ...),
 # measured on the Llama-3-8B-shaped model, or CONFIG:small for the greedy check on the small one.
-# SCENARIOS (default 1024x512x256), TMO (seconds per spec, default 300) and TP (tensor-parallel
-# size, default 1) apply. Logs and JSON
+# SCENARIOS (default 1024x512x256), TMO (seconds per spec, default 300), TP (tensor-parallel
+# size, default 1) and PAGE (SGLang's page size, default 1) apply. Logs and JSON
 # go to a work folder that is packed into $OUT/sglang-results.tgz after every spec ($OUT takes
 # eight files at most), with the table in $OUT/table.md.
 set -uo pipefail
@@ -32,6 +32,7 @@ for spec in "$@"; do
   start=$(date +%s)
   timeout "${TMO:-300}" python3 benchmarks/sglang_throughput.py --config "$config" $small \
       --scenarios "${SCENARIOS:-1024x512x256}" --out "$work" --git-sha "$sha" --tp-size "${TP:-1}" \
+      --page-size "${PAGE:-1}" \
       > "$work/log-$config${small:+-small}.txt" 2>&1
   echo "== $spec rc=$? $(( $(date +%s) - start )) s"
   grep -E "ENGINE|SCENARIO|Error|error|Traceback" "$work/log-$config${small:+-small}.txt" \
