@@ -63,6 +63,20 @@ def run_engine(spec: dict) -> dict:
     return json.loads(done.stdout.split(marker, 1)[1].splitlines()[0])
 
 
+def parting(reference: dict, got: dict) -> tuple[int, float]:
+    """Where greedy output ``got`` first leaves ``reference`` (engine_job generations) and by how
+    much the reference's own choice led ``got``'s token there (nats; inf when ``got``'s token
+    is not among the reference's reported top tokens). (length, 0.0) when they agree."""
+    ref_ids, got_ids = reference["token_ids"], got["token_ids"]
+    pairs = enumerate(zip(ref_ids, got_ids, strict=False))
+    n = next((i for i, (a, b) in pairs if a != b), min(len(ref_ids), len(got_ids)))
+    if n == len(ref_ids):
+        return n, 0.0
+    step = reference["top_logprobs"][n]
+    other = step.get(str(got_ids[n]))
+    return n, step[str(ref_ids[n])] - other if other is not None else float("inf")
+
+
 def save_random_llama(
     folder: pathlib.Path,
     *,

