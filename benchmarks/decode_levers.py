@@ -4,8 +4,9 @@
     python benchmarks/decode_levers.py --ncu-target 8x16384 --lookup 2   # one shape, for ncu
 
 Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte permutes on
-magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``; 3: the same
-permutes after the packed bytes are staged), the split-K count, tile and warps. Every variant
+magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``), prefetching the
+next key tile into L2 or L1 while the current one is computed, the split-K count, tile,
+register cap and pipeline stages. Every variant
 is checked against the default kernel's output on the same bytes before it is timed.
 Timing, inputs and bf16 baselines are those of kernel_bench.py (CUDA-graph replays, inputs rotated
 past L2, SDPA flash and cuDNN in the same process). Writes ``<out>.json`` and ``<out>.md``.
@@ -28,20 +29,21 @@ import kernel_bench as kernels
 from tq_core.cli.provenance import environment_record
 from tq_core.ops import triton_attention
 
-SHAPES = [(1, 1024), (8, 16384), (32, 32768), (128, 32768)]
+SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 32768)]
 
 
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
     ("table", {"lookup": 0}, 1.0),
     ("prmt (default)", {}, 1.0),
-    ("prmt, 128 registers", {"maxnreg": 128}, 1.0),
-    ("prmt, 8 warps", {"num_warps": 8}, 1.0),
-    ("prmt, tile 64", {"block_n": 64}, 1.0),
-    ("prmt, tile 64, 128 registers", {"block_n": 64, "maxnreg": 128}, 1.0),
-    ("prmt, splits x2", {}, 2.0),
+    ("prmt, prefetch L2", {"prefetch": 1}, 1.0),
+    ("prmt, prefetch L1", {"prefetch": 2}, 1.0),
+    ("prmt, prefetch L2, 168 registers", {"prefetch": 1, "maxnreg": 168}, 1.0),
+    ("prmt, prefetch L2, tile 64", {"prefetch": 1, "block_n": 64}, 1.0),
+    ("prmt, prefetch L2, splits x2", {"prefetch": 1}, 2.0),
+    ("prmt, prefetch L2, splits x0.5", {"prefetch": 1}, 0.5),
+    ("prmt, no register cap", {"maxnreg": None}, 1.0),
     ("prmt, 2 stages", {"num_stages": 2}, 1.0),
-    ("prmt, bytes staged", {"lookup": 3}, 1.0),
 ]
 
 
@@ -101,11 +103,14 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
     return kernels._finish(rows, copy_gbps)
 
 
-def ncu_target(shape: str, lookup: int, splits_factor: float) -> None:
+def ncu_target(shape: str, lookup: int, splits_factor: float, prefetch: int | None) -> None:
     """A few launches of one configuration, for `ncu --launch-skip 2 --launch-count 1`."""
     batch, context = (int(part) for part in shape.split("x"))
     if lookup is not None:
         triton_attention.TUNING["decode"] = {**triton_attention.TUNING["decode"], "lookup": lookup}
+    if prefetch is not None:
+        tuning = triton_attention.TUNING["decode"]
+        triton_attention.TUNING["decode"] = {**tuning, "prefetch": prefetch}
     layout, _, caches, block_table, seq_lens, queries = _setup(batch, context)
     out = torch.empty_like(queries[0])
     splits = max(1, round(_default_splits(layout, batch, block_table) * splits_factor))
@@ -122,9 +127,10 @@ def main() -> None:
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
+    parser.add_argument("--prefetch", type=int, help="with --ncu-target (default: TUNING's)")
     args = parser.parse_args()
     if args.ncu_target:
-        ncu_target(args.ncu_target, args.lookup, args.splits_factor)
+        ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch)
         return
     shapes = SHAPES
     if args.shapes:

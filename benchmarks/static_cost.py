@@ -35,7 +35,13 @@ _SASS_OP = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)"
 
 
 def compile_decode(
-    k_bits: int, v_bits: int, block_n: int, num_warps: int, lookup: int = 0, maxnreg=None
+    k_bits: int,
+    v_bits: int,
+    block_n: int,
+    num_warps: int,
+    lookup: int = 0,
+    maxnreg=None,
+    prefetch: bool = False,
 ) -> dict:
     layout = TQCodec(128, k_bits, v_bits).cache_layout(8, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -47,6 +53,7 @@ def compile_decode(
         GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         LOOKUP=lookup, ROTATE=False, **triton_attention._nibble_constants(layout, lookup),
+        PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),
     )  # fmt: skip
     kernel = triton_attention._attention_kernel
@@ -101,7 +108,8 @@ def compile_decode(
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
     return {
         "k_bits": k_bits, "v_bits": v_bits, "block_n": block_n, "num_warps": num_warps,
-        "lookup": lookup, "maxnreg": maxnreg, "registers": registers, "spill_store_bytes": spills,
+        "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch, "registers": registers,
+        "spill_store_bytes": spills,
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
         "top_ops": collections.Counter(body).most_common(12),

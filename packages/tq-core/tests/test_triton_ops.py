@@ -168,6 +168,31 @@ def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, genera
     assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.skipif(not ON_GPU, reason="inline PTX: Triton's interpreter cannot run it")
+@pytest.mark.parametrize("codec_spec", [(128, 4, 4, "float16"), (64, 8, 3, "float32")])
+@pytest.mark.parametrize("sliding_window", [None, 40])
+def test_prefetch_changes_no_result(codec_spec, sliding_window, generator, monkeypatch):
+    """Prefetching the next key tile into L2 or L1 only moves data earlier: the decode output
+    is bit-identical to the kernel without it (ragged lengths, split-K, a tail tile, an
+    empty sequence)."""
+    batch, dev = _batch(codec_spec, [300, 17, 129, 0], 2, 16, generator)
+    head_dim = codec_spec[0]
+    query = torch.randn(4, 2, 8, head_dim, generator=generator).to(DEVICE)
+    args = (dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
+    outputs = []
+    for prefetch in (0, 1, 2):
+        tuning = {**triton_attention.TUNING["decode"], "prefetch": prefetch}
+        monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
+        out = torch.full(query.shape, float("nan"), device=DEVICE)
+        triton_attention.decode_attention(
+            query, *args, out=out, num_splits=3, sliding_window=sliding_window
+        )
+        outputs.append(out.cpu())
+    assert not outputs[0].isnan().any()
+    for other in outputs[1:]:
+        assert torch.equal(other, outputs[0])
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("sliding_window", "logit_softcap", "num_splits"),

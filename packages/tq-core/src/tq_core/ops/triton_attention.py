@@ -32,10 +32,47 @@ from tq_core.ops.triton_common import (
     nibble_magnitude_words,
     nibble_pair_lookup,
     nibble_pair_registers,
+    prefetch_field,
     times_signs,
 )
 
 _LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def _page_bases(table_row, tile_start, key_end, stride_page, BLOCK_SIZE: tl.constexpr,
+                BLOCK_N: tl.constexpr):  # fmt: skip
+    """int64 [BLOCK_N]: byte offset of the page of each key position of a tile (0 past the
+    end)."""
+    pos = tile_start + tl.arange(0, BLOCK_N)
+    page = tl.load(table_row + pos // BLOCK_SIZE, mask=pos < key_end, other=0)
+    return page.to(tl.int64) * stride_page
+
+
+@triton.jit
+def _tile_fields(
+    cache_ptr, page_base, tile_start, key_end, kv_head, BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr, D: tl.constexpr,
+    K_BITS: tl.constexpr, K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P1_OFF: tl.constexpr,
+    K_P1_W: tl.constexpr, K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr,
+    K_NORM_OFF: tl.constexpr, K_NORM_F16: tl.constexpr,
+    V_BITS: tl.constexpr, V_P0_OFF: tl.constexpr, V_P0_W: tl.constexpr, V_P1_OFF: tl.constexpr,
+    V_P1_W: tl.constexpr, V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr,
+    V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr, K_TRANSPOSED: tl.constexpr,
+):  # fmt: skip
+    """The stored K and V bytes and norms of one key tile (load_field of each)."""
+    pos = tile_start + tl.arange(0, BLOCK_N)
+    pos_ok = pos < key_end
+    slot = kv_head * BLOCK_SIZE + pos % BLOCK_SIZE
+    k0, k1, k2, k_norm = load_field(
+        cache_ptr, page_base, slot, pos_ok, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
+        K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16, K_TRANSPOSED,
+    )  # fmt: skip
+    v0, v1, v2, v_norm = load_field(
+        cache_ptr, page_base, slot, pos_ok, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
+        V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
+    )  # fmt: skip
+    return k0, k1, k2, k_norm, v0, v1, v2, v_norm
 
 
 @triton.jit
@@ -49,7 +86,7 @@ def _attention_kernel(
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
     ROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
-    K_BITS: tl.constexpr,
+    PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -157,26 +194,30 @@ def _attention_kernel(
         lut = nibble_magnitude_words(lut_ptr)
     else:
         lut = (0, 0, 0, 0, 0)
-    kv_slot_base = kv_head * BLOCK_SIZE
+    table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
+    if PREFETCH > 0:
+        tile_pages = _page_bases(table_row, key_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N)
     for tile_start in range(key_start, key_end, BLOCK_N):
         pos = tile_start + tl.arange(0, BLOCK_N)
         pos_ok = pos < key_end
-        page = tl.load(
-            block_table_ptr + seq.to(tl.int64) * stride_bt + pos // BLOCK_SIZE,
-            mask=pos_ok,
-            other=0,
-        )
-        page_base = page.to(tl.int64) * stride_page
-        slot = kv_slot_base + pos % BLOCK_SIZE
+        if PREFETCH > 0:
+            # The next tile's page numbers now; its bytes are prefetched at the end of this
+            # iteration, when the numbers have arrived (global-load waits are the largest
+            # stall: decode-levers/ncu-default-h100-b70155a.txt).
+            next_pages = _page_bases(
+                table_row, tile_start + BLOCK_N, key_end, stride_page, BLOCK_SIZE, BLOCK_N
+            )
+        else:
+            tile_pages = _page_bases(
+                table_row, tile_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N
+            )
         # Every load of the tile first (K and V bytes and norms), so they are in flight
         # together; then the arithmetic.
-        k0, k1, k2, k_norm = load_field(
-            cache_ptr, page_base, slot, pos_ok, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
-            K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16, K_PAIRS and LOOKUP == 3,
-        )  # fmt: skip
-        v0, v1, v2, v_norm = load_field(
-            cache_ptr, page_base, slot, pos_ok, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
-            V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
+        k0, k1, k2, k_norm, v0, v1, v2, v_norm = _tile_fields(
+            cache_ptr, tile_pages, tile_start, key_end, kv_head, BLOCK_SIZE, BLOCK_N, D,
+            K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W, K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16,
+            V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W, V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
+            K_PAIRS and LOOKUP == 3,
         )  # fmt: skip
         if K_PAIRS:
             if LOOKUP == 3:  # k0 is [bytes, tokens]
@@ -195,11 +236,14 @@ def _attention_kernel(
                 K_P2_W, K_P2_SHIFT, K_DOT, LOOKUP,
             )  # fmt: skip
             scores = tl.dot(q_a, tl.trans(k))
-        scores = scores * (k_norm * scale)[None, :]
         if HAS_SOFTCAP:
+            scores = scores * (k_norm * scale)[None, :]
             # softcap * tanh(s / softcap), with tanh from exp (no libdevice in the interpreter).
             scores = softcap * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap) + 1.0))
-        scores = scores * 1.4426950408889634  # log2(e): exp2 below
+            scores = scores * 1.4426950408889634  # log2(e): exp2 below
+        else:
+            # log2(e) for exp2 below rides on the per-token factor: no multiply per score.
+            scores = scores * (k_norm * (scale * 1.4426950408889634))[None, :]
         visible = pos_ok[None, :] & (pos[None, :] <= query_pos[:, None])
         if HAS_WINDOW:
             visible = visible & (pos[None, :] > query_pos[:, None] - window)
@@ -227,6 +271,17 @@ def _attention_kernel(
             )  # fmt: skip
             acc_a = tl.dot(weights, v, acc_a * alpha[:, None])
         m_i = m_new
+        if PREFETCH > 0:
+            next_slot = kv_head * BLOCK_SIZE + (pos + BLOCK_N) % BLOCK_SIZE
+            prefetch_field(
+                cache_ptr, next_pages, next_slot, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
+                K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16, PREFETCH,
+            )  # fmt: skip
+            prefetch_field(
+                cache_ptr, next_pages, next_slot, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
+                V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16, PREFETCH,
+            )  # fmt: skip
+            tile_pages = next_pages
 
     if SPLIT:
         part = ((seq * NUM_KV_HEADS + kv_head) * num_splits + split).to(tl.int64)
@@ -372,6 +427,11 @@ def _lookup(tuning: dict) -> int:
     return 0 if _INTERPRETED else tuning["lookup"]
 
 
+def _prefetch(tuning: dict) -> int:
+    """The prefetch to compile: inline PTX, which Triton's interpreter cannot run."""
+    return 0 if _INTERPRETED else tuning.get("prefetch", 0)
+
+
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
@@ -399,7 +459,7 @@ def _launch(
         float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
-        ROTATE=rotate, **_nibble_constants(layout, lookup),
+        ROTATE=rotate, **_nibble_constants(layout, lookup), PREFETCH=_prefetch(tuning),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],

@@ -290,3 +290,39 @@ def times_signs(x, signs_ptr, rows, cols, D: tl.constexpr, TRANSPOSE: tl.constex
     high = x.to(tl.float16)
     low = (x - high.to(tl.float32)).to(tl.float16)
     return tl.dot(low, signs, tl.dot(high, signs))
+
+
+@triton.jit
+def prefetch_lines(ptrs, LEVEL: tl.constexpr):
+    """Start bringing the cache lines at ``ptrs`` into L2 (LEVEL 1) or L1 (LEVEL 2) ahead of
+    the loads that will read them; no registers are held meanwhile (GPU only: inline PTX)."""
+    if LEVEL == 2:
+        tl.inline_asm_elementwise(
+            "mov.u32 $0, 0;\nprefetch.global.L1 [$1];", "=r,l", [ptrs], dtype=tl.int32,
+            is_pure=False, pack=1,
+        )  # fmt: skip
+    else:
+        tl.inline_asm_elementwise(
+            "mov.u32 $0, 0;\nprefetch.global.L2 [$1];", "=r,l", [ptrs], dtype=tl.int32,
+            is_pure=False, pack=1,
+        )  # fmt: skip
+
+
+@triton.jit
+def prefetch_field(
+    cache_ptr, page_base, slot, D: tl.constexpr, BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P1_OFF: tl.constexpr, P1_W: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+    LEVEL: tl.constexpr,
+):  # fmt: skip
+    """prefetch_lines of everything :func:`load_field` will read for these tokens."""
+    base = cache_ptr + page_base
+    if BITS == 16:
+        prefetch_lines(base + NORM_OFF + slot * (2 * D), LEVEL)
+    else:
+        prefetch_lines(base + P0_OFF + slot * (D * P0_W // 8), LEVEL)
+        if P1_W > 0:
+            prefetch_lines(base + P1_OFF + slot * (D * P1_W // 8), LEVEL)
+        if P2_W > 0:
+            prefetch_lines(base + P2_OFF + slot * (D * P2_W // 8), LEVEL)
+        prefetch_lines(base + NORM_OFF + slot * (2 if NORM_F16 else 4), LEVEL)
