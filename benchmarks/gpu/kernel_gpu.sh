@@ -11,10 +11,10 @@ export PYTHONPATH=$(pwd)/packages/tq-core/src
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
 torch.cuda.get_device_name())"
 start=$(date +%s)
-timeout 200 python3 -m pytest -q -p no:cacheprovider packages/tq-core/tests/test_triton_ops.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider packages/tq-core/tests/test_triton_ops.py \
     -k "prefetch or register_lookup or decode_matches or captures" > "$OUT/kernel-tests.txt" 2>&1
 echo "== tests rc=$? $(( $(date +%s) - start )) s"; tail -3 "$OUT/kernel-tests.txt"
-timeout 240 python3 benchmarks/decode_levers.py --out "$OUT/decode-levers" --git-sha "$sha" \
+timeout 200 python3 benchmarks/decode_levers.py --out "$OUT/decode-levers" --git-sha "$sha" \
     > "$OUT/levers-log.txt" 2>&1
 echo "== levers rc=$? $(( $(date +%s) - start )) s"
 stalls=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' barrier \
@@ -22,7 +22,7 @@ stalls=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' b
     selected lg_throttle dispatch_stall)
 for name in default variant; do
   flags=""; [ "$name" = variant ] && flags=$variant
-  timeout 120 ncu -k regex:_attention_kernel --launch-skip 2 --launch-count 1 \
+  timeout 100 ncu -k regex:_attention_kernel --launch-skip 2 --launch-count 1 \
       --section SpeedOfLight --section SchedulerStats --section Occupancy \
       --section LaunchStats --metrics "${stalls%,}" \
       python3 benchmarks/decode_levers.py --ncu-target 8x16384 $flags > "$OUT/ncu-$name.txt" 2>&1
