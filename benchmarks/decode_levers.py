@@ -38,12 +38,15 @@ VARIANTS = [
     ("prmt (default)", {}, 1.0),
     ("prmt, prefetch L2", {"prefetch": 1}, 1.0),
     ("prmt, prefetch L1", {"prefetch": 2}, 1.0),
-    ("prmt, prefetch L2, 168 registers", {"prefetch": 1, "maxnreg": 168}, 1.0),
-    ("prmt, prefetch L2, tile 64", {"prefetch": 1, "block_n": 64}, 1.0),
-    ("prmt, prefetch L2, splits x2", {"prefetch": 1}, 2.0),
+    ("prmt, prefetch L2, splits for 8 programs/SM", {"prefetch": 1, "programs_per_sm": 8}, 1.0),
+    ("prmt, prefetch L2, 2 tiles/split", {"prefetch": 1, "tiles_per_split": 2}, 1.0),
+    (
+        "prmt, prefetch L2, 8 programs/SM, 2 tiles/split",
+        {"prefetch": 1, "programs_per_sm": 8, "tiles_per_split": 2},
+        1.0,
+    ),
     ("prmt, prefetch L2, splits x0.5", {"prefetch": 1}, 0.5),
-    ("prmt, no register cap", {"maxnreg": None}, 1.0),
-    ("prmt, 2 stages", {"num_stages": 2}, 1.0),
+    ("prmt, prefetch L2, 168 registers", {"prefetch": 1, "maxnreg": 168}, 1.0),
 ]
 
 

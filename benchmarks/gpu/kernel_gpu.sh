@@ -3,7 +3,8 @@
 # PTX lookups and prefetch, CUDA-graph capture), the lever sweep against bf16 SDPA, and ncu's
 # stall reasons for the default and one variant at one shape.
 #   bash benchmarks/gpu/kernel_gpu.sh COMMIT [NCU_VARIANT_FLAGS]
-# e.g. `bash benchmarks/gpu/kernel_gpu.sh abc1234 "--prefetch 1"`. Results land in $OUT.
+# e.g. `bash benchmarks/gpu/kernel_gpu.sh abc1234 "--prefetch 1"`; NCU= skips ncu. Results land
+# in $OUT.
 set -uo pipefail
 sha=${1:?git sha of the measured commit}
 variant=${2:---prefetch 1}
@@ -20,7 +21,7 @@ echo "== levers rc=$? $(( $(date +%s) - start )) s"
 stalls=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' barrier \
     long_scoreboard short_scoreboard wait math_pipe_throttle mio_throttle not_selected \
     selected lg_throttle dispatch_stall)
-for name in default variant; do
+for name in ${NCU-default variant}; do
   flags=""; [ "$name" = variant ] && flags=$variant
   timeout 100 ncu -k regex:_attention_kernel --launch-skip 2 --launch-count 1 \
       --section SpeedOfLight --section SchedulerStats --section Occupancy \

@@ -284,13 +284,16 @@ def _attention_kernel(
             tile_pages = next_pages
 
     if SPLIT:
+        # Only the rows that hold queries: a decode token's GQA group often fills a quarter of
+        # the tile, and at short context these partials cost as much traffic as the KV bytes.
         part = ((seq * NUM_KV_HEADS + kv_head) * num_splits + split).to(tl.int64)
+        used = rows < UNIFORM_Q * GROUP
         acc_rows = partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D
-        tl.store(acc_rows + out_dims_a[None, :], acc_a)
+        tl.store(acc_rows + out_dims_a[None, :], acc_a, mask=used[:, None])
         if V_PAIRS:
-            tl.store(acc_rows + out_dims_b[None, :], acc_b)
-        tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i)
-        tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i)
+            tl.store(acc_rows + out_dims_b[None, :], acc_b, mask=used[:, None])
+        tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i, mask=used)
+        tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i, mask=used)
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
         out_rows = out_ptr + out_off[:, None]
@@ -324,19 +327,27 @@ def _merge_splits_kernel(
     rows = tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
+    row_ok = rows < UNIFORM_Q * GROUP  # the rows the splits wrote
     m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for split in range(num_splits):
-        m_max = tl.maximum(
-            m_max, tl.load(partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows)
-        )
+        stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
+        m_max = tl.maximum(m_max, tl.load(stats, mask=row_ok, other=float("-inf")))
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for split in range(num_splits):
         part = first + split
-        weight = tl.exp2(tl.load(partial_stats_ptr + (part * 2) * BLOCK_M + rows) - m_use)
-        total += weight * tl.load(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows)
-        partial = tl.load(partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :])
+        m_split = tl.load(partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0)
+        weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
+        l_split = tl.load(
+            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0
+        )
+        total += weight * l_split
+        partial = tl.load(
+            partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+        )
         acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
     if ROTATE:
@@ -344,7 +355,6 @@ def _merge_splits_kernel(
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
     out_off = (seq * UNIFORM_Q + token).to(tl.int64) * stride_or + heads * stride_oh
-    row_ok = rows < UNIFORM_Q * GROUP
     tl.store(
         out_ptr + out_off[:, None] + dims[None, :],
         result.to(out_ptr.dtype.element_ty),
@@ -375,12 +385,15 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
 
 def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
     """Splits of the key range per (sequence, KV head): enough programs to fill the GPU
-    (about four per multiprocessor), at most one per key tile of the longest sequence the
-    block table can hold. Shapes only, so a CUDA graph fixes it; each program sizes its split
-    from the sequence's true length, so short sequences leave the last splits empty."""
+    (``programs_per_sm`` per multiprocessor), at least ``tiles_per_split`` key tiles of the
+    longest sequence the block table can hold in each. Shapes only, so a CUDA graph fixes it;
+    each program sizes its split from the sequence's true length, so short sequences leave the
+    last splits empty."""
+    tuning = TUNING["decode"]
     programs = max(1, num_seqs * layout.num_kv_heads)
-    wanted = triton.cdiv(4 * _multiprocessors(device), programs)
-    return max(1, min(wanted, max_tokens // TUNING["decode"]["block_n"], 64))
+    wanted = triton.cdiv(tuning.get("programs_per_sm", 4) * _multiprocessors(device), programs)
+    tiles = max_tokens // (tuning["block_n"] * tuning.get("tiles_per_split", 1))
+    return max(1, min(wanted, tiles, 64))
 
 
 def _kernel_constants(layout: CacheLayout) -> dict:
