@@ -70,13 +70,14 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
     layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context)
     out = torch.empty_like(queries[0])
     default = dict(triton_attention.TUNING["decode"])
-    base_splits = _default_splits(layout, batch, block_table)
     _run(layout, caches, block_table, seq_lens, queries, out, 0, None)
     expected = out.float().clone()
     base = {"op": "decode", "model": "llama3-8b", "batch": batch, "context": context}
     rows = []
     for name, overrides, factor in VARIANTS:
         triton_attention.TUNING["decode"] = {**default, **overrides}
+        # The split count the variant's own TUNING picks, times the factor.
+        base_splits = _default_splits(layout, batch, block_table)
         splits = max(1, min(64, round(base_splits * factor)))
         try:
             _run(layout, caches, block_table, seq_lens, queries, out, 0, splits)
