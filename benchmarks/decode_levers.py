@@ -36,17 +36,13 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 VARIANTS = [
     ("table", {"lookup": 0}, 1.0),
     ("prmt (default)", {}, 1.0),
-    ("prmt, prefetch L2", {"prefetch": 1}, 1.0),
+    ("prmt, no prefetch", {"prefetch": 0}, 1.0),
     ("prmt, prefetch L1", {"prefetch": 2}, 1.0),
-    ("prmt, prefetch L2, splits for 8 programs/SM", {"prefetch": 1, "programs_per_sm": 8}, 1.0),
-    ("prmt, prefetch L2, 2 tiles/split", {"prefetch": 1, "tiles_per_split": 2}, 1.0),
-    (
-        "prmt, prefetch L2, 8 programs/SM, 2 tiles/split",
-        {"prefetch": 1, "programs_per_sm": 8, "tiles_per_split": 2},
-        1.0,
-    ),
-    ("prmt, prefetch L2, splits x0.5", {"prefetch": 1}, 0.5),
-    ("prmt, prefetch L2, 168 registers", {"prefetch": 1, "maxnreg": 168}, 1.0),
+    ("prmt, splits for 4 programs/SM", {"programs_per_sm": 4}, 1.0),
+    ("prmt, splits x2", {}, 2.0),
+    ("prmt, splits x0.5", {}, 0.5),
+    ("prmt, 168 registers", {"maxnreg": 168}, 1.0),
+    ("prmt, 2 stages", {"num_stages": 2}, 1.0),
 ]
 
 

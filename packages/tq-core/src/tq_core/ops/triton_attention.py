@@ -271,7 +271,7 @@ def _attention_kernel(
             )  # fmt: skip
             acc_a = tl.dot(weights, v, acc_a * alpha[:, None])
         m_i = m_new
-        if PREFETCH > 0:
+        if PREFETCH > 0 and tile_start + BLOCK_N < key_end:
             next_slot = kv_head * BLOCK_SIZE + (pos + BLOCK_N) % BLOCK_SIZE
             prefetch_field(
                 cache_ptr, next_pages, next_slot, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
@@ -385,15 +385,21 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
 
 def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
     """Splits of the key range per (sequence, KV head): enough programs to fill the GPU
-    (``programs_per_sm`` per multiprocessor), at least ``tiles_per_split`` key tiles of the
-    longest sequence the block table can hold in each. Shapes only, so a CUDA graph fixes it;
-    each program sizes its split from the sequence's true length, so short sequences leave the
-    last splits empty."""
+    (``programs_per_sm`` per multiprocessor), at most one per key tile of the longest sequence
+    the block table can hold, and two tiles per split once that still leaves a program per
+    multiprocessor: a one-tile split pays its fixed work (query, partial result, merge) for
+    little KV (8 x 1K: 1.07x bf16 with two tiles, 0.99x with one; 1 x 1K: 0.78x with two,
+    0.88x with one; decode-levers-h200-c83cc80). Shapes only, so a CUDA graph fixes it; each
+    program sizes its split from the sequence's true length, so short sequences leave the last
+    splits empty."""
     tuning = TUNING["decode"]
     programs = max(1, num_seqs * layout.num_kv_heads)
-    wanted = triton.cdiv(tuning.get("programs_per_sm", 4) * _multiprocessors(device), programs)
-    tiles = max_tokens // (tuning["block_n"] * tuning.get("tiles_per_split", 1))
-    return max(1, min(wanted, tiles, 64))
+    multiprocessors = _multiprocessors(device)
+    tiles = max_tokens // tuning["block_n"]
+    splits = min(triton.cdiv(tuning["programs_per_sm"] * multiprocessors, programs), tiles, 64)
+    if programs * min(splits, tiles // 2) >= multiprocessors:
+        splits = min(splits, tiles // 2)
+    return max(1, splits)
 
 
 def _kernel_constants(layout: CacheLayout) -> dict:
@@ -426,7 +432,18 @@ TUNING = {
     # for tl.dot instead of the fp16 values (slower: registers). The interpreter always gets 0.
     # maxnreg 128: four programs per multiprocessor instead of three (160 registers), 8-14%
     # faster decode at 8-128 x 16-32K on an H100 (decode-levers-h100-b70155a.json).
-    "decode": {"block_n": 128, "num_warps": 4, "num_stages": 1, "lookup": 2, "maxnreg": 128},
+    # prefetch 1: the next key tile's lines into L2 during the current tile (1.02-1.04x at
+    # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
+    # at 32-128 x 16-32K): decode-levers-h200-c83cc80.
+    "decode": {
+        "block_n": 128,
+        "num_warps": 4,
+        "num_stages": 1,
+        "lookup": 2,
+        "maxnreg": 128,
+        "prefetch": 1,
+        "programs_per_sm": 8,
+    },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
 
