@@ -27,7 +27,7 @@ from torch.nn.attention.bias import causal_lower_right
 
 from tq_core import TQCodec
 from tq_core.cli.provenance import environment_record
-from tq_core.ops import triton_attention, triton_store
+from tq_core.ops import triton_attention, triton_decompress, triton_store
 from tq_core.rotation import rotate, unrotate
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent / "gpu"))
@@ -348,12 +348,14 @@ def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
 
     base = {"op": "prefill", "model": "llama3-8b", "batch": new_tokens, "context": cached}
     rows = []
-    for name, fn, graph in (
+    cases = [
         ("tq K4V4 inline", tq("inline"), True),
         # Reads the batch layout on the host: timed eagerly, host sync included.
         ("tq K4V4 decompress+flash", tq("decompress"), False),
         ("bf16 SDPA flash", flash, True),
-    ):
+    ]
+    cases += _vllm_flash_cases(q, k_bf16, v_bf16, cache, block_table, seq_len, layout, scale)
+    for name, fn, graph in cases:
         try:
             ms, how = time_calls([fn], graph=graph)
         except RuntimeError as error:
@@ -362,6 +364,41 @@ def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
         bits = "bf16" if name.startswith("bf16") else "K4V4"
         rows.append({**base, "impl": name, "bits": bits, "ms": ms, "timing": how, "bytes": 0})
     return _finish(rows, copy_gbps)
+
+
+def _vllm_flash_cases(q, k_bf16, v_bf16, cache, block_table, seq_len, layout, scale) -> list:
+    """bf16 prefill through the FlashAttention vLLM serves with (FA3 on Hopper), and tq's pages
+    decompressed to bf16 then the same kernel: what tq-vllm's prefill would cost on vLLM's
+    kernel instead of torch SDPA's. Empty where vLLM's flash-attn is not importable."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return []
+    new_tokens = q.shape[0]
+    cu_q = torch.tensor([0, new_tokens], dtype=torch.int32, device="cuda")
+    cu_k = torch.tensor([0, seq_len], dtype=torch.int32, device="cuda")
+    k_rows = k_bf16[0].transpose(0, 1).contiguous()  # [tokens, kv heads, head_dim]
+    v_rows = v_bf16[0].transpose(0, 1).contiguous()
+    out = torch.empty_like(q)
+    scratch_k, scratch_v = torch.empty_like(k_rows), torch.empty_like(v_rows)
+
+    def attend(k, v):
+        flash_attn_varlen_func(
+            q, k, v, max_seqlen_q=new_tokens, cu_seqlens_q=cu_q, max_seqlen_k=seq_len,
+            cu_seqlens_k=cu_k, softmax_scale=scale, causal=True, out=out, fa_version=3,
+        )  # fmt: skip
+
+    def decompressed():
+        triton_decompress.gather_kv(
+            cache, block_table[0], seq_len, layout,
+            out=(scratch_k.transpose(0, 1), scratch_v.transpose(0, 1)),
+        )  # fmt: skip
+        attend(scratch_k, scratch_v)
+
+    return [
+        ("bf16 vLLM flash-attn 3", lambda: attend(k_rows, v_rows), True),
+        ("tq K4V4 decompress + vLLM flash-attn 3", decompressed, True),
+    ]
 
 
 def tune_rows(model, batch, context, copy_gbps) -> list[dict]:

@@ -120,11 +120,17 @@ def test_k4v4_capacity_is_at_least_3_5x_bf16(gpu_jobs):
 
 
 def test_k8v8_greedy_matches_bf16_kv(gpu_jobs):
-    """32 greedy tokens per prompt equal vLLM's own bf16 KV, or part only at its near-ties."""
+    """32 greedy tokens per prompt equal vLLM's own bf16 KV, or part only at its near-ties.
+
+    No count of identical prompts is asserted: this random model's bf16 logits tie within one
+    bf16 step (0.125 at its logit scale) every few dozen tokens, so partings at ties are common
+    (a run on an H200 parted 3 of 5 prompts, each at a lead of 0.000-0.125 nats:
+    benchmarks/results/vllm-h200-prefill-split/tests-gpu-end-to-end.txt). A wrong page or scale
+    parts at a clear lead, which the per-prompt check refuses, and moves the log-probabilities,
+    which the teacher-forced test below measures."""
     reference = gpu_jobs["vllm"]["generations"][0]
     identical = _assert_same_or_near_tie(reference, gpu_jobs["k8v8"]["generations"][0], "K8V8")
     print(f"\nK8V8 greedy equal to bf16 KV for {identical}/{len(reference)} prompts")
-    assert identical >= len(reference) - 1
     k4v4_runs = zip(reference, gpu_jobs["k4v4"]["generations"][0], strict=True)
     k4v4 = [parting(ref, got)[0] for ref, got in k4v4_runs]
     print(f"K4V4 greedy agreement with bf16 KV (tokens of {GREEDY_TOKENS}): {k4v4}")
