@@ -278,6 +278,55 @@ def test_prefill_matches_the_reference(
     assert torch.equal(out[-4:].cpu(), torch.zeros(4, num_q_heads, head_dim))
 
 
+def _varlen_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, out):
+    """A dense_attention in the flash-attn varlen convention, from torch SDPA per sequence,
+    recording what it was handed."""
+    handed = (cu_seqlens_q.tolist(), cu_seqlens_k.tolist(), max_seqlen_q, max_seqlen_k)
+    _varlen_sdpa.calls.append(handed)
+    for i in range(cu_seqlens_q.shape[0] - 1):
+        q0, q1 = int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1])
+        k0, k1 = int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1])
+        if q1 == q0:
+            continue
+        group = q.shape[1] // k.shape[1]
+        keys = k[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1).float()
+        values = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1).float()
+        scores = q[q0:q1].transpose(0, 1).float() @ keys.transpose(1, 2) * scale
+        # Query j is the sequence's token (keys - queries + j): it sees keys up to that one.
+        last_seen = (k1 - k0) - (q1 - q0) + torch.arange(q1 - q0)
+        hidden = torch.arange(k1 - k0)[None, :] > last_seen[:, None]
+        scores = scores.masked_fill(hidden, float("-inf"))
+        out[q0:q1] = (scores.softmax(-1) @ values).transpose(0, 1).to(out.dtype)
+
+
+@pytest.mark.parametrize("codec_spec", [(64, 4, 4, "float32"), (128, 3, 5, "float32")])
+def test_prefill_hands_the_batch_to_a_dense_attention_kernel(codec_spec, generator):
+    """The decompress method with an engine's dense kernel (flash-attn varlen convention):
+    one call for the batch, keys packed per sequence (none for a sequence without new tokens),
+    and the reference's result; padding rows zeroed."""
+    seq_lens = [60, 13, 7, 90]
+    query_lens = [60, 5, 0, 31]  # a whole prompt, a chunk after cached context, no new tokens
+    batch, dev = _batch(codec_spec, seq_lens, 2, 16, generator)
+    head_dim = codec_spec[0]
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(int(starts[-1]) + 3, 4, head_dim, generator=generator)
+    scale = 1 / math.sqrt(head_dim)
+    expected = reference.prefill_attention(
+        query, batch.kv_cache, batch.block_table, starts, batch.seq_lens, batch.layout, scale
+    )
+    out = torch.full(query.shape, float("nan"), device=DEVICE)
+    _varlen_sdpa.calls = []
+    triton_attention.prefill_attention(
+        query.to(DEVICE), dev["kv_cache"], dev["block_table"], starts.to(DEVICE),
+        dev["seq_lens"], batch.layout, scale, out=out, method="decompress",
+        dense_attention=_varlen_sdpa,
+    )  # fmt: skip
+    assert _varlen_sdpa.calls == [([0, 60, 65, 65, 96], [0, 60, 73, 73, 163], 60, 90)]
+    assert not out.isnan().any()
+    assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
+    assert torch.equal(out[-3:].cpu(), torch.zeros(3, 4, head_dim))
+
+
 def test_dispatch_picks_the_reference_off_gpu_and_obeys_tq_kernels(monkeypatch):
     layout = TQCodec(64, 4, 4).cache_layout(2, 16)
     qjl_layout = TQCodec(64, 4, 4, key_qjl=True).cache_layout(2, 16)

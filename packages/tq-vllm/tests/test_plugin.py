@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import pathlib
 from types import SimpleNamespace
 
 import pytest
@@ -130,3 +133,28 @@ def test_vllm_0_26_page_spec():
         _compat.TQPageSpec.merge([spec(1088), spec(1600)])
     # Fails when a tested vLLM >= 0.30 loses customize_spec (the 0.26 patch would then apply).
     assert _compat.needs_page_spec_patch() == (_compat.vllm_version() < (0, 30))
+
+
+def test_flash_attention_that_prefill_borrows_is_where_compat_calls_it():
+    """_compat.flash_attention_varlen calls vLLM's FlashAttention by module, function and
+    keywords; this fails when vLLM moves or renames any of them. Read from the source: CPU
+    builds ship the module but cannot import it, which is the other half checked here."""
+    vllm_root = pathlib.Path(importlib.util.find_spec("vllm").origin).parent
+    package = vllm_root.joinpath(*_compat.FLASH_ATTENTION_MODULE.split(".")[1:])
+    exported = {
+        alias.name
+        for node in ast.parse((package / "__init__.py").read_text()).body
+        if isinstance(node, ast.ImportFrom) and (node.module or "").endswith("flash_attn_interface")
+        for alias in node.names
+    }
+    assert {"flash_attn_varlen_func", "is_fa_version_supported"} <= exported
+    interface = ast.parse((package / "flash_attn_interface.py").read_text())
+    function = next(
+        node
+        for node in interface.body
+        if isinstance(node, ast.FunctionDef) and node.name == "flash_attn_varlen_func"
+    )
+    keywords = {arg.arg for arg in function.args.args + function.args.kwonlyargs}
+    assert set(_compat.FLASH_ATTENTION_KEYWORDS) <= keywords
+    if not torch.cuda.is_available():
+        assert _compat.flash_attention_varlen() is None

