@@ -467,8 +467,9 @@ def markdown(rows: list[dict], copy_gbps: float, env: dict) -> str:
         f"# Kernel benchmark: {env['gpu']}, torch {env['torch']}, "
         f"triton {env['versions'].get('triton')}, git {env['git_sha'][:10]}",
         "",
-        f"Copy bandwidth (read + write): {copy_gbps:.0f} GB/s. `x bf16` = fastest bf16 SDPA time "
-        "of the same row / this time (> 1 = faster than bf16).",
+        f"Copy bandwidth (read + write): {copy_gbps:.0f} GB/s. `x bf16` = fastest bf16 time of "
+        "the same shape (torch SDPA, or vLLM's FlashAttention where it ran) / this time "
+        "(> 1 = faster than bf16).",
         "",
         "| op | model | batch/tokens | context | impl | ms | GB/s | % copy BW | x bf16 |",
         "|---|---|---|---|---|---|---|---|---|",
