@@ -41,7 +41,7 @@ def compile_decode(
     num_warps: int,
     lookup: int = 0,
     maxnreg=None,
-    prefetch: bool = False,
+    prefetch: int = 0,
 ) -> dict:
     layout = TQCodec(128, k_bits, v_bits).cache_layout(8, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -124,18 +124,28 @@ def main() -> None:
     rows = [
         compile_decode(4, 4, 64, 4),  # the tiles of the committed H200 decode grid, L1 table
         compile_decode(4, 4, default["block_n"], default["num_warps"]),  # L1 table, 128 tiles
-        # Today's default: register lookup, registers capped as the launches cap them.
+        # Today's default: register lookup, registers capped and the next tile prefetched as
+        # the launches do; the first row without the prefetch, for its cost.
         compile_decode(
             4, 4, default["block_n"], default["num_warps"], default["lookup"], default["maxnreg"]
         ),
-        compile_decode(
-            8, 4, default["block_n"], default["num_warps"], default["lookup"], default["maxnreg"]
+        *(
+            compile_decode(
+                bits,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["lookup"],
+                default["maxnreg"],
+                default["prefetch"],
+            )
+            for bits in (4, 8)
         ),
     ]
     for row in rows:
         print(
             f"K{row['k_bits']}V{row['v_bits']} tile {row['block_n']} x {row['num_warps']} warps, "
-            f"lookup {row['lookup']}: "
+            f"lookup {row['lookup']}, prefetch {row['prefetch']}: "
             f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "
             "warp-instructions per token and KV head"
