@@ -440,9 +440,9 @@ TUNING = {
     # for tl.dot instead of the fp16 values (slower: registers). The interpreter always gets 0.
     # maxnreg 128: four programs per multiprocessor instead of three (160 registers), 8-14%
     # faster decode at 8-128 x 16-32K on an H100 (decode-levers-h100-b70155a.json).
-    # prefetch 1: the next key tile's lines into L2 during the current tile (1.02-1.04x at
+    # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
     # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
-    # at 32-128 x 16-32K): decode-levers-h200-c83cc80.
+    # at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
     "decode": {
         "block_n": 128,
         "num_warps": 4,
