@@ -9,6 +9,9 @@ enough requests to fill the cache, and writes ``<out>/vllm-<config>.json``.
   python benchmarks/vllm_throughput.py --table DIR      # every JSON of DIR as one table
 
 ``--tensor-parallel-size 2`` splits the model over two GPUs (KV capacity is then each rank's).
+``--profile INPUTxOUTPUTxREQUESTS`` runs one more scenario under torch's profiler (the engine
+core then runs in this process) and records the GPU time of each kernel, grouped (attention,
+KV writes, GEMMs, ...): where a configuration's time goes, side by side with bf16's.
 
 Configs: bf16 (vLLM's own attention, KV in bf16), fp8 (kv_cache_dtype fp8), vllm-tq-4bit-nc and
 vllm-tq-k8v4 (vLLM's built-in TurboQuant), tq-kKvV (the tq plugin, e.g. tq-k4v4).
@@ -51,6 +54,15 @@ VLLM_KV_DTYPES = {
     "vllm-tq-k8v4": "turboquant_k8v4",
 }
 DEFAULT_SCENARIOS = "1024x512x256,8192x512x64"
+# Kernel name patterns of the profile's groups, first match wins.
+KERNEL_GROUPS = (
+    ("tq decode attention", r"_attention_kernel|_merge_splits_kernel"),
+    ("tq decompress (prefill)", r"_decompress_kernel"),
+    ("tq store", r"_store_kernel"),
+    ("flash attention", r"flash|Flash|fmha|attention"),
+    ("KV write (vLLM)", r"reshape_and_cache|concat_and_cache"),
+    ("GEMM", r"gemm|Gemm|nvjet|cutlass|xmma|matmul"),
+)
 
 
 def engine_options(config: str) -> dict:
@@ -116,18 +128,28 @@ def measure(args) -> dict:
             raise RuntimeError("a request generated no token")
         return elapsed, generated, requests * prompt_len
 
-    run(8, 256, 16)  # warm-up: kernels compiled, allocator settled
-    for scenario in args.scenarios.split(","):
+    def scenario_row(scenario: str) -> dict:
         prompt_len, output_len, requests = (int(x) for x in scenario.split("x"))
         elapsed, generated, prompt_tokens = run(requests, prompt_len, output_len)
-        row = {
+        return {
             "input_len": prompt_len, "output_len": output_len, "requests": requests,
             "elapsed_s": round(elapsed, 2), "generated_tokens": generated,
             "gen_tok_per_s": round(generated / elapsed, 1),
             "total_tok_per_s": round((generated + prompt_tokens) / elapsed, 1),
         }  # fmt: skip
+
+    run(8, 256, 16)  # warm-up: kernels compiled, allocator settled
+    for scenario in args.scenarios.split(",") if args.scenarios else []:
+        row = scenario_row(scenario)
         result["scenarios"].append(row)
         print("SCENARIO", json.dumps(row), flush=True)
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        with profile(activities=[ProfilerActivity.CUDA]) as profiler:
+            row = scenario_row(args.profile)
+        result["profile"] = {"scenario": row, **kernel_times(profiler)}
+        print("PROFILE", json.dumps(result["profile"]), flush=True)
     if args.config.startswith("tq-"):  # after the runs: tq's pages hold what they wrote
         from tq_vllm.report import attention_layers
 
@@ -142,6 +164,25 @@ def measure(args) -> dict:
             json.dumps({k: result[k] for k in ("attention_layers", "tq_layers_with_pages")}),
         )
     return result
+
+
+def kernel_times(profiler) -> dict:
+    """GPU milliseconds per kernel group (KERNEL_GROUPS) and the 25 costliest kernels."""
+    kernels = {}
+    for event in profiler.key_averages():
+        device_us = getattr(event, "self_device_time_total", 0) or 0
+        if device_us > 0:
+            kernels[event.key] = kernels.get(event.key, 0.0) + device_us / 1000
+    groups = {name: 0.0 for name, _ in KERNEL_GROUPS} | {"other": 0.0}
+    for kernel, ms in kernels.items():
+        name = next((n for n, p in KERNEL_GROUPS if re.search(p, kernel)), "other")
+        groups[name] += ms
+    top = sorted(kernels.items(), key=lambda item: -item[1])[:25]
+    return {
+        "gpu_ms_total": round(sum(kernels.values()), 1),
+        "groups_ms": {name: round(ms, 1) for name, ms in groups.items()},
+        "top_kernels_ms": [[kernel[:160], round(ms, 1)] for kernel, ms in top],
+    }
 
 
 def table(folder: pathlib.Path) -> str:
@@ -177,6 +218,7 @@ def main() -> None:
     parser.add_argument("--model-dir", default="/tmp/llama3-8b-shape")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--git-sha", default="unknown")
+    parser.add_argument("--profile", help="one more scenario, INPUTxOUTPUTxREQUESTS, profiled")
     parser.add_argument("--table", type=pathlib.Path, help="print the table of a result folder")
     args = parser.parse_args()
     if args.table:
@@ -185,8 +227,12 @@ def main() -> None:
     if not args.config:
         parser.error("--config is required")
     os.environ.setdefault("VLLM_USE_FLASHINFER_SAMPLER", "0")  # FlashInfer is not carried
+    if args.profile:  # the engine core in this process, where the profiler sees its kernels
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     result = measure(args)
-    path = pathlib.Path(args.out) / f"vllm-{args.config}.json"
+    # A profile-only run (no --scenarios) is kept apart from the throughput table's files.
+    kind = "vllm" if args.scenarios else "profile"
+    path = pathlib.Path(args.out) / f"{kind}-{args.config}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}", file=sys.stderr)
 

@@ -2,9 +2,10 @@
 # tq-vllm on the lent GPU: vLLM 0.26.0 (staged per ../shared/GPU.md into /tmp/site) with the tq
 # plugin from this checkout; one fresh engine per KV configuration.
 #   bash benchmarks/gpu/vllm_gpu.sh COMMIT CONFIG...   (configs: see benchmarks/vllm_throughput.py)
-# SCENARIOS (default 1024x512x256,8192x512x64), TMO (seconds per config, default 420) and TP
-# (tensor-parallel size, default 1) apply; TESTS=PYTEST_PATHS runs those tests first (e.g. the
-# tensor-parallel file on two GPUs). Logs and JSON go to a work folder packed into
+# SCENARIOS (default 1024x512x256,8192x512x64; empty for none), TMO (seconds per config,
+# default 420) and TP (tensor-parallel size, default 1) apply; PROFILE=INPUTxOUTPUTxREQUESTS
+# adds a profiled scenario (kernel times per group; with SCENARIOS= empty, a profile-only engine);
+# TESTS=PYTEST_PATHS runs those tests first (e.g. the tensor-parallel file on two GPUs). Logs and JSON go to a work folder packed into
 # $OUT/vllm-results.tgz after every step ($OUT takes eight files at most), the table to
 # $OUT/table.md.
 set -uo pipefail
@@ -40,12 +41,14 @@ if [ -n "${TESTS:-}" ]; then
 fi
 for config in "$@"; do
   start=$(date +%s)
+  log="$work/log-$config${PROFILE:+-profile}.txt"
   timeout "${TMO:-420}" python3 benchmarks/vllm_throughput.py --config "$config" \
-      --scenarios "${SCENARIOS:-1024x512x256,8192x512x64}" --out "$work" --git-sha "$sha" \
-      --tensor-parallel-size "${TP:-1}" > "$work/log-$config.txt" 2>&1
+      --scenarios "${SCENARIOS-1024x512x256,8192x512x64}" --out "$work" --git-sha "$sha" \
+      --tensor-parallel-size "${TP:-1}" ${PROFILE:+--profile "$PROFILE"} > "$log" 2>&1
   echo "== $config rc=$? $(( $(date +%s) - start )) s"
   grep -E "ENGINE|SCENARIO|LAYERS|tq-vllm:|CUDAGraphMode|cudagraph|Graph capturing finished|Error|error" \
-      "$work/log-$config.txt" | grep -v "^ *$" | cut -c1-300 | tail -12
+      "$log" | grep -v "^ *$" | cut -c1-300 | tail -12
+  grep -E "^PROFILE" "$log" | cut -c1-3000
   pack; reap
 done
 if [ $# -gt 0 ]; then python3 benchmarks/vllm_throughput.py --table "$work" | tee "$OUT/table.md"; fi

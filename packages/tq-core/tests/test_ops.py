@@ -337,3 +337,18 @@ def test_engine_pages_longer_than_the_layout_are_accepted(generator):
     torch.testing.assert_close(
         ops.decode_attention(query, wide, *args), ops.decode_attention(query, batch.kv_cache, *args)
     )
+
+
+@pytest.mark.parametrize(("k_bits", "v_bits"), [(4, 4), (8, 3), (16, 4)])
+def test_gather_kv_unrotated_is_the_codecs_own_reconstruction(k_bits, v_bits, generator):
+    """unrotate=True gives what the codec decodes the stored tokens to, in the original domain
+    (decode_keys/values: an independent path through the codec, not the paged cache)."""
+    codec = TQCodec(64, k_bits, v_bits)
+    batch = build_paged_batch(codec, [45, 20], 2, 16, generator)
+    for seq, seq_len in enumerate(batch.seq_lens.tolist()):
+        keys, values = ops.gather_kv(
+            batch.kv_cache, batch.block_table[seq], seq_len, batch.layout, unrotate=True
+        )
+        want_k, want_v = decoded_kv(codec, batch.keys[seq], batch.values[seq])
+        torch.testing.assert_close(keys, want_k.transpose(0, 1).float(), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(values, want_v.transpose(0, 1).float(), rtol=1e-4, atol=1e-5)

@@ -327,6 +327,35 @@ def test_prefill_hands_the_batch_to_a_dense_attention_kernel(codec_spec, generat
     assert torch.equal(out[-3:].cpu(), torch.zeros(3, 4, head_dim))
 
 
+@pytest.mark.parametrize("method", ["inline", "decompress", "dense"])
+@pytest.mark.parametrize("codec_spec", [CODECS[0], CODECS[1], CODECS[5]])
+def test_prefill_takes_and_returns_the_original_domain(codec_spec, method, generator):
+    """rotate=True: query and output in the original domain, as the reference's rotate=True
+    (rotate the query, attend, rotate the output back). The dense paths never rotate the query:
+    they decompress the keys and values back to the original domain instead."""
+    seq_lens, query_lens = [60, 13, 90], [60, 5, 31]
+    batch, dev = _batch(codec_spec, seq_lens, 2, 16, generator)
+    head_dim = codec_spec[0]
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(int(starts[-1]) + 2, 4, head_dim, generator=generator) * 2
+    scale = 1 / math.sqrt(head_dim)
+    expected = reference.prefill_attention(
+        query, batch.kv_cache, batch.block_table, starts, batch.seq_lens, batch.layout, scale,
+        rotate=True,
+    )  # fmt: skip
+    out = torch.full(query.shape, float("nan"), device=DEVICE)
+    extra = {"dense_attention": _varlen_sdpa} if method == "dense" else {}
+    _varlen_sdpa.calls = []
+    triton_attention.prefill_attention(
+        query.to(DEVICE), dev["kv_cache"], dev["block_table"], starts.to(DEVICE),
+        dev["seq_lens"], batch.layout, scale, out=out, rotate=True,
+        method="inline" if method == "inline" else "decompress", **extra,
+    )  # fmt: skip
+    assert not out.isnan().any()
+    assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
+    assert torch.equal(out[-2:].cpu(), torch.zeros(2, 4, head_dim))
+
+
 def test_dispatch_picks_the_reference_off_gpu_and_obeys_tq_kernels(monkeypatch):
     layout = TQCodec(64, 4, 4).cache_layout(2, 16)
     qjl_layout = TQCodec(64, 4, 4, key_qjl=True).cache_layout(2, 16)
@@ -403,18 +432,22 @@ def test_every_op_captures_in_a_cuda_graph_and_replays_like_eager(generator):
         assert torch.equal(replayed[2], prefill_out)
 
 
+@pytest.mark.parametrize("unrotate", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("codec_spec", CODECS)
-def test_gather_kv_decompresses_like_the_reference(codec_spec, dtype, generator):
+def test_gather_kv_decompresses_like_the_reference(codec_spec, dtype, unrotate, generator):
     from tq_core.ops import triton_decompress
 
     batch, dev = _batch(codec_spec, [83, 20], 2, 16, generator)
     for seq in range(2):
         seq_len = int(batch.seq_lens[seq])
-        want = reference.gather_kv(batch.kv_cache, batch.block_table[seq], seq_len, batch.layout)
-        got = triton_decompress.gather_kv(
-            dev["kv_cache"], dev["block_table"][seq], seq_len, batch.layout, dtype=dtype
+        want = reference.gather_kv(
+            batch.kv_cache, batch.block_table[seq], seq_len, batch.layout, unrotate=unrotate
         )
+        got = triton_decompress.gather_kv(
+            dev["kv_cache"], dev["block_table"][seq], seq_len, batch.layout, dtype=dtype,
+            unrotate=unrotate,
+        )  # fmt: skip
         for actual, expected in zip(got, want, strict=True):
             assert actual.dtype == dtype
             torch.testing.assert_close(actual.float().cpu(), expected, rtol=8e-3, atol=1e-5)

@@ -3,6 +3,8 @@
 The backend hands tq_core's decompressed pages to vLLM's FlashAttention (FA3 on Hopper) instead
 of torch SDPA; both must compute the same attention over the same compressed cache: whole
 prompts, chunks after cached context, a sequence without new tokens, GQA 32:8, padding rows.
+The backend's call keeps the query and output in the model's domain (rotate=True: the keys are
+rotated back while decompressed); it must equal rotating the query and the output outside.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tq_core import TQCodec, ops
+from tq_core import TQCodec, ops, rotate_query, unrotate_output
 from tq_vllm import _compat
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -49,3 +51,12 @@ def test_prefill_through_vllm_flash_attention_matches_torch_sdpa():
     print(f"\nFA{version} vs torch SDPA over the same tq pages: relative error {error:.2e}")
     assert error < 1e-2  # two bf16 kernels' roundings
     assert torch.equal(borrowed[-3:], torch.zeros_like(borrowed[-3:]))
+
+    seed = layout.codec.seed
+    outside = ops.prefill_attention(rotate_query(query, seed), *args[1:], layout, 128**-0.5)
+    outside = unrotate_output(outside, seed).float()
+    direct = ops.prefill_attention(*args, layout, 128**-0.5, dense_attention=flash, rotate=True)
+    error = ((direct.float() - outside).norm() / outside.norm()).item()
+    print(f"rotate=True (keys rotated back) vs rotating query and output: {error:.2e}")
+    assert error < 1e-2
+    assert torch.equal(direct[-3:], torch.zeros_like(direct[-3:]))

@@ -14,7 +14,6 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 from tq_core import ops
-from tq_core.rotation import rotate_query, unrotate_output
 from tq_hf.cache import take_just_updated
 
 NAME = "tq"
@@ -41,7 +40,6 @@ def tq_attention_forward(
     valid = _new_tokens_valid(attention_mask, new)
     layer.commit(valid)
     scale = scaling if scaling is not None else head_dim**-0.5
-    seed = layer.codec.seed
     window, softcap = kwargs.get("sliding_window"), kwargs.get("softcap")
     pages = (layer.kv_cache, layer.block_table)
     if new <= _DECODE_MAX_QUERY and valid is None:
@@ -52,22 +50,21 @@ def tq_attention_forward(
             sliding_window=window, logit_softcap=softcap, rotate=True,
         )  # fmt: skip
         return out.to(query.dtype), None
-    rotated = rotate_query(query.transpose(1, 2), seed)  # [B, S, Hq, D]
+    flat = query.transpose(1, 2).reshape(batch * new, num_q_heads, head_dim)  # [B * S, Hq, D]
     # Ragged: each row's real new tokens, back to back; padding rows get zeros.
     flat_valid = torch.ones(batch * new, dtype=torch.bool) if valid is None else valid.reshape(-1)
     counts = flat_valid.view(batch, new).sum(1)
     starts = torch.zeros(batch + 1, dtype=torch.int32)
     starts[1:] = counts.cumsum(0)
     rows = flat_valid.nonzero().squeeze(1).to(query.device)
+    # rotate=True: query and output in the model's domain (the op rotates what is cheaper).
     packed = ops.prefill_attention(
-        rotated.reshape(batch * new, num_q_heads, head_dim)[rows].contiguous(), *pages,
-        starts.to(query.device), layer.seq_lens(), layer.layout, scale,
-        sliding_window=window, logit_softcap=softcap,
+        flat[rows].contiguous(), *pages, starts.to(query.device), layer.seq_lens(),
+        layer.layout, scale, sliding_window=window, logit_softcap=softcap, rotate=True,
     )  # fmt: skip
-    out = rotated.new_zeros(batch * new, num_q_heads, head_dim)
-    out[rows] = packed
-    out = out.view(batch, new, num_q_heads, head_dim)
-    return unrotate_output(out, seed).to(query.dtype), None
+    out = flat.new_zeros(batch * new, num_q_heads, head_dim)
+    out[rows] = packed.to(out.dtype)
+    return out.view(batch, new, num_q_heads, head_dim), None
 
 
 def register() -> None:

@@ -17,7 +17,6 @@ from sglang.srt.layers.radix_attention import AttentionType
 
 from tq_core import ops
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
-from tq_core.rotation import rotate_query, unrotate_output
 from tq_sglang.pool import TQTokenToKVPool
 
 
@@ -107,14 +106,14 @@ class TQAttnBackend(AttentionBackend):
         self._save(layer, forward_batch, k, v, save_kv_cache)
         meta = self.forward_metadata
         heads, head_dim = layer.tp_q_head_num, layer.qk_head_dim
-        layout = self.pool.layout(layer.layer_id)
-        seed = layout.codec.seed
-        query = rotate_query(q.reshape(-1, heads, head_dim), seed).contiguous()
+        # rotate=True: query and output stay in the model's domain (the op rotates whichever
+        # side is cheaper: the keys while decompressing them, or both inside its kernel).
         out = ops.prefill_attention(
-            query, self.pool.pages(layer.layer_id), meta.block_table, meta.query_start_loc,
-            meta.seq_lens, layout, layer.scaling, **self._options(layer),
+            q.reshape(-1, heads, head_dim), self.pool.pages(layer.layer_id), meta.block_table,
+            meta.query_start_loc, meta.seq_lens, self.pool.layout(layer.layer_id),
+            layer.scaling, rotate=True, **self._options(layer),
         )  # fmt: skip
-        return unrotate_output(out, seed).to(q.dtype).reshape(-1, heads * head_dim)
+        return out.to(q.dtype).reshape(-1, heads * head_dim)
 
     def forward_decode(self, q, k, v, layer, forward_batch, save_kv_cache=True, **kwargs):
         self._check_layer(layer)

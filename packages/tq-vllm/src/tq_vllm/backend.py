@@ -32,7 +32,6 @@ from tq_core import CacheLayout, TQCodec, ops
 from tq_core.config import SUPPORTED_HEAD_DIMS
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
 from tq_core.layout import REGION_ALIGNMENT
-from tq_core.rotation import rotate_query, unrotate_output
 from tq_vllm import _compat, settings
 
 logger = init_logger("vllm.tq_vllm")  # under "vllm": vLLM's log configuration applies
@@ -275,12 +274,15 @@ class TQAttentionImpl(AttentionImpl):
             if target is None:
                 out[:nd] = decoded.reshape(nd, *query.shape[1:]).to(out.dtype)
         if meta.num_prefills:
-            seed = self.codec.seed
+            # Query and output stay in the model's domain (rotate=True): the op rotates the
+            # decompressed keys back instead, no pass over the query or the output.
+            target = out[nd:] if out.dtype == query.dtype else None
             prefilled = ops.prefill_attention(
-                rotate_query(query[nd:], seed).contiguous(), pages,
-                meta.block_table[meta.num_decodes :], meta.prefill_query_start_loc,
-                meta.seq_lens[meta.num_decodes :], layout, self.scale, **common,
+                query[nd:], pages, meta.block_table[meta.num_decodes :],
+                meta.prefill_query_start_loc, meta.seq_lens[meta.num_decodes :], layout,
+                self.scale, rotate=True, out=target, **common,
                 **self._dense_attention(query, layout),
             )  # fmt: skip
-            out[nd:] = unrotate_output(prefilled, seed).to(out.dtype)
+            if target is None:
+                out[nd:] = prefilled.to(out.dtype)
         return output

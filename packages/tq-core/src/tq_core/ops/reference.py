@@ -56,10 +56,16 @@ def store(
 
 
 def gather_kv(
-    kv_cache: torch.Tensor, block_ids: torch.Tensor, seq_len: int, layout: CacheLayout
+    kv_cache: torch.Tensor,
+    block_ids: torch.Tensor,
+    seq_len: int,
+    layout: CacheLayout,
+    *,
+    unrotate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode one sequence's cached K and V, float32 [num_kv_heads, seq_len, head_dim] each,
-    in the rotated domain. ``block_ids``: int [>= ceil(seq_len / block_size)].
+    in the rotated domain, or rotated back to the original one with ``unrotate=True``.
+    ``block_ids``: int [>= ceil(seq_len / block_size)].
 
     This is also the "decompress to a scratch buffer" half of a prefill path.
     """
@@ -73,7 +79,8 @@ def gather_kv(
             for region in layout.regions_of(tensor)
         }
         # [seq_len, heads, head_dim] -> [heads, seq_len, head_dim]
-        decoded.append(layout.codec.decode_fields(fields, fmt).transpose(0, 1))
+        vectors = layout.codec.decode_fields(fields, fmt).transpose(0, 1)
+        decoded.append(unrotate_output(vectors, layout.codec.seed) if unrotate else vectors)
     return decoded[0], decoded[1]
 
 
@@ -121,6 +128,7 @@ def prefill_attention(
     sliding_window: int | None = None,
     logit_softcap: float | None = None,
     out: torch.Tensor | None = None,
+    rotate: bool = False,
 ) -> torch.Tensor:
     """Attention of new tokens (ragged batch) against the compressed cache, causal.
 
@@ -129,7 +137,16 @@ def prefill_attention(
     start[num_seqs] (a padded batch) and sequences with no query rows are padding.
     block_table: int [num_seqs, max_blocks]; seq_lens: int [num_seqs] (new tokens included).
     Returns (or fills ``out``) [num_tokens, num_q_heads, head_dim] in query's dtype, rotated.
+    ``rotate=True``: query and output are in the original domain instead (as in
+    :func:`decode_attention`; the Triton op's dense path then rotates the keys back instead).
     """
+    if rotate:
+        rotated = prefill_attention(
+            rotate_query(query, layout.codec.seed), kv_cache, block_table, query_start_loc,
+            seq_lens, layout, scale, sliding_window=sliding_window, logit_softcap=logit_softcap,
+        )  # fmt: skip
+        result = unrotate_output(rotated, layout.codec.seed)
+        return result if out is None else out.copy_(result)
     validation.check_float("query", query, 3)
     validation.check_index("query_start_loc", query_start_loc, 1)
     num_seqs = query_start_loc.shape[0] - 1

@@ -580,6 +580,7 @@ def prefill_attention(
     block_m: int | None = None,
     validate: bool = False,
     dense_attention: DenseAttention | None = None,
+    rotate: bool = False,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.prefill_attention`` (same arguments and result).
 
@@ -594,6 +595,9 @@ def prefill_attention(
     ``dense_attention``: the dense causal kernel "decompress" hands the whole batch to, in the
     flash-attn varlen convention (:data:`DenseAttention`), e.g. the FlashAttention an engine
     already serves with; torch SDPA per sequence when None.
+    ``rotate=True``: query and output in the original domain. "inline" rotates both inside the
+    kernel (as decode does); "decompress" rotates the keys and values back while decompressing
+    them, so the query and the output are never rotated at all.
     """
     validation.check_float("query", query, 3)
     validation.check_index("query_start_loc", query_start_loc, 1)
@@ -616,12 +620,13 @@ def prefill_attention(
     if method == "decompress" or (method == "auto" and plain and not capturing):
         if dense_attention is None:
             _prefill_via_flash(
-                query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result
-            )
+                query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result,
+                rotate,
+            )  # fmt: skip
         else:
             _prefill_via_dense(
                 query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result,
-                dense_attention,
+                dense_attention, rotate,
             )  # fmt: skip
         return result
     group = num_q_heads // layout.num_kv_heads
@@ -633,6 +638,7 @@ def prefill_attention(
         query, result, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
         sliding_window, logit_softcap, grid=grid, block_m=block_m,
         tokens_per_tile=tokens_per_tile, uniform_q=0, num_splits=1, tuning=TUNING["prefill"],
+        rotate=rotate,
     )  # fmt: skip
     return result
 
@@ -648,9 +654,12 @@ def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tens
     return buffer
 
 
-def _prefill_via_flash(query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out):
-    """Decompress each sequence's pages into a scratch in the query's dtype, then torch SDPA
-    (flash attention for half queries) with a causal mask aligned to the sequence's end."""
+def _prefill_via_flash(
+    query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out, unrotate
+):  # fmt: skip
+    """Decompress each sequence's pages into a scratch in the query's dtype (in the query's
+    domain), then torch SDPA (flash attention for half queries) with a causal mask aligned to
+    the sequence's end."""
     starts = query_start_loc.tolist()
     lengths = seq_lens.tolist()
     num_kv, head_dim = layout.num_kv_heads, layout.head_dim
@@ -664,7 +673,9 @@ def _prefill_via_flash(query, kv_cache, block_table, query_start_loc, seq_lens, 
         if end == start or seq_len == 0:
             continue
         k, v = keys[:, :seq_len], values[:, :seq_len]
-        triton_decompress.gather_kv(kv_cache, block_table[i], seq_len, layout, out=(k, v))
+        triton_decompress.gather_kv(
+            kv_cache, block_table[i], seq_len, layout, out=(k, v), unrotate=unrotate
+        )
         q = query[start:end].transpose(0, 1).unsqueeze(0)
         mask = causal_lower_right(end - start, seq_len)
         attended = F.scaled_dot_product_attention(
@@ -675,10 +686,12 @@ def _prefill_via_flash(query, kv_cache, block_table, query_start_loc, seq_lens, 
 
 
 def _prefill_via_dense(
-    query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out, dense_attention
+    query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out, dense_attention,
+    unrotate,
 ):  # fmt: skip
     """Decompress every sequence's pages into one packed scratch (keys of sequence i at rows
-    cu_k[i]:cu_k[i+1]) in the query's dtype, then one ``dense_attention`` call for the batch."""
+    cu_k[i]:cu_k[i+1]) in the query's dtype and domain, then one ``dense_attention`` call for
+    the batch."""
     starts = query_start_loc.tolist()
     lengths = seq_lens.tolist()
     # Sequences without new tokens need no keys: they get an empty key range.
@@ -697,7 +710,7 @@ def _prefill_via_dense(
             rows = slice(cu_k[i], cu_k[i + 1])
             triton_decompress.gather_kv(
                 kv_cache, block_table[i], n, layout,
-                out=(keys[rows].transpose(0, 1), values[rows].transpose(0, 1)),
+                out=(keys[rows].transpose(0, 1), values[rows].transpose(0, 1)), unrotate=unrotate,
             )  # fmt: skip
     real = starts[-1]
     if real:

@@ -2,7 +2,11 @@
 
 The "decompress only the needed pages to a scratch, then call an existing flash kernel" half of
 a prefill path (the alternative to the inline-dequantizing attention kernel), and the twin of
-``reference.gather_kv``. Output is in the rotated domain, like everything the cache holds.
+``reference.gather_kv``. Output is in the rotated domain, like everything the cache holds, or
+rotated back to the original domain in the same pass (``unrotate=True``): a dense kernel can
+then take the engine's query and write the engine's output as they are, with no rotation of
+either (at 8K prefill tokens, rotating the query and the output outside cost more than the
+attention kernel's own lead over tq's).
 """
 
 from __future__ import annotations
@@ -13,15 +17,17 @@ import triton.language as tl
 
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import load_vectors
+from tq_core.ops.triton_common import load_vectors, times_signs
 
 _BLOCK_TOKENS = 64
 
 
 @triton.jit
 def _decompress_kernel(
-    cache_ptr, block_ids_ptr, cent_ptr, out_ptr, seq_len, stride_page, stride_oh, stride_ot,
+    cache_ptr, block_ids_ptr, cent_ptr, signs_ptr, out_ptr, seq_len, stride_page, stride_oh,
+    stride_ot, inv_sqrt_d,
     BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BLOCK_T: tl.constexpr, BITS: tl.constexpr,
+    UNROTATE: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -37,8 +43,16 @@ def _decompress_kernel(
         cache_ptr, cent_ptr, page_base, slot, ok, D, BITS, P0_OFF, P0_W, P0_SHIFT,
         P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, NORM_F16, tl.float32,
     )  # fmt: skip
-    values = vectors * norms[:, None]
     dims = tl.arange(0, D)
+    if UNROTATE and BITS == 16:
+        # Raw layers hold values, not unit vectors: their range may exceed fp16's, so the
+        # product is plain fp32 (rare layers; speed is no concern).
+        signs = tl.load(signs_ptr + dims[None, :] * D + dims[:, None]).to(tl.float32)
+        vectors = tl.dot(vectors, signs, input_precision="ieee") * inv_sqrt_d
+    elif UNROTATE:
+        # R^T x = x @ S^T / sqrt(D), S the exact +-1 matrix; the norm scales the result.
+        vectors = times_signs(vectors, signs_ptr, dims, dims, D, True) * inv_sqrt_d
+    values = vectors * norms[:, None]
     offsets = kv_head * stride_oh + pos.to(tl.int64)[:, None] * stride_ot + dims[None, :]
     tl.store(out_ptr + offsets, values.to(out_ptr.dtype.element_ty), mask=ok[:, None])
 
@@ -51,10 +65,12 @@ def gather_kv(
     *,
     dtype: torch.dtype = torch.float32,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    unrotate: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V of one sequence, ``dtype`` [num_kv_heads, seq_len, head_dim] each, rotated
-    domain (as ``reference.gather_kv``). ``out``: two buffers to fill (any strides whose last
-    dimension is contiguous), e.g. views into a longer scratch."""
+    domain, or the original domain with ``unrotate=True`` (as ``reference.gather_kv``).
+    ``out``: two buffers to fill (any strides whose last dimension is contiguous), e.g. views
+    into a longer scratch."""
     validation.check_cache(kv_cache, layout)
     shape = (layout.num_kv_heads, seq_len, layout.head_dim)
     if out is None:
@@ -62,11 +78,13 @@ def gather_kv(
     if seq_len == 0:
         return out
     grid = (triton.cdiv(seq_len, _BLOCK_TOKENS), layout.num_kv_heads)
+    signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, kv_cache.device)
     for tensor, buffer in (("key", out[0]), ("value", out[1])):
         constants = triton_layout.field_constants(layout, tensor, "")
         _decompress_kernel[grid](
-            kv_cache, block_ids, triton_layout.centroids(layout, tensor, kv_cache.device), buffer,
-            seq_len, kv_cache.stride(0), buffer.stride(0), buffer.stride(1),
-            BLOCK_SIZE=layout.block_size, D=layout.head_dim, BLOCK_T=_BLOCK_TOKENS, **constants,
+            kv_cache, block_ids, triton_layout.centroids(layout, tensor, kv_cache.device), signs,
+            buffer, seq_len, kv_cache.stride(0), buffer.stride(0), buffer.stride(1),
+            layout.head_dim**-0.5, BLOCK_SIZE=layout.block_size, D=layout.head_dim,
+            BLOCK_T=_BLOCK_TOKENS, UNROTATE=unrotate, **constants,
         )  # fmt: skip
     return out
