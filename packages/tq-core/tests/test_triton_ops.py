@@ -293,8 +293,8 @@ def _varlen_sdpa(q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k
         values = v[k0:k1].repeat_interleave(group, dim=1).transpose(0, 1).float()
         scores = q[q0:q1].transpose(0, 1).float() @ keys.transpose(1, 2) * scale
         # Query j is the sequence's token (keys - queries + j): it sees keys up to that one.
-        last_seen = (k1 - k0) - (q1 - q0) + torch.arange(q1 - q0)
-        hidden = torch.arange(k1 - k0)[None, :] > last_seen[:, None]
+        last_seen = (k1 - k0) - (q1 - q0) + torch.arange(q1 - q0, device=q.device)
+        hidden = torch.arange(k1 - k0, device=q.device)[None, :] > last_seen[:, None]
         scores = scores.masked_fill(hidden, float("-inf"))
         out[q0:q1] = (scores.softmax(-1) @ values).transpose(0, 1).to(out.dtype)
 

@@ -36,6 +36,7 @@ from tq_core.ops.triton_common import (
     prefetch_field,
     times_signs,
 )
+from tq_core.rotation import rotate_query, unrotate_output
 
 _LOG2E = 1.4426950408889634
 
@@ -595,9 +596,9 @@ def prefill_attention(
     ``dense_attention``: the dense causal kernel "decompress" hands the whole batch to, in the
     flash-attn varlen convention (:data:`DenseAttention`), e.g. the FlashAttention an engine
     already serves with; torch SDPA per sequence when None.
-    ``rotate=True``: query and output in the original domain. "inline" rotates both inside the
-    kernel (as decode does); "decompress" rotates the keys and values back while decompressing
-    them, so the query and the output are never rotated at all.
+    ``rotate=True``: query and output in the original domain. "decompress" rotates the keys
+    and values back while decompressing them, so the query and the output are never rotated;
+    "inline" rotates the query before its kernel and the output after.
     """
     validation.check_float("query", query, 3)
     validation.check_index("query_start_loc", query_start_loc, 1)
@@ -629,6 +630,17 @@ def prefill_attention(
                 dense_attention, rotate,
             )  # fmt: skip
         return result
+    if rotate:
+        # The inline path serves CUDA graphs and windows; it rotates outside its kernel (the
+        # decode kernel's in-kernel rotation at prefill's 128-row tiles faulted on an H200:
+        # benchmarks/results/vllm-h200-rotate/tests-gpu-first.txt).
+        seed = layout.codec.seed
+        rotated = prefill_attention(
+            rotate_query(query, seed), kv_cache, block_table, query_start_loc, seq_lens,
+            layout, scale, sliding_window=sliding_window, logit_softcap=logit_softcap,
+            method="inline", block_m=block_m,
+        )  # fmt: skip
+        return result.copy_(unrotate_output(rotated, seed))
     group = num_q_heads // layout.num_kv_heads
     block_m = max(block_m or TUNING["prefill"]["block_m"], triton.next_power_of_2(group))
     tokens_per_tile = block_m // group
@@ -638,7 +650,6 @@ def prefill_attention(
         query, result, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
         sliding_window, logit_softcap, grid=grid, block_m=block_m,
         tokens_per_tile=tokens_per_tile, uniform_q=0, num_splits=1, tuning=TUNING["prefill"],
-        rotate=rotate,
     )  # fmt: skip
     return result
 
