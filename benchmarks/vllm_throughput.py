@@ -59,8 +59,8 @@ KERNEL_GROUPS = (
     ("tq decode attention", r"_attention_kernel|_merge_splits_kernel"),
     ("tq decompress (prefill)", r"_decompress_kernel"),
     ("tq store", r"_store_kernel"),
-    ("flash attention", r"flash|Flash|fmha|attention"),
     ("KV write (vLLM)", r"reshape_and_cache|concat_and_cache"),
+    ("flash attention", r"flash|Flash|fmha|attention"),
     ("GEMM", r"gemm|Gemm|nvjet|cutlass|xmma|matmul"),
 )
 
