@@ -356,6 +356,61 @@ def test_prefill_takes_and_returns_the_original_domain(codec_spec, method, gener
     assert torch.equal(out[-2:].cpu(), torch.zeros(2, 4, head_dim))
 
 
+@pytest.mark.parametrize("dense", [False, True])
+def test_prefill_with_host_copies_reads_nothing_back(dense, generator, monkeypatch):
+    """Given the batch layout as host lists, the decompress paths use them and never read the
+    device tensors back (each read would make the host wait for the GPU, once per layer)."""
+    seq_lens, query_lens = [60, 13, 7, 90], [60, 5, 0, 31]
+    batch, dev = _batch(CODECS[0], seq_lens, 2, 16, generator)
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(int(starts[-1]) + 2, 4, 64, generator=generator)
+    expected = reference.prefill_attention(
+        query, batch.kv_cache, batch.block_table, starts, batch.seq_lens, batch.layout, 0.125,
+        rotate=True, query_start_loc_host=starts.tolist(), seq_lens_host=seq_lens,
+    )  # fmt: skip
+    host_starts = starts.tolist()
+    device_starts, device_lens = starts.to(DEVICE).clone(), dev["seq_lens"].clone()
+    reads, in_dense_kernel = [], [False]
+    real_tolist = torch.Tensor.tolist
+
+    def tolist(tensor):
+        if not in_dense_kernel[0] and (tensor is device_starts or tensor is device_lens):
+            reads.append(tensor)
+        return real_tolist(tensor)
+
+    def dense_kernel(*args):  # the engine's kernel may read what it likes
+        in_dense_kernel[0] = True
+        try:
+            _varlen_sdpa(*args)
+        finally:
+            in_dense_kernel[0] = False
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    out = torch.full(query.shape, float("nan"), device=DEVICE)
+    _varlen_sdpa.calls = []
+    triton_attention.prefill_attention(
+        query.to(DEVICE), dev["kv_cache"], dev["block_table"], device_starts, device_lens,
+        batch.layout, 0.125, out=out, rotate=True, method="decompress",
+        query_start_loc_host=host_starts, seq_lens_host=seq_lens,
+        **({"dense_attention": dense_kernel} if dense else {}),
+    )  # fmt: skip
+    assert reads == []
+    assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
+    if dense:  # the key offsets built on the device: sequence 2 has no new tokens, no keys
+        assert _varlen_sdpa.calls == [([0, 60, 65, 65, 96], [0, 60, 73, 73, 163], 60, 90)]
+
+
+def test_reference_refuses_host_copies_that_disagree(generator):
+    batch, _ = _batch(CODECS[0], [20, 9], 2, 16, generator)
+    starts = torch.tensor([0, 20, 24], dtype=torch.int32)
+    query = torch.randn(24, 4, 64, generator=generator)
+    args = (query, batch.kv_cache, batch.block_table, starts, batch.seq_lens, batch.layout, 0.1)
+    with pytest.raises(TQInputError, match="seq_lens_host"):
+        reference.prefill_attention(*args, seq_lens_host=[20, 8])
+    with pytest.raises(TQInputError, match="query_start_loc_host"):
+        reference.prefill_attention(*args, query_start_loc_host=[0, 20, 23])
+
+
 def test_dispatch_picks_the_reference_off_gpu_and_obeys_tq_kernels(monkeypatch):
     layout = TQCodec(64, 4, 4).cache_layout(2, 16)
     qjl_layout = TQCodec(64, 4, 4, key_qjl=True).cache_layout(2, 16)

@@ -158,3 +158,15 @@ def test_flash_attention_that_prefill_borrows_is_where_compat_calls_it():
     assert set(_compat.FLASH_ATTENTION_KEYWORDS) <= keywords
     if not torch.cuda.is_available():
         assert _compat.flash_attention_varlen() is None
+
+
+def test_vllm_keeps_the_cpu_copies_prefill_reads_instead_of_the_gpu():
+    """The metadata builder hands prefill vLLM's CPU copies of the batch layout (no read-back
+    from the GPU per layer). Without these fields it would silently fall back to the reads;
+    this fails first."""
+    import dataclasses
+
+    from vllm.v1.attention.backend import CommonAttentionMetadata
+
+    fields = {field.name for field in dataclasses.fields(CommonAttentionMetadata)}
+    assert {"query_start_loc_cpu", "seq_lens_cpu_upper_bound"} <= fields

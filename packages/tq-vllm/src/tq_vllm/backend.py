@@ -123,6 +123,10 @@ class TQMetadata:
     prefill_query_start_loc: torch.Tensor  # [num_prefills + 1], from the first prefill token
     seq_lens: torch.Tensor  # [num_reqs], new tokens included
     block_table: torch.Tensor  # [num_reqs, max_blocks]
+    # The prefills' query_start_loc and seq_lens from vLLM's CPU copies, read once per step so
+    # no layer reads them back from the GPU (None where vLLM keeps no copy).
+    prefill_query_start_loc_host: list[int] | None = None
+    prefill_seq_lens_host: list[int] | None = None
 
     @property
     def num_prefills(self) -> int:
@@ -158,6 +162,13 @@ class TQMetadataBuilder(AttentionMetadataBuilder[TQMetadata]):
             # Padded requests of no tokens: the ragged op handles any mix.
             num_decodes, num_decode_tokens, decode_len = 0, 0, 0
         starts = meta.query_start_loc[: meta.num_reqs + 1]
+        starts_host = lens_host = None
+        # Exact for prefill rows (vLLM's upper bound is loose only on speculative decode rows).
+        lens_cpu = getattr(meta, "seq_lens_cpu_upper_bound", None)
+        if meta.num_reqs > num_decodes and lens_cpu is not None:
+            starts_cpu = meta.query_start_loc_cpu[num_decodes : meta.num_reqs + 1]
+            starts_host = (starts_cpu - num_decode_tokens).tolist()
+            lens_host = lens_cpu[num_decodes : meta.num_reqs].tolist()
         return TQMetadata(
             num_actual_tokens=meta.num_actual_tokens,
             num_decodes=num_decodes,
@@ -166,6 +177,8 @@ class TQMetadataBuilder(AttentionMetadataBuilder[TQMetadata]):
             prefill_query_start_loc=starts[num_decodes:] - num_decode_tokens,
             seq_lens=meta.seq_lens[: meta.num_reqs],
             block_table=meta.block_table_tensor[: meta.num_reqs],
+            prefill_query_start_loc_host=starts_host,
+            prefill_seq_lens_host=lens_host,
         )
 
 
@@ -281,6 +294,8 @@ class TQAttentionImpl(AttentionImpl):
                 query[nd:], pages, meta.block_table[meta.num_decodes :],
                 meta.prefill_query_start_loc, meta.seq_lens[meta.num_decodes :], layout,
                 self.scale, rotate=True, out=target, **common,
+                query_start_loc_host=meta.prefill_query_start_loc_host,
+                seq_lens_host=meta.prefill_seq_lens_host,
                 **self._dense_attention(query, layout),
             )  # fmt: skip
             if target is None:

@@ -129,6 +129,8 @@ def prefill_attention(
     logit_softcap: float | None = None,
     out: torch.Tensor | None = None,
     rotate: bool = False,
+    query_start_loc_host: list[int] | None = None,
+    seq_lens_host: list[int] | None = None,
 ) -> torch.Tensor:
     """Attention of new tokens (ragged batch) against the compressed cache, causal.
 
@@ -139,7 +141,13 @@ def prefill_attention(
     Returns (or fills ``out``) [num_tokens, num_q_heads, head_dim] in query's dtype, rotated.
     ``rotate=True``: query and output are in the original domain instead (as in
     :func:`decode_attention`; the Triton op's dense path then rotates the keys back instead).
+    ``query_start_loc_host``, ``seq_lens_host``: the same values as host lists, which spare the
+    Triton op a read-back; here they are checked against the tensors (an engine's CPU copies
+    must agree with what it hands the GPU).
     """
+    validation.check_host_copies(
+        query_start_loc, query_start_loc_host, seq_lens, seq_lens_host
+    )  # fmt: skip
     if rotate:
         rotated = prefill_attention(
             rotate_query(query, layout.codec.seed), kv_cache, block_table, query_start_loc,

@@ -582,6 +582,8 @@ def prefill_attention(
     validate: bool = False,
     dense_attention: DenseAttention | None = None,
     rotate: bool = False,
+    query_start_loc_host: list[int] | None = None,
+    seq_lens_host: list[int] | None = None,
 ) -> torch.Tensor:
     """The Triton twin of ``reference.prefill_attention`` (same arguments and result).
 
@@ -599,6 +601,9 @@ def prefill_attention(
     ``rotate=True``: query and output in the original domain. "decompress" rotates the keys
     and values back while decompressing them, so the query and the output are never rotated;
     "inline" rotates the query before its kernel and the output after.
+    ``query_start_loc_host``, ``seq_lens_host``: the same values as host lists, when the caller
+    has them (engines keep CPU copies of their batch layout): "decompress" then never reads the
+    device tensors back, which would make the host wait for the GPU once per layer.
     """
     validation.check_float("query", query, 3)
     validation.check_index("query_start_loc", query_start_loc, 1)
@@ -608,6 +613,9 @@ def prefill_attention(
     if validate:
         _, lengths = validation.query_lengths(query_start_loc, query)
         validation.check_attention_values(kv_cache, block_table, seq_lens, lengths, layout)
+        validation.check_host_copies(
+            query_start_loc, query_start_loc_host, seq_lens, seq_lens_host
+        )  # fmt: skip
     result = torch.empty_like(query) if out is None else out
     num_tokens, num_q_heads, _ = query.shape
     if num_tokens == 0:
@@ -619,15 +627,16 @@ def prefill_attention(
     if method == "decompress" and not plain:
         raise TQInputError("the decompress method has no sliding window or soft-cap")
     if method == "decompress" or (method == "auto" and plain and not capturing):
+        starts = query_start_loc.tolist() if query_start_loc_host is None else query_start_loc_host
+        lengths = seq_lens.tolist() if seq_lens_host is None else seq_lens_host
         if dense_attention is None:
             _prefill_via_flash(
-                query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result,
-                rotate,
-            )  # fmt: skip
+                query, kv_cache, block_table, starts, lengths, layout, scale, result, rotate
+            )
         else:
             _prefill_via_dense(
-                query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, result,
-                dense_attention, rotate,
+                query, kv_cache, block_table, query_start_loc, seq_lens, starts, lengths, layout,
+                scale, result, dense_attention, rotate,
             )  # fmt: skip
         return result
     if rotate:
@@ -665,14 +674,10 @@ def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tens
     return buffer
 
 
-def _prefill_via_flash(
-    query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out, unrotate
-):  # fmt: skip
+def _prefill_via_flash(query, kv_cache, block_table, starts, lengths, layout, scale, out, unrotate):
     """Decompress each sequence's pages into a scratch in the query's dtype (in the query's
     domain), then torch SDPA (flash attention for half queries) with a causal mask aligned to
-    the sequence's end."""
-    starts = query_start_loc.tolist()
-    lengths = seq_lens.tolist()
+    the sequence's end. ``starts``, ``lengths``: query_start_loc and seq_lens as host lists."""
     num_kv, head_dim = layout.num_kv_heads, layout.head_dim
     longest = max(lengths, default=0)
     scratch = _scratch(query.device, query.dtype, 2 * num_kv * max(longest, 1) * head_dim)
@@ -697,14 +702,13 @@ def _prefill_via_flash(
 
 
 def _prefill_via_dense(
-    query, kv_cache, block_table, query_start_loc, seq_lens, layout, scale, out, dense_attention,
-    unrotate,
+    query, kv_cache, block_table, query_start_loc, seq_lens, starts, lengths, layout, scale, out,
+    dense_attention, unrotate,
 ):  # fmt: skip
     """Decompress every sequence's pages into one packed scratch (keys of sequence i at rows
     cu_k[i]:cu_k[i+1]) in the query's dtype and domain, then one ``dense_attention`` call for
-    the batch."""
-    starts = query_start_loc.tolist()
-    lengths = seq_lens.tolist()
+    the batch. ``starts``, ``lengths``: query_start_loc and seq_lens as host lists; the kernel's
+    key offsets are computed on the device, so nothing is read back or copied from the host."""
     # Sequences without new tokens need no keys: they get an empty key range.
     used = [n if starts[i + 1] > starts[i] else 0 for i, n in enumerate(lengths)]
     cu_k = [0]
@@ -725,7 +729,9 @@ def _prefill_via_dense(
             )  # fmt: skip
     real = starts[-1]
     if real:
-        cu_seqlens_k = torch.tensor(cu_k, dtype=torch.int32, device=query.device)
+        query_lens = query_start_loc[1:] - query_start_loc[:-1]
+        cu_seqlens_k = torch.zeros_like(query_start_loc, dtype=torch.int32)
+        cu_seqlens_k[1:] = torch.where(query_lens > 0, seq_lens, 0).cumsum(0)
         max_q = max(starts[i + 1] - starts[i] for i in range(len(lengths)))
         dense_attention(
             query[:real], keys, values, query_start_loc.to(torch.int32), cu_seqlens_k,

@@ -156,3 +156,14 @@ def query_lengths(query_start_loc: torch.Tensor, query: torch.Tensor) -> tuple[l
     if starts[0] != 0 or starts[-1] > query.shape[0] or bool((lengths < 0).any()):
         _fail(f"query_start_loc {starts} does not split {query.shape[0]} query tokens")
     return starts, lengths
+
+
+def check_host_copies(query_start_loc, query_start_loc_host, seq_lens, seq_lens_host) -> None:
+    """Host lists given alongside query_start_loc / seq_lens hold the same values (reads the
+    tensors on the host: for the reference and ``validate=True``)."""
+    for name, tensor, host in (
+        ("query_start_loc", query_start_loc, query_start_loc_host),
+        ("seq_lens", seq_lens, seq_lens_host),
+    ):
+        if host is not None and [int(x) for x in host] != tensor.tolist():
+            _fail(f"{name}_host {list(host)} differs from {name} {tensor.tolist()}")
