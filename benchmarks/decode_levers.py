@@ -9,7 +9,9 @@ next key tile into L2 or L1 while the current one is computed, the split-K count
 register cap and pipeline stages. Every variant
 is checked against the default kernel's output on the same bytes before it is timed.
 Timing, inputs and bf16 baselines are those of kernel_bench.py (CUDA-graph replays, inputs rotated
-past L2, SDPA flash and cuDNN in the same process). Writes ``<out>.json`` and ``<out>.md``.
+past L2, SDPA flash and cuDNN in the same process, and vLLM's FlashAttention 3 over paged KV
+where vLLM is importable: the bf16 decode vLLM serves with). Writes ``<out>.json`` and
+``<out>.md``.
 """
 
 from __future__ import annotations

@@ -257,7 +257,63 @@ def bf16_decode_rows(base, num_q, num_kv, head_dim, batch, context) -> list[dict
         rows.append(
             {**base, "impl": name, "bits": "bf16", "ms": ms, "timing": how, "bytes": nbytes}
         )
+    kv.clear()  # the paged row below needs the memory
+    q.clear()
+    paged = _vllm_paged_decode_row(num_q, num_kv, head_dim, batch, context, copies)
+    if paged is not None:
+        ms, how = paged
+        rows.append(
+            {**base, "impl": "bf16 vLLM flash-attn 3, paged", "bits": "bf16", "ms": ms,
+             "timing": how, "bytes": nbytes}
+        )  # fmt: skip
     return rows
+
+
+def _vllm_paged_decode_row(num_q, num_kv, head_dim, batch, context, copies):
+    """(ms, timing) of bf16 decode as vLLM serves it on Hopper: FlashAttention 3 over a paged
+    cache of 16-token blocks (pages shuffled), its own split-KV heuristic. None where vLLM's
+    flash-attn is not importable. The strongest bf16 decode we know of: in vLLM it reads the
+    KV near the copy bandwidth (benchmarks/results/vllm-h200-rotate/table.md)."""
+    try:
+        from vllm.vllm_flash_attn import flash_attn_varlen_func
+    except ImportError:
+        return None
+    block = 16
+    per_seq = -(-context // block)
+    num_blocks = batch * per_seq
+    shape = (num_blocks, block, num_kv, head_dim)
+    caches = [
+        (
+            torch.randn(shape, device="cuda", dtype=torch.bfloat16),
+            torch.randn(shape, device="cuda", dtype=torch.bfloat16),
+        )
+        for _ in range(copies)
+    ]
+    order = torch.randperm(num_blocks, device="cuda").to(torch.int32)
+    block_table = order.view(batch, per_seq)
+    seq_lens = torch.full((batch,), context, dtype=torch.int32, device="cuda")
+    cu_q = torch.arange(batch + 1, dtype=torch.int32, device="cuda")
+    q = [
+        torch.randn(batch, num_q, head_dim, device="cuda", dtype=torch.bfloat16)
+        for _ in range(copies)
+    ]
+    out = torch.empty_like(q[0])
+
+    def call(i):
+        def run():
+            flash_attn_varlen_func(
+                q[i], *caches[i], max_seqlen_q=1, cu_seqlens_q=cu_q, max_seqlen_k=context,
+                seqused_k=seq_lens, block_table=block_table, softmax_scale=head_dim**-0.5,
+                causal=True, out=out, fa_version=3,
+            )  # fmt: skip
+
+        return run
+
+    try:
+        return time_calls([call(i) for i in range(copies)])
+    except RuntimeError as error:
+        print(f"  bf16 vLLM flash-attn 3 (paged) unavailable: {str(error)[:100]}")
+        return None
 
 
 def peer_decode_rows(batch, context, copy_gbps) -> list[dict]:

@@ -9,6 +9,8 @@ set -uo pipefail
 sha=${1:?git sha of the measured commit}
 variant=${2:---prefetch 1}
 export PYTHONPATH=$(pwd)/packages/tq-core/src
+# With vLLM staged (../shared/GPU.md), the sweep adds its bf16 baseline: FA3 over paged KV.
+if [ -d /tmp/site/vllm ]; then export PYTHONPATH=$PYTHONPATH:/tmp/site; fi
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
 torch.cuda.get_device_name())"
 start=$(date +%s)
