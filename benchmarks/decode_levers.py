@@ -4,7 +4,8 @@
     python benchmarks/decode_levers.py --ncu-target 8x16384 --lookup 2   # one shape, for ncu
 
 Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte permutes on
-magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``), prefetching the
+magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``; 4: K's packed
+bytes staged instead of its fp16 tile, V as 2), prefetching the
 next key tile into L2 or L1 while the current one is computed, the split-K count, tile,
 register cap and pipeline stages. Every variant
 is checked against the default kernel's output on the same bytes before it is timed.
@@ -45,6 +46,9 @@ VARIANTS = [
     ("prmt, splits x0.5", {}, 0.5),
     ("prmt, 168 registers", {"maxnreg": 168}, 1.0),
     ("prmt, 2 stages", {"num_stages": 2}, 1.0),
+    # K's packed bytes, not its fp16 tile, through shared memory (lookup 4; V as prmt).
+    ("K bytes staged, 160 registers", {"lookup": 4, "maxnreg": 160}, 1.0),
+    ("K bytes staged, 128 registers", {"lookup": 4}, 1.0),
 ]
 
 

@@ -197,7 +197,7 @@ def _attention_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if LOOKUP == 2 and (K_PAIRS or V_PAIRS):
+    if (LOOKUP == 2 or LOOKUP == 4) and (K_PAIRS or V_PAIRS):
         # One 4-bit codebook per head_dim: K's and V's magnitudes are the same words.
         lut_ptr = k_cent_ptr if K_PAIRS else v_cent_ptr
         lut = nibble_magnitude_words(lut_ptr)
@@ -233,6 +233,12 @@ def _attention_kernel(
                 k_a = nibble_centroids(k0, NIBBLE_LOW)
                 k_b = nibble_centroids(k0, NIBBLE_HIGH)
                 scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
+            elif LOOKUP == 4:
+                # Transposed as bytes, then a pure lookup: Triton moves the layout change for
+                # tl.dot ahead of it, so K's bytes, not its fp16 tile, cross shared memory.
+                k_a = nibble_centroids(tl.trans(k0), NIBBLE_LOW)
+                k_b = nibble_centroids(tl.trans(k0), NIBBLE_HIGH)
+                scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
             else:
                 if LOOKUP == 2:
                     k_a, k_b = nibble_pair_registers(k0, *lut)
@@ -267,7 +273,7 @@ def _attention_kernel(
             if LOOKUP == 3:
                 v_a = nibble_centroids(v0, NIBBLE_LOW)
                 v_b = nibble_centroids(v0, NIBBLE_HIGH)
-            elif LOOKUP == 2:
+            elif LOOKUP == 2 or LOOKUP == 4:
                 v_a, v_b = nibble_pair_registers(v0, *lut)
             else:
                 v_a, v_b = nibble_pair_lookup(v0, v_cent_ptr)
@@ -423,7 +429,7 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
     four_bit = any(
         fmt.compressed and fmt.mse_bits == 4 for fmt in (layout.key_format, layout.value_format)
     )
-    if lookup != 3 or not four_bit:
+    if lookup not in (3, 4) or not four_bit:
         return {"NIBBLE_LOW": "", "NIBBLE_HIGH": ""}
     return {
         "NIBBLE_LOW": triton_layout.nibble_asm(layout.head_dim, high=False),
@@ -438,7 +444,9 @@ TUNING = {
     # lookup: how 4-bit codes become centroids. 0 reads a table through L1 (any device, the
     # interpreter included); 2 permutes bytes of magnitudes held in registers (GPU: 1.5x faster
     # decode, benchmarks/results/decode-levers-*.json); 3 is 2 with the packed bytes staged
-    # for tl.dot instead of the fp16 values (slower: registers). The interpreter always gets 0.
+    # for tl.dot instead of the fp16 values (slower: registers); 4 stages K's bytes only (V
+    # as 2): compiled for sm_90a, 30% less shared-memory traffic per tile for 14% more
+    # instructions and 160 registers, not yet timed. The interpreter always gets 0.
     # maxnreg 128: four programs per multiprocessor instead of three (160 registers), 8-14%
     # faster decode at 8-128 x 16-32K on an H100 (decode-levers-h100-b70155a.json).
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
