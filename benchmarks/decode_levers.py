@@ -5,7 +5,8 @@
 
 Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte permutes on
 magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``; 4: K's packed
-bytes staged instead of its fp16 tile, V as 2), prefetching the
+bytes staged instead of its fp16 tile, V as 2; 5: K's bytes and V's 16-bit words staged),
+prefetching the
 next key tile into L2 or L1 while the current one is computed, the split-K count, tile,
 register cap and pipeline stages. Every variant
 is checked against the default kernel's output on the same bytes before it is timed.
@@ -49,6 +50,9 @@ VARIANTS = [
     # K's packed bytes, not its fp16 tile, through shared memory (lookup 4; V as prmt).
     ("K bytes staged, 160 registers", {"lookup": 4, "maxnreg": 160}, 1.0),
     ("K bytes staged, 128 registers", {"lookup": 4}, 1.0),
+    # Both: K's bytes and V's 16-bit words staged, pure lookups with immediates (lookup 5).
+    ("K bytes + V words staged, 160 registers", {"lookup": 5, "maxnreg": 160}, 1.0),
+    ("K bytes + V words staged, 128 registers", {"lookup": 5}, 1.0),
 ]
 
 

@@ -154,6 +154,8 @@ def main() -> None:
             for tile, warps in [(default["block_n"], default["num_warps"])]
             for cap in (160, default["maxnreg"])
         ),
+        # lookup 5 (V's 16-bit words staged too)
+        compile_decode(4, 4, default["block_n"], default["num_warps"], 5, 160, default["prefetch"]),
     ]
     for row in rows:
         print(

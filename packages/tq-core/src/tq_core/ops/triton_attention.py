@@ -33,6 +33,8 @@ from tq_core.ops.triton_common import (
     nibble_magnitude_words,
     nibble_pair_lookup,
     nibble_pair_registers,
+    nibble_pairs_pure,
+    nibble_quads,
     prefetch_field,
     times_signs,
 )
@@ -68,6 +70,7 @@ def _tile_fields(
     V_BITS: tl.constexpr, V_P0_OFF: tl.constexpr, V_P0_W: tl.constexpr, V_P1_OFF: tl.constexpr,
     V_P1_W: tl.constexpr, V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr, K_TRANSPOSED: tl.constexpr,
+    V_WORDS: tl.constexpr,
 ):  # fmt: skip
     """The stored K and V bytes and norms of one key tile (load_field of each)."""
     pos = tile_start + tl.arange(0, BLOCK_N)
@@ -79,7 +82,7 @@ def _tile_fields(
     )  # fmt: skip
     v0, v1, v2, v_norm = load_field(
         cache_ptr, page_base, slot, pos_ok, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
-        V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
+        V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16, False, V_WORDS,
     )  # fmt: skip
     return k0, k1, k2, k_norm, v0, v1, v2, v_norm
 
@@ -95,6 +98,7 @@ def _attention_kernel(
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
     ROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
+    NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
     PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
@@ -117,7 +121,11 @@ def _attention_kernel(
     # both (the k/v_cent_ptr tables are then nibble pairs). Other widths unpack fully.
     K_PAIRS: tl.constexpr = K_BITS == 4
     V_PAIRS: tl.constexpr = V_BITS == 4
+    # lookup 5: 4-bit values read as 16-bit words, each giving dimensions 4j .. 4j + 3, so the
+    # P.V product (contracting over tokens) can stage packed words, not fp16, for tl.dot.
+    V_QUADS: tl.constexpr = V_PAIRS and LOOKUP == 5
     HALF: tl.constexpr = D // 2
+    QUARTER: tl.constexpr = D // 4
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     if SPLIT:
@@ -175,15 +183,26 @@ def _attention_kernel(
         q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
         q_a = q_a.to(K_DOT)
         q_b = q_a
-    if V_PAIRS:
+    # Output columns of each accumulator part (parts c, d: V_QUADS only).
+    out_dims_c = 4 * tl.arange(0, QUARTER) + 2
+    out_dims_d = out_dims_c + 1
+    acc_c = tl.zeros([BLOCK_M, QUARTER], dtype=tl.float32)
+    acc_d = tl.zeros([BLOCK_M, QUARTER], dtype=tl.float32)
+    if V_QUADS:
+        out_dims_a = 4 * tl.arange(0, QUARTER)
+        out_dims_b = out_dims_a + 1
+        acc_a = tl.zeros([BLOCK_M, QUARTER], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_M, QUARTER], dtype=tl.float32)
+    elif V_PAIRS:
         out_dims_a = 2 * tl.arange(0, HALF)
         out_dims_b = out_dims_a + 1
         acc_a = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)
     else:
         out_dims_a = dims
         out_dims_b = 2 * tl.arange(0, HALF) + 1  # unused
         acc_a = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)  # used by V_PAIRS only
+        acc_b = tl.zeros([BLOCK_M, HALF], dtype=tl.float32)  # unused
 
     key_end = tl.minimum(seq_len, context + tl.minimum(first_token + TOKENS_PER_TILE, query_len))
     key_start = 0
@@ -226,12 +245,16 @@ def _attention_kernel(
             cache_ptr, tile_pages, tile_start, key_end, kv_head, BLOCK_SIZE, BLOCK_N, D,
             K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W, K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16,
             V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W, V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
-            K_PAIRS and LOOKUP == 3,
+            K_PAIRS and LOOKUP == 3, V_QUADS,
         )  # fmt: skip
         if K_PAIRS:
             if LOOKUP == 3:  # k0 is [bytes, tokens]
                 k_a = nibble_centroids(k0, NIBBLE_LOW)
                 k_b = nibble_centroids(k0, NIBBLE_HIGH)
+                scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
+            elif LOOKUP == 5:
+                # One pure asm, codebook as immediates: Triton stages K's bytes for tl.dot.
+                k_a, k_b = nibble_pairs_pure(tl.trans(k0), NIBBLE_PAIRS)
                 scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
             elif LOOKUP == 4:
                 # Transposed as bytes, then a pure lookup: Triton moves the layout change for
@@ -269,7 +292,13 @@ def _attention_kernel(
         p = tl.exp2(scores - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
         weights = (p * v_norm[None, :]).to(V_DOT)
-        if V_PAIRS:
+        if V_QUADS:
+            v_a, v_b, v_c, v_d = nibble_quads(v0, NIBBLE_QUADS)
+            acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
+            acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
+            acc_c = tl.dot(weights, v_c, acc_c * alpha[:, None])
+            acc_d = tl.dot(weights, v_d, acc_d * alpha[:, None])
+        elif V_PAIRS:
             if LOOKUP == 3:
                 v_a = nibble_centroids(v0, NIBBLE_LOW)
                 v_b = nibble_centroids(v0, NIBBLE_HIGH)
@@ -307,6 +336,9 @@ def _attention_kernel(
         tl.store(acc_rows + out_dims_a[None, :], acc_a, mask=used[:, None])
         if V_PAIRS:
             tl.store(acc_rows + out_dims_b[None, :], acc_b, mask=used[:, None])
+        if V_QUADS:
+            tl.store(acc_rows + out_dims_c[None, :], acc_c, mask=used[:, None])
+            tl.store(acc_rows + out_dims_d[None, :], acc_d, mask=used[:, None])
         tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i, mask=used)
         tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i, mask=used)
     else:
@@ -319,6 +351,11 @@ def _attention_kernel(
             if V_PAIRS:
                 part_b = acc_b * inv_l[:, None]
                 result += times_signs(part_b, signs_ptr, out_dims_b, dims, D, True)
+            if V_QUADS:
+                part_c = acc_c * inv_l[:, None]
+                result += times_signs(part_c, signs_ptr, out_dims_c, dims, D, True)
+                part_d = acc_d * inv_l[:, None]
+                result += times_signs(part_d, signs_ptr, out_dims_d, dims, D, True)
             result = (result * inv_sqrt_d).to(out_ptr.dtype.element_ty)
             tl.store(out_rows + dims[None, :], result, mask=row_ok[:, None])
         else:
@@ -327,6 +364,11 @@ def _attention_kernel(
             if V_PAIRS:
                 result = (acc_b * inv_l[:, None]).to(out_ptr.dtype.element_ty)
                 tl.store(out_rows + out_dims_b[None, :], result, mask=row_ok[:, None])
+            if V_QUADS:
+                result = (acc_c * inv_l[:, None]).to(out_ptr.dtype.element_ty)
+                tl.store(out_rows + out_dims_c[None, :], result, mask=row_ok[:, None])
+                result = (acc_d * inv_l[:, None]).to(out_ptr.dtype.element_ty)
+                tl.store(out_rows + out_dims_d[None, :], result, mask=row_ok[:, None])
 
 
 @triton.jit
@@ -425,16 +467,18 @@ def _kernel_constants(layout: CacheLayout) -> dict:
 
 
 def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
-    """The inline PTX of the immediate-table lookup (lookup 3) when a field is 4-bit."""
+    """The inline PTX of the immediate-table lookups (lookups 3-5) when a field is 4-bit."""
     four_bit = any(
         fmt.compressed and fmt.mse_bits == 4 for fmt in (layout.key_format, layout.value_format)
     )
-    if lookup not in (3, 4) or not four_bit:
-        return {"NIBBLE_LOW": "", "NIBBLE_HIGH": ""}
-    return {
-        "NIBBLE_LOW": triton_layout.nibble_asm(layout.head_dim, high=False),
-        "NIBBLE_HIGH": triton_layout.nibble_asm(layout.head_dim, high=True),
-    }
+    constants = {"NIBBLE_LOW": "", "NIBBLE_HIGH": "", "NIBBLE_PAIRS": "", "NIBBLE_QUADS": ""}
+    if four_bit and lookup in (3, 4):
+        constants["NIBBLE_LOW"] = triton_layout.nibble_asm(layout.head_dim, high=False)
+        constants["NIBBLE_HIGH"] = triton_layout.nibble_asm(layout.head_dim, high=True)
+    if four_bit and lookup == 5:
+        constants["NIBBLE_PAIRS"] = triton_layout.nibble_group_asm(layout.head_dim, quads=False)
+        constants["NIBBLE_QUADS"] = triton_layout.nibble_group_asm(layout.head_dim, quads=True)
+    return constants
 
 
 # Launch settings, per op. Kept in one dict so the benchmark's tuning mode can try others.
@@ -446,7 +490,10 @@ TUNING = {
     # decode, benchmarks/results/decode-levers-*.json); 3 is 2 with the packed bytes staged
     # for tl.dot instead of the fp16 values (slower: registers); 4 stages K's bytes only (V
     # as 2): compiled for sm_90a, 30% less shared-memory traffic per tile for 14% more
-    # instructions and 160 registers, not yet timed. The interpreter always gets 0.
+    # instructions and 160 registers; 5 stages K's bytes and V's 16-bit words (pure lookups,
+    # the codebook as immediates): about a quarter of 2's shared-memory instructions for 26%
+    # more instructions at 160 registers (static-cost-sm90a-*.json). 4 and 5 are not yet
+    # timed on a GPU. The interpreter always gets 0.
     # maxnreg 128: four programs per multiprocessor instead of three (160 registers), 8-14%
     # faster decode at 8-128 x 16-32K on an H100 (decode-levers-h100-b70155a.json).
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at

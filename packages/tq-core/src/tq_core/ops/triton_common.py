@@ -79,12 +79,12 @@ def load_field(
     cache_ptr, page_base, slot, mask, D: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P1_OFF: tl.constexpr, P1_W: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
-    TRANSPOSED: tl.constexpr = False,
+    TRANSPOSED: tl.constexpr = False, WORDS: tl.constexpr = False,
 ):  # fmt: skip
     """The stored bytes of one K or V field for a tile of tokens: (plane0, plane1, plane2,
     norms float32 [rows]); absent planes are 0. A raw bf16 layer (BITS == 16, its region at
     NORM_OFF) gives (vectors bf16 [rows, D], 0, 0, ones). ``TRANSPOSED`` gives a 4-bit plane0
-    as [bytes, rows] (load_plane_transposed).
+    as [bytes, rows] (load_plane_transposed), ``WORDS`` as uint16 [rows, words].
 
     Loading is separate from decoding so a kernel can issue every load of a tile (K and V) before
     the arithmetic that waits for them.
@@ -100,7 +100,11 @@ def load_field(
         plane0 = tl.load(ptr + tl.arange(0, D)[None, :], mask=mask[:, None], other=0.0)
         norms = tl.where(mask, 1.0, 0.0)
     else:
-        if TRANSPOSED:
+        if WORDS:
+            plane0 = load_plane_words(
+                cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D
+            )
+        elif TRANSPOSED:
             plane0 = load_plane_transposed(
                 cache_ptr + P0_OFF, page_base + slot * (D * P0_W // 8), mask, P0_W, D
             )
@@ -276,6 +280,39 @@ def nibble_centroids(raw, ASM: tl.constexpr):
     no side effects: Triton then moves the layout change that feeds ``tl.dot`` ahead of it, so
     the packed bytes, not the fp16 values, pass through shared memory."""
     return tl.inline_asm_elementwise(ASM, "=r,=r,r", [raw], dtype=tl.float16, is_pure=True, pack=4)
+
+
+@triton.jit
+def nibble_pairs_pure(raw, ASM: tl.constexpr):
+    """:func:`nibble_pair_registers` as a pure asm with the codebook as immediates (``ASM``
+    from triton_layout.nibble_group_asm): (low, high) nibbles' centroids of every byte. Its
+    only operand traces back to a load, so Triton moves the layout change for ``tl.dot`` above
+    it, onto the bytes (GPU only: inline PTX)."""
+    return tl.inline_asm_elementwise(
+        ASM, "=r,=r,=r,=r,r", [raw], dtype=(tl.float16, tl.float16), is_pure=True, pack=4
+    )
+
+
+@triton.jit
+def nibble_quads(words, ASM: tl.constexpr):
+    """fp16 centroids of the 4 nibbles of every 16-bit word of a 4-bit plane (dimensions 4j,
+    4j + 1, 4j + 2, 4j + 3 of word j), by one pure asm with the codebook as immediates (GPU
+    only). 16-bit units let a tile whose ``tl.dot`` contracts over tokens (P.V) stage its packed
+    words through shared memory and load them with ldmatrix's transpose."""
+    return tl.inline_asm_elementwise(
+        ASM, "=r,=r,=r,=r,r", [words], dtype=(tl.float16,) * 4, is_pure=True, pack=2
+    )
+
+
+@triton.jit
+def load_plane_words(base_ptr, row_off, mask, WIDTH: tl.constexpr, D: tl.constexpr):
+    """uint16 [rows, D * WIDTH / 16]: :func:`load_plane` read as 16-bit words."""
+    NB: tl.constexpr = D * WIDTH // 8
+    ALIGN: tl.constexpr = 16 if NB >= 16 else NB
+    row_off = tl.multiple_of(row_off, ALIGN)
+    cols = tl.max_contiguous(tl.arange(0, NB // 2), NB // 2)
+    ptr = (base_ptr + row_off[:, None]).to(tl.pointer_type(tl.uint16))
+    return tl.load(ptr + cols[None, :], mask=mask[:, None], other=0)
 
 
 @triton.jit

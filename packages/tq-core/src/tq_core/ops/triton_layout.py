@@ -142,6 +142,63 @@ def nibble_asm(head_dim: int, high: bool) -> str:
     )
 
 
+# lookup 5: the same sign-and-magnitude permutes with every output in one pure asm and the
+# codebook as immediates (a register operand would stop Triton from moving tl.dot's layout change
+# above the lookup: its operands must trace back to loads or constants). Prologue: for the 8
+# codes of $IN, neg nibble = 1 for codes < 8, idx = the magnitude index; then the low and high
+# bytes and sign of codes 0-3 (lb, hb) and 4-7 (lb2, hb2).
+_NIBBLE_PROLOGUE = """
+.reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, l0, l1, h0, h1, c80, e, f, e2, f2;
+mov.b32 l0, {l0:#010x};
+mov.b32 l1, {l1:#010x};
+mov.b32 h0, {h0:#010x};
+mov.b32 h1, {h1:#010x};
+mov.b32 c80, 0x8000;
+not.b32 neg, {src};
+shr.u32 neg, neg, 3;
+and.b32 neg, neg, 0x11111111;
+mul.lo.u32 flip, neg, 7;
+xor.b32 idx, {src}, flip;
+and.b32 idx, idx, 0x77777777;
+prmt.b32 lb, l0, l1, idx;
+prmt.b32 hb, h0, h1, idx;
+prmt.b32 sg, c80, c80, neg;
+or.b32 hb, hb, sg;
+shr.u32 idx, idx, 16;
+shr.u32 neg, neg, 16;
+prmt.b32 lb2, l0, l1, idx;
+prmt.b32 hb2, h0, h1, idx;
+prmt.b32 sg, c80, c80, neg;
+or.b32 hb2, hb2, sg;
+"""
+# Pairs: 4 bytes ($4) -> low nibbles as fp16x2 of bytes (0, 1), (2, 3) ($0, $1) and high ($2, $3).
+_PAIRS_EPILOGUE = """
+prmt.b32 $0, lb, hb, 0x6240;
+prmt.b32 $2, lb, hb, 0x7351;
+prmt.b32 $1, lb2, hb2, 0x6240;
+prmt.b32 $3, lb2, hb2, 0x7351;
+"""
+# Quads: two 16-bit words ($4: w0 low half, w1 high) -> nibble p of (w0, w1) as fp16x2 in $p.
+_QUADS_EPILOGUE = """
+prmt.b32 e, lb, hb, 0x5140;
+prmt.b32 f, lb, hb, 0x7362;
+prmt.b32 e2, lb2, hb2, 0x5140;
+prmt.b32 f2, lb2, hb2, 0x7362;
+prmt.b32 $0, e, e2, 0x5410;
+prmt.b32 $1, e, e2, 0x7632;
+prmt.b32 $2, f, f2, 0x5410;
+prmt.b32 $3, f, f2, 0x7632;
+"""
+
+
+def nibble_group_asm(head_dim: int, quads: bool) -> str:
+    """Inline PTX for triton_common.nibble_pairs_pure / nibble_quads: the 4-bit codebook of
+    ``head_dim`` as immediates (see :func:`nibble_asm` for the sign-and-magnitude permutes)."""
+    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    prologue = _NIBBLE_PROLOGUE.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3], src="$4")
+    return "{" + prologue + (_QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE) + "}"
+
+
 def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
     """The table the attention kernel reads for K or V: nibble pairs for a 4-bit field,
     centroids otherwise."""
