@@ -122,3 +122,31 @@ def test_single_nibble_asm_gives_the_codebook(head_dim, high):
         out = run_ptx(asm, {"$2": word})
         nibbles = _nibbles(word)[1 if high else 0 :: 2]
         assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles], hex(word)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_pure_pair_asm_with_immediates_gives_the_codebook(head_dim):
+    """Lookup 5's K lookup: both nibbles of 4 bytes, the codebook as immediates."""
+    asm = triton_layout.nibble_group_asm(head_dim, quads=False)
+    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    codebook = _fp16_bits(head_dim)
+    for word in _words():
+        out = run_ptx(asm, {"$4": word})
+        nibbles = _nibbles(word)
+        assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles[0::2]], hex(word)
+        assert _halves(out["$2"], out["$3"]) == [codebook[n] for n in nibbles[1::2]], hex(word)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim):
+    """Lookup 5's V lookup: $4 holds two 16-bit words (dimensions 4j .. 4j + 3 each); output p
+    is the centroid of nibble p of the low word and of the high word."""
+    asm = triton_layout.nibble_group_asm(head_dim, quads=True)
+    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    codebook = _fp16_bits(head_dim)
+    for word in _words():
+        out = run_ptx(asm, {"$4": word})
+        nibbles = _nibbles(word)
+        for p in range(4):
+            expected = [codebook[nibbles[p]], codebook[nibbles[4 + p]]]
+            assert _halves(out[f"${p}"]) == expected, (hex(word), p)

@@ -95,36 +95,6 @@ def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
     return _PAIR_TABLES[key]
 
 
-_NIBBLE_ASM = """
-{{
-.reg .b32 neg, flip, idx, lb, hb, sg, l0, l1, h0, h1, c80;
-mov.b32 l0, {l0:#010x};
-mov.b32 l1, {l1:#010x};
-mov.b32 h0, {h0:#010x};
-mov.b32 h1, {h1:#010x};
-mov.b32 c80, 0x8000;
-not.b32 neg, $2;
-shr.u32 neg, neg, 3;
-and.b32 neg, neg, 0x11111111;
-mul.lo.u32 flip, neg, 7;
-xor.b32 idx, $2, flip;
-and.b32 idx, idx, 0x77777777;
-prmt.b32 lb, l0, l1, idx;
-prmt.b32 hb, h0, h1, idx;
-prmt.b32 sg, c80, c80, neg;
-or.b32 hb, hb, sg;
-prmt.b32 $0, lb, hb, {select:#06x};
-shr.u32 idx, idx, 16;
-shr.u32 neg, neg, 16;
-prmt.b32 lb, l0, l1, idx;
-prmt.b32 hb, h0, h1, idx;
-prmt.b32 sg, c80, c80, neg;
-or.b32 hb, hb, sg;
-prmt.b32 $1, lb, hb, {select:#06x};
-}}
-"""
-
-
 @functools.cache
 def nibble_asm(head_dim: int, high: bool) -> str:
     """Inline PTX for triton_common.nibble_centroids: the fp16 centroids of the low (or high)
@@ -136,17 +106,17 @@ def nibble_asm(head_dim: int, high: bool) -> str:
     words are immediates: the codebook is fixed per head_dim), set the sign bit of negative
     codes, and interleave low and high bytes of the wanted nibbles into fp16 pairs.
     """
-    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    return _NIBBLE_ASM.format(
-        l0=words[0], l1=words[1], h0=words[2], h1=words[3], select=0x7351 if high else 0x6240
-    )
+    select = 0x7351 if high else 0x6240
+    epilogue = f"prmt.b32 $0, lb, hb, {select:#06x};\nprmt.b32 $1, lb2, hb2, {select:#06x};\n"
+    return "{" + _nibble_prologue(head_dim, "$2") + epilogue + "}"
 
 
-# lookup 5: the same sign-and-magnitude permutes with every output in one pure asm and the
-# codebook as immediates (a register operand would stop Triton from moving tl.dot's layout change
-# above the lookup: its operands must trace back to loads or constants). Prologue: for the 8
-# codes of $IN, neg nibble = 1 for codes < 8, idx = the magnitude index; then the low and high
-# bytes and sign of codes 0-3 (lb, hb) and 4-7 (lb2, hb2).
+# The immediate-codebook lookups (3-5; nibble_asm says how the permutes work), lookup 5 with
+# every output in one pure asm and the codebook as immediates (a register operand would stop
+# Triton from moving tl.dot's layout change above the lookup: its operands must trace back to
+# loads or constants). Prologue: for the 8 codes of {src}, neg nibble = 1 for codes < 8,
+# idx = the magnitude index; then the low and high bytes and sign of codes 0-3 (lb, hb) and
+# 4-7 (lb2, hb2).
 _NIBBLE_PROLOGUE = """
 .reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, l0, l1, h0, h1, c80, e, f, e2, f2;
 mov.b32 l0, {l0:#010x};
@@ -191,12 +161,17 @@ prmt.b32 $3, f, f2, 0x7632;
 """
 
 
+def _nibble_prologue(head_dim: int, src: str) -> str:
+    """The permutes every immediate-codebook lookup starts with, on the 8 codes of ``src``."""
+    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    return _NIBBLE_PROLOGUE.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3], src=src)
+
+
 def nibble_group_asm(head_dim: int, quads: bool) -> str:
     """Inline PTX for triton_common.nibble_pairs_pure / nibble_quads: the 4-bit codebook of
     ``head_dim`` as immediates (see :func:`nibble_asm` for the sign-and-magnitude permutes)."""
-    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    prologue = _NIBBLE_PROLOGUE.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3], src="$4")
-    return "{" + prologue + (_QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE) + "}"
+    epilogue = _QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE
+    return "{" + _nibble_prologue(head_dim, "$4") + epilogue + "}"
 
 
 def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
