@@ -15,6 +15,9 @@ KV writes, GEMMs, ...): where a configuration's time goes, side by side with bf1
 
 Configs: bf16 (vLLM's own attention, KV in bf16), fp8 (kv_cache_dtype fp8), vllm-tq-4bit-nc and
 vllm-tq-k8v4 (vLLM's built-in TurboQuant), tq-kKvV (the tq plugin, e.g. tq-k4v4).
+``--label NAME`` names the row and its file (a tq config run twice under different
+``TQ_TRITON_TUNING`` launch settings, which reach vLLM's workers through the environment). Each
+JSON records the host and the GPU it ran on: rows from one host were measured on one machine.
 """
 
 from __future__ import annotations
@@ -86,6 +89,11 @@ def measure(args) -> dict:
     (model_dir / "config.json").write_text(json.dumps(LLAMA3_8B_SHAPE, indent=1))
     result = {
         "config": args.config,
+        "label": args.label or args.config,
+        # Which machine and GPU: configurations measured side by side on one host's GPUs.
+        "host": platform.node(),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "tq_triton_tuning": os.environ.get("TQ_TRITON_TUNING"),
         "git_sha": args.git_sha,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "python": platform.python_version(),
@@ -186,17 +194,17 @@ def kernel_times(profiler) -> dict:
 
 
 def table(folder: pathlib.Path) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("vllm-*.json"))]
+    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("**/vllm-*.json"))]
     if not rows:
         return f"no vllm-*.json in {folder}"
-    base = next((r for r in rows if r["config"] == "bf16"), None)
+    base = next((r for r in rows if r.get("label", r["config"]) == "bf16"), None)
     scenarios = [f"{s['input_len']}/{s['output_len']}" for s in (base or rows[0])["scenarios"]]
     head = "| KV | KV tokens | vs bf16 | " + " | ".join(
         f"gen tok/s {s} | vs bf16" for s in scenarios
     )
     lines = [head + " |", "|" + "---|" * (3 + 2 * len(scenarios))]
     for r in rows:
-        cells = [r["config"], f"{r['kv_tokens']:,}"]
+        cells = [r.get("label", r["config"]), f"{r['kv_tokens']:,}"]
         cells.append(f"{r['kv_tokens'] / base['kv_tokens']:.2f}x" if base else "")
         for i, s in enumerate(r["scenarios"]):
             cells.append(f"{s['gen_tok_per_s']:,.0f}")
@@ -204,7 +212,11 @@ def table(folder: pathlib.Path) -> str:
             cells.append(f"{s['gen_tok_per_s'] / ref:.2f}x" if ref else "")
         lines.append("| " + " | ".join(cells) + " |")
     gpu = {r.get("gpu") for r in rows}
-    return "\n".join(lines) + f"\n\nGPU: {', '.join(map(str, gpu))}; vLLM {rows[0]['vllm']}"
+    hosts = {r.get("host") for r in rows}
+    return "\n".join(lines) + (
+        f"\n\nGPU: {', '.join(map(str, gpu))}; vLLM {rows[0]['vllm']}; "
+        f"{len(hosts)} host(s): {', '.join(map(str, sorted(hosts, key=str)))}"
+    )
 
 
 def main() -> None:
@@ -218,6 +230,7 @@ def main() -> None:
     parser.add_argument("--model-dir", default="/tmp/llama3-8b-shape")
     parser.add_argument("--out", default=os.environ.get("OUT", "."))
     parser.add_argument("--git-sha", default="unknown")
+    parser.add_argument("--label", help="the row's name and file name (default: --config)")
     parser.add_argument("--profile", help="one more scenario, INPUTxOUTPUTxREQUESTS, profiled")
     parser.add_argument("--table", type=pathlib.Path, help="print the table of a result folder")
     args = parser.parse_args()
@@ -232,7 +245,7 @@ def main() -> None:
     result = measure(args)
     # A profile-only run (no --scenarios) is kept apart from the throughput table's files.
     kind = "vllm" if args.scenarios else "profile"
-    path = pathlib.Path(args.out) / f"{kind}-{args.config}.json"
+    path = pathlib.Path(args.out) / f"{kind}-{args.label or args.config}.json"
     path.write_text(json.dumps(result, indent=1))
     print(f"wrote {path}", file=sys.stderr)
 

@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
-# The decode kernel on the lent GPU, in one call: the kernel tests that only a GPU runs (inline
-# PTX lookups and prefetch, CUDA-graph capture), the lever sweep against bf16 SDPA, and ncu's
-# stall reasons for the default and one variant at one shape.
+# The decode kernel on the lent GPU, in one call: the Triton op tests compiled for the GPU (with
+# those only a GPU runs: inline PTX lookups and prefetch, CUDA-graph capture), the lever sweep
+# against bf16 (SDPA; FA3 over paged KV when vLLM is staged), and ncu's stall reasons for the
+# default and one variant at one shape.
 #   bash benchmarks/gpu/kernel_gpu.sh COMMIT [NCU_VARIANT_FLAGS]
 # e.g. `bash benchmarks/gpu/kernel_gpu.sh abc1234 "--prefetch 1"`; NCU= skips ncu. Results land
 # in $OUT.
 set -uo pipefail
 sha=${1:?git sha of the measured commit}
-variant=${2:---prefetch 1}
+variant=${2:-${NCU_VARIANT:---prefetch 1}}
 export PYTHONPATH=$(pwd)/packages/tq-core/src
 # With vLLM staged (../shared/GPU.md), the sweep adds its bf16 baseline: FA3 over paged KV.
 if [ -d /tmp/site/vllm ]; then export PYTHONPATH=$PYTHONPATH:/tmp/site; fi
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
 torch.cuda.get_device_name())"
 start=$(date +%s)
-timeout 150 python3 -m pytest -q -p no:cacheprovider packages/tq-core/tests/test_triton_ops.py \
-    -k "prefetch or register_lookup or decode_matches or captures" > "$OUT/kernel-tests.txt" 2>&1
+timeout 220 python3 -m pytest -q -p no:cacheprovider packages/tq-core/tests/test_triton_ops.py \
+    packages/tq-core/tests/test_cuda.py > "$OUT/kernel-tests.txt" 2>&1
 echo "== tests rc=$? $(( $(date +%s) - start )) s"; tail -3 "$OUT/kernel-tests.txt"
 timeout 200 python3 benchmarks/decode_levers.py --out "$OUT/decode-levers" --git-sha "$sha" \
     > "$OUT/levers-log.txt" 2>&1

@@ -525,3 +525,18 @@ def test_both_implementations_refuse_bad_calls_with_one_clear_error(impl, genera
             torch.tensor([0, 9], dtype=torch.int32), batch.seq_lens, batch.layout, 0.1,
             **({"validate": True} if impl is triton_attention else {}),
         )  # fmt: skip
+
+
+def test_tuning_overrides_change_only_the_named_settings():
+    default = triton_attention.TUNING
+    tuned = triton_attention.apply_tuning_overrides(default, " decode.lookup=5, prefill.block_m=64")
+    assert tuned["decode"] == {**default["decode"], "lookup": 5}
+    assert tuned["prefill"] == {**default["prefill"], "block_m": 64}
+    assert triton_attention.apply_tuning_overrides(default, "") == default
+    assert default["prefill"]["block_m"] != 64, "the override must not edit the defaults"
+
+
+@pytest.mark.parametrize("spec", ["decode.lookupp=5", "store.lookup=5", "decode.lookup=five"])
+def test_tuning_overrides_refuse_what_they_cannot_apply(spec):
+    with pytest.raises(TQInputError, match="TQ_TRITON_TUNING"):
+        triton_attention.apply_tuning_overrides(triton_attention.TUNING, spec)

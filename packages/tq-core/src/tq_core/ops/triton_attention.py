@@ -510,6 +510,28 @@ TUNING = {
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
+TUNING_ENV = "TQ_TRITON_TUNING"
+
+
+def apply_tuning_overrides(tuning: dict, spec: str) -> dict:
+    """``tuning`` with ``spec``'s settings, e.g. ``decode.lookup=5,decode.maxnreg=160``: how a
+    benchmark tries a launch setting inside an engine's worker processes, which it reaches only
+    through their environment. Unknown ops or settings are refused, so a typo cannot pass for
+    a measured variant."""
+    tuned = {op: dict(settings) for op, settings in tuning.items()}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, _, value = item.partition("=")
+        op, _, setting = name.strip().partition(".")
+        if op not in tuned or setting not in tuned[op] or not value.strip().lstrip("-").isdigit():
+            raise TQInputError(
+                f"{TUNING_ENV}: {item!r} is not OP.SETTING=INTEGER with OP in {sorted(tuned)} "
+                f"and SETTING one of that op's {sorted(tuned.get(op, {}))}"
+            )
+        tuned[op][setting] = int(value)
+    return tuned
+
+
+TUNING = apply_tuning_overrides(TUNING, os.environ.get(TUNING_ENV, ""))
 
 
 # Triton reads the flag when its modules are imported, and so does this one.
