@@ -37,11 +37,11 @@ mkdir -p "$work"
 if [ -n "$slot" ]; then export VLLM_CACHE_ROOT=/tmp/vllm-cache-gpu$slot; fi
 pack() { if [ -z "$slot" ]; then tar -C "$work" -czf "$OUT/vllm-results.tgz" .; fi; }
 # A run killed by its timeout can leave worker processes holding the GPU's memory: kill what
-# this script started (its processes carry TQ_BENCH_TAG in their environment), nothing else.
+# this script started (its processes carry BENCH_TAG in their environment), nothing else.
 reap() {
   local proc
   for proc in /proc/[0-9]*; do
-    if { tr '\0' '\n' < "$proc/environ"; } 2>/dev/null | grep -qx "TQ_BENCH_TAG=$tag"; then
+    if { tr '\0' '\n' < "$proc/environ"; } 2>/dev/null | grep -qx "BENCH_TAG=$tag"; then
       kill -9 "${proc#/proc/}" 2>/dev/null
     fi
   done
@@ -49,7 +49,7 @@ reap() {
 }
 if [ -n "${TESTS:-}" ]; then
   start=$(date +%s)
-  TQ_BENCH_TAG=$tag timeout "${TESTS_TMO:-400}" python3 -m pytest -q -s -p no:cacheprovider $TESTS \
+  BENCH_TAG=$tag timeout "${TESTS_TMO:-400}" python3 -m pytest -q -s -p no:cacheprovider $TESTS \
       > "$work/tests-gpu.txt" 2>&1
   echo "== tests rc=$? $(( $(date +%s) - start )) s"
   grep -E "passed|failed|KV tokens|greedy equal|Error" "$work/tests-gpu.txt" | cut -c1-300 | tail -12
@@ -59,7 +59,7 @@ for config in "$@"; do
   start=$(date +%s)
   label=$config${LABEL_SUFFIX:-}
   log="$work/log-$label${PROFILE:+-profile}.txt"
-  TQ_BENCH_TAG=$tag timeout "${TMO:-420}" python3 benchmarks/vllm_throughput.py \
+  BENCH_TAG=$tag timeout "${TMO:-420}" python3 benchmarks/vllm_throughput.py \
       --config "$config" --label "$label" --model-dir "/tmp/llama3-8b-shape${slot:+-gpu$slot}" \
       --scenarios "${SCENARIOS-1024x512x256,8192x512x64}" --out "$work" --git-sha "$sha" \
       --tensor-parallel-size "${TP:-1}" ${PROFILE:+--profile "$PROFILE"} > "$log" 2>&1

@@ -21,7 +21,7 @@ NORM_DTYPES = ("float32", "float16")
 # Read elsewhere: the model cache folder (cli) and the kernel choice (ops/__init__.py).
 # Read by other parts of tq, not codec settings: the model cache folder, the kernel choice, and
 # an adapter's key centering (which leaves the page format as it is).
-_NON_CONFIG_ENV = frozenset({"TQ_CACHE_DIR", "TQ_KERNELS", "TQ_CENTER_KEYS"})
+_NON_CONFIG_ENV = frozenset({"TQ_CACHE_DIR", "TQ_KERNELS", "TQ_CENTER_KEYS", "TQ_TRITON_TUNING"})
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
