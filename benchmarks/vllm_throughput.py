@@ -193,16 +193,31 @@ def kernel_times(profiler) -> dict:
     }
 
 
+# vLLM's built-in TurboQuant at the bits of a tq config: the comparison the issue asks for.
+SAME_BITS_BUILT_IN = {"tq-k4v4": "vllm-tq-4bit-nc", "tq-k8v4": "vllm-tq-k8v4"}
+# Table order: the baselines users have, vLLM's TurboQuant, then tq.
+_ROW_ORDER = ("bf16", "fp8", "vllm-tq-", "tq-")
+
+
+def _row_rank(row: dict) -> tuple:
+    label = row.get("label", row["config"])
+    rank = next(i for i, prefix in enumerate((*_ROW_ORDER, "")) if label.startswith(prefix))
+    return rank, label
+
+
 def table(folder: pathlib.Path) -> str:
-    rows = [json.loads(p.read_text()) for p in sorted(folder.glob("**/vllm-*.json"))]
+    rows = [json.loads(p.read_text()) for p in folder.glob("**/vllm-*.json")]
     if not rows:
         return f"no vllm-*.json in {folder}"
-    base = next((r for r in rows if r.get("label", r["config"]) == "bf16"), None)
+    rows.sort(key=_row_rank)
+    by_label = {r.get("label", r["config"]): r for r in rows}
+    base = by_label.get("bf16")
     scenarios = [f"{s['input_len']}/{s['output_len']}" for s in (base or rows[0])["scenarios"]]
     head = "| KV | KV tokens | vs bf16 | " + " | ".join(
         f"gen tok/s {s} | vs bf16" for s in scenarios
     )
-    lines = [head + " |", "|" + "---|" * (3 + 2 * len(scenarios))]
+    head += " | vs vLLM TurboQuant, same bits"
+    lines = [head + " |", "|" + "---|" * (4 + 2 * len(scenarios))]
     for r in rows:
         cells = [r.get("label", r["config"]), f"{r['kv_tokens']:,}"]
         cells.append(f"{r['kv_tokens'] / base['kv_tokens']:.2f}x" if base else "")
@@ -210,6 +225,16 @@ def table(folder: pathlib.Path) -> str:
             cells.append(f"{s['gen_tok_per_s']:,.0f}")
             ref = base["scenarios"][i]["gen_tok_per_s"] if base else None
             cells.append(f"{s['gen_tok_per_s'] / ref:.2f}x" if ref else "")
+        built_in = by_label.get(SAME_BITS_BUILT_IN.get(r["config"], ""))
+        cells.append(
+            " / ".join(
+                f"{mine['gen_tok_per_s'] / theirs['gen_tok_per_s']:.2f}x"
+                for mine, theirs in zip(r["scenarios"], built_in["scenarios"], strict=False)
+            )
+            + f" (vs {built_in['config']})"
+            if built_in
+            else ""
+        )
         lines.append("| " + " | ".join(cells) + " |")
     gpu = {r.get("gpu") for r in rows}
     hosts = {r.get("host") for r in rows}
