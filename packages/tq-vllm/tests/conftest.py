@@ -136,6 +136,14 @@ class Engines:
             "vllm-bf16-kv": {"tq": None, "engine": {"kv_cache_dtype": "bfloat16"}},
             "k8v8": {"tq": [8, 8], **generate},
             "k4v4": {"tq": [4, 4], **generate},
+            # Key centering: the perplexity text is the engine's first request, so its keys
+            # give the layer means, as the whole text's do in tq-hf's single forward.
+            "k4v4-centered": {
+                "tq": [4, 4],
+                "center_keys": True,
+                "perplexity_ids": self.harness,
+                "engine": {"enable_prefix_caching": False},
+            },
             # The long prompt prefilled in 64-token chunks, twice: the second run's first
             # blocks come from the prefix cache. K8V8: at 4 bits, float rounding that differs
             # with the chunk shape flips codes on codebook boundaries and moves the logits by

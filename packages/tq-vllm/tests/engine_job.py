@@ -9,7 +9,8 @@ with what the tests assert on. SPEC keys:
   top tokens each greedy step reports (default 2);
   prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
   whose teacher-forced perplexity comes from ``prompt_logprobs``; logprob_ids: token ids whose
-  per-token log-probabilities (``prompt_logprobs``) are returned as they are.
+  per-token log-probabilities (``prompt_logprobs``) are returned as they are; center_keys:
+  tq's key centering on (``additional_config["tq"]["center_keys"]``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,10 @@ def main(spec: dict) -> dict:
     if spec.get("tq"):
         k_bits, v_bits = spec["tq"]
         engine["attention_backend"] = "CUSTOM"
-        engine["additional_config"] = {"tq": {"k_bits": k_bits, "v_bits": v_bits}}
+        options = {"k_bits": k_bits, "v_bits": v_bits}
+        if spec.get("center_keys"):
+            options["center_keys"] = True
+        engine["additional_config"] = {"tq": options}
     engine.update(spec.get("engine", {}))
     llm = LLM(**engine)
     no_tokenizer = bool(engine.get("skip_tokenizer_init"))

@@ -130,6 +130,31 @@ def test_perplexity_matches_tq_hf(engines, smollm2_hf, harness_ids, config, bits
     assert abs(vllm_tq / tq_hf - 1) < 0.005
 
 
+def test_key_centering_lowers_k4v4_perplexity_as_in_tq_hf(engines, smollm2_hf, harness_ids):
+    """Centered keys (tq-hf's default, opt-in here) through vLLM: the same perplexity as tq-hf's
+    centered TQCache within 0.5%, and lower than plain K4V4's."""
+    from tq_hf import TQCache
+    from tq_hf.eval import perplexity
+
+    _, model = smollm2_hf
+    ids = torch.tensor(harness_ids).unsqueeze(0)
+    try:
+        tq_hf = perplexity(
+            model, [ids], lambda: TQCache(model.config, center_keys=True, k_bits=4, v_bits=4)
+        )
+    finally:
+        model.config._attn_implementation = "sdpa"
+    centered, plain = engines.get("k4v4-centered")["perplexity"], engines.get("k4v4")["perplexity"]
+    own = engines.get("vllm")["perplexity"]
+    print(
+        f"\nK4V4 perplexity: tq-vllm centered {centered:.4f} ({100 * (centered / own - 1):+.2f}% "
+        f"over vLLM's own), plain {plain:.4f} ({100 * (plain / own - 1):+.2f}%); tq-hf centered "
+        f"{tq_hf:.4f} ({100 * (centered / tq_hf - 1):+.3f}%)"
+    )
+    assert abs(centered / tq_hf - 1) < 0.005
+    assert centered < plain
+
+
 @pytest.mark.feature("chunked prefill", "prefix cache")
 def test_chunked_prefill_and_prefix_cache_hit_match_a_cold_run(engines):
     cold = engines.get("k8v8")["generations"][0][-1]  # the long prompt, prefilled in one step

@@ -53,12 +53,16 @@ def test_unsupported_options_fail_with_one_clear_line(monkeypatch):
         settings.config_from_vllm(_vllm_config({"k_bits": 9}), 64)
 
 
-def test_key_centering_is_refused_until_tq_vllm_has_it(monkeypatch):
+def test_key_centering_is_an_engine_option_off_unless_asked(monkeypatch):
+    assert settings.center_keys_from_vllm(_vllm_config({})) is False
     monkeypatch.setenv("TQ_CENTER_KEYS", "1")
-    with pytest.raises(TQConfigError, match="TQ_CENTER_KEYS: key centering is not in tq-vllm"):
-        settings.config_from_vllm(_vllm_config({}), 64)
-    monkeypatch.setenv("TQ_CENTER_KEYS", "0")
-    assert settings.config_from_vllm(_vllm_config({}), 64).k_bits == 4
+    assert settings.center_keys_from_vllm(_vllm_config({})) is True
+    # The JSON wins, and the page format (the TQConfig) does not see the option.
+    assert settings.center_keys_from_vllm(_vllm_config({"center_keys": False})) is False
+    config = settings.config_from_vllm(_vllm_config({"center_keys": True, "k_bits": 4}), 64)
+    assert config.k_bits == 4
+    with pytest.raises(TQConfigError, match="center_keys='maybe'"):
+        settings.center_keys_from_vllm(_vllm_config({"center_keys": "maybe"}))
 
 
 def test_page_size_reaches_vllm_outside_the_config_context():

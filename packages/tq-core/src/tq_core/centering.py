@@ -23,3 +23,37 @@ def key_mean(keys: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Ten
     weight = valid.to(keys.device, torch.float32)[:, None, :, None]
     count = weight.sum(dim=2, keepdim=True).clamp_min(1)
     return ((work * weight).sum(dim=2, keepdim=True) / count).to(keys.dtype)
+
+
+class FirstWriteKeyMean:
+    """A serving engine's key mean for one layer: one mean key per KV head, taken from the first
+    write that stores a real token and fixed from then on, so every key of the layer's cache
+    shares it (prefix-cache hits and recomputed requests included). The shared offset is the
+    model's, not the text's, so one mean serves every request.
+
+    Built for engines that capture CUDA graphs: ``mean`` is allocated once, here, and only ever
+    updated in place, outside capture, so a captured graph reads the current mean at replay. The
+    first real write costs one read of a token count back to the host; until then each eager
+    write does (an engine's warm-up writes store no real token).
+    """
+
+    def __init__(self, num_kv_heads: int, head_dim: int, device: torch.device | str) -> None:
+        self.mean = torch.zeros(num_kv_heads, head_dim, dtype=torch.float32, device=device)
+        self.ready = False
+
+    def center(self, keys: torch.Tensor, written: torch.Tensor) -> torch.Tensor:
+        """``keys`` [tokens, num_kv_heads, head_dim] minus the mean, in keys' dtype; ``written``:
+        bool [tokens], True where the token is stored (an engine's padding and warm-up tokens
+        are not). The first call with a written token sets the mean from those tokens."""
+        if not self.ready and not _capturing(keys):
+            weight = written.to(torch.float32)
+            count = weight.sum()
+            if count.item() > 0:
+                total = (keys.float() * weight[:, None, None]).sum(dim=0)
+                self.mean.copy_(total / count)
+                self.ready = True
+        return (keys.float() - self.mean).to(keys.dtype)
+
+
+def _capturing(tensor: torch.Tensor) -> bool:
+    return tensor.is_cuda and torch.cuda.is_current_stream_capturing()

@@ -29,6 +29,7 @@ from vllm.v1.attention.backend import (
 from vllm.v1.attention.backends.utils import split_decodes_and_prefills
 
 from tq_core import CacheLayout, TQCodec, ops
+from tq_core.centering import FirstWriteKeyMean
 from tq_core.config import SUPPORTED_HEAD_DIMS
 from tq_core.errors import TQConfigError, TQUnsupportedModelError
 from tq_core.layout import REGION_ALIGNMENT
@@ -213,8 +214,16 @@ class TQAttentionImpl(AttentionImpl):
         self.kv_sharing_target_layer_name = kv_sharing_target_layer_name
         self.attn_type = attn_type
         self.kv_cache_dtype = kv_cache_dtype
-        self.config = settings.config_from_vllm(get_current_vllm_config(), head_size)
+        vllm_config = get_current_vllm_config()
+        self.config = settings.config_from_vllm(vllm_config, head_size)
         self.codec = TQCodec.from_config(self.config)
+        # Centered keys shift each query's scores by one constant, which softmax ignores but a
+        # logit soft-cap does not: such layers store plain keys.
+        self.key_centering = None
+        if settings.center_keys_from_vllm(vllm_config) and not self.logits_soft_cap:
+            # Allocated now, outside any CUDA-graph capture; updated in place from then on.
+            device = torch.device(vllm_config.device_config.device_type)
+            self.key_centering = FirstWriteKeyMean(self.num_kv_heads, head_size, device)
         self._layouts: dict[int, CacheLayout] = {}
         per_token = CacheLayout(self.codec, self.num_kv_heads, BLOCK_MULTIPLE)
         logger.info_once(
@@ -251,7 +260,10 @@ class TQAttentionImpl(AttentionImpl):
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         pages, layout = self._layout_for(kv_cache)
         n = slot_mapping.shape[0]
-        ops.store(key[:n], value[:n], pages, slot_mapping, layout)
+        keys = key[:n]
+        if self.key_centering is not None:  # slot -1: padding and warm-up tokens, not stored
+            keys = self.key_centering.center(keys, slot_mapping >= 0)
+        ops.store(keys, value[:n], pages, slot_mapping, layout)
 
     def forward(
         self,

@@ -1,10 +1,11 @@
 """What the user asked tq to do, read inside vLLM: ``additional_config["tq"]`` over ``TQ_*``.
 
 vLLM's ``kv_cache_dtype`` is a closed set of names a plugin cannot extend, so tq settings travel
-as ``--additional-config '{"tq": {"k_bits": 4, "v_bits": 4}}'`` (any ``TQConfig`` field) or as
-``TQ_*`` environment variables; the JSON wins. The attention layers read them while the model is
-built (inside vLLM's config context) and remember the result here, because vLLM asks the
-backend for its page size later, outside that context (``TQAttentionBackend.customize_spec``).
+as ``--additional-config '{"tq": {"k_bits": 4, "v_bits": 4}}'`` (any ``TQConfig`` field, plus
+``center_keys``) or as ``TQ_*`` environment variables; the JSON wins. The attention layers read
+them while the model is built (inside vLLM's config context) and remember the result here,
+because vLLM asks the backend for its page size later, outside that context
+(``TQAttentionBackend.customize_spec``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,12 @@ ADDITIONAL_CONFIG_KEY = "tq"
 PLAIN_KV_CACHE_DTYPES = ("auto", "bfloat16", "float16")
 #: Options the vLLM plugin does not take yet (vLLM sizes every layer's page alike here).
 _NOT_IN_VLLM = ("skip_first_layers", "skip_last_layers", "layer_bits")
+
+#: Key centering (tq_core.centering): an option of the engine, not of the page format.
+CENTER_KEYS_OPTION = "center_keys"
+CENTER_KEYS_ENV = "TQ_CENTER_KEYS"
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
 
 _active: TQConfig | None = None
 
@@ -41,11 +48,7 @@ def config_from_vllm(vllm_config, head_dim: int) -> TQConfig:
             "pages: leave kv_cache_dtype at 'auto' and choose bits in --additional-config "
             '\'{"tq": {"k_bits": 4, "v_bits": 4}}\''
         )
-    if os.environ.get("TQ_CENTER_KEYS", "0").strip().lower() not in ("0", "false", "no", "off"):
-        raise TQConfigError(
-            "TQ_CENTER_KEYS: key centering is not in tq-vllm yet (tq-sglang and tq-hf have it); "
-            "unset it to serve plain TurboQuant"
-        )
+    options = {k: v for k, v in options.items() if k != CENTER_KEYS_OPTION}
     config = TQConfig.from_env(head_dim=head_dim, **options)
     unsupported = [name for name in _NOT_IN_VLLM if getattr(config, name)]
     if unsupported:
@@ -60,6 +63,21 @@ def config_from_vllm(vllm_config, head_dim: int) -> TQConfig:
         )
     _active = config
     return config
+
+
+def center_keys_from_vllm(vllm_config) -> bool:
+    """Key centering: ``additional_config["tq"]["center_keys"]`` over ``TQ_CENTER_KEYS``; off
+    unless asked for, until it has passed the GPU end-to-end test (docs/vllm.md)."""
+    options = dict(getattr(vllm_config, "additional_config", None) or {}).get(
+        ADDITIONAL_CONFIG_KEY, {}
+    )
+    raw = options.get(CENTER_KEYS_OPTION) if isinstance(options, dict) else None
+    if raw is None:
+        raw = os.environ.get(CENTER_KEYS_ENV, "0")
+    text = str(raw).strip().lower()
+    if text not in _TRUE + _FALSE:
+        raise TQConfigError(f"{CENTER_KEYS_OPTION}={raw!r}: use true or false (1 or 0)")
+    return text in _TRUE
 
 
 def active_config() -> TQConfig:

@@ -492,8 +492,10 @@ TUNING = {
     # as 2): compiled for sm_90a, 30% less shared-memory traffic per tile for 14% more
     # instructions and 160 registers; 5 stages K's bytes and V's 16-bit words (pure lookups,
     # the codebook as immediates): about a quarter of 2's shared-memory instructions for 26%
-    # more instructions at 160 registers (static-cost-sm90a-*.json). 4 and 5 are not yet
-    # timed on a GPU. The interpreter always gets 0.
+    # more instructions at 160 registers (static-cost-sm90a-*.json). Timed on an H200: 4 and 5
+    # at 160 registers equal 2 within 1% in the kernel sweep (decode-levers-h200-962fb12); in
+    # vLLM 5 gave +2-3% gen tok/s (vllm-h200-x4), opt-in through TQ_TRITON_TUNING until vLLM's
+    # GPU end-to-end test passes under it. The interpreter always gets 0.
     # maxnreg 128: four programs per multiprocessor instead of three (160 registers), 8-14%
     # faster decode at 8-128 x 16-32K on an H100 (decode-levers-h100-b70155a.json).
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
