@@ -69,6 +69,9 @@ def gpu_jobs(tmp_path_factory) -> dict:
         "vllm": run_engine({**cold, "tq": None}),
         "k8v8": run_engine({**cold, "tq": [8, 8]}),
         "k4v4": run_engine({**cold, "tq": [4, 4]}),
+        # Key centering: the mean is set by the first prefill (eager) and read by the decode
+        # graphs captured before it, at replay.
+        "k8v8-centered": run_engine({**cold, "tq": [8, 8], "center_keys": True}),
         # The long prompt in 64-token chunks, twice: the second run reads its first blocks
         # from the prefix cache (pages the first run wrote).
         "k8v8-chunked": run_engine(
@@ -97,7 +100,14 @@ def _assert_same_or_near_tie(reference: list[dict], got: list[dict], label: str)
     return identical
 
 
-@pytest.mark.parametrize("config", ["k8v8", "k4v4", "k8v8-chunked"])
+def _logprob_distance(gpu_jobs: dict, config: str) -> float:
+    """Mean |log-probability - bf16 KV's| over the long prompt's teacher-forced tokens."""
+    reference, got = gpu_jobs["vllm"]["token_logprobs"], gpu_jobs[config]["token_logprobs"]
+    deltas = [abs(a - b) for a, b in zip(reference, got, strict=True)]
+    return sum(deltas) / len(deltas)
+
+
+@pytest.mark.parametrize("config", ["k8v8", "k4v4", "k8v8-chunked", "k8v8-centered"])
 def test_tq_serves_every_layer_inside_cuda_graphs(gpu_jobs, config):
     job = gpu_jobs[config]
     # tq's builder declares uniform single-token decode batches capturable: vLLM keeps full
@@ -141,16 +151,25 @@ def test_k8v8_log_probabilities_track_bf16_kv(gpu_jobs):
     small fraction of K4V4's (8-bit codes carry ~16x less error than 4-bit ones); a wrong
     page, scale or softmax would put K8V8 as far off as K4V4 or farther."""
 
-    def distance(config: str) -> float:
-        reference, got = gpu_jobs["vllm"]["token_logprobs"], gpu_jobs[config]["token_logprobs"]
-        pairs = zip(reference, got, strict=True)
-        deltas = [abs(a - b) for a, b in pairs]
-        return sum(deltas) / len(deltas)
-
-    k8v8, k4v4 = distance("k8v8"), distance("k4v4")
+    k8v8, k4v4 = _logprob_distance(gpu_jobs, "k8v8"), _logprob_distance(gpu_jobs, "k4v4")
     tokens = LONG_PROMPT_TOKENS - 1
     print(f"\nmean |log-prob - bf16 KV| over {tokens} tokens: K8V8 {k8v8:.4f}, K4V4 {k4v4:.4f}")
     assert k8v8 < 0.25 * k4v4
+
+
+def test_centered_keys_serve_as_plain_ones_inside_cuda_graphs(gpu_jobs):
+    """Centering leaves attention unchanged, so centered K8V8 meets plain K8V8's checks: greedy
+    tokens part from bf16 KV only at near-ties, and its teacher-forced distance stays a small
+    fraction of K4V4's. A decode graph reading a stale or zeroed mean would store its keys
+    shifted against the prompt's and part at clear leads."""
+    reference = gpu_jobs["vllm"]["generations"][0]
+    got = gpu_jobs["k8v8-centered"]["generations"][0]
+    identical = _assert_same_or_near_tie(reference, got, "K8V8 centered")
+    print(f"\nK8V8 centered greedy equal to bf16 KV for {identical}/{len(reference)} prompts")
+    centered = _logprob_distance(gpu_jobs, "k8v8-centered")
+    k4v4 = _logprob_distance(gpu_jobs, "k4v4")
+    print(f"mean |log-prob - bf16 KV|: K8V8 centered {centered:.4f}, K4V4 {k4v4:.4f}")
+    assert centered < 0.25 * k4v4
 
 
 def test_chunked_prefill_and_prefix_cache_hit_match_a_cold_run(gpu_jobs):
