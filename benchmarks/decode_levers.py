@@ -54,10 +54,19 @@ VARIANTS = [
     ("K bytes + V words staged, 160 registers", {"lookup": 5, "maxnreg": 160}, 1.0),
     ("K bytes + V words staged, 128 registers", {"lookup": 5}, 1.0),
 ]
+# 8-bit fields read their 256-entry table through L1 and spill at the 128-register cap
+# (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; 1,777 and no spill uncapped at 224
+# registers): the cap traded against occupancy (`--bits 8x4`).
+WIDE_FIELD_VARIANTS = [
+    ("default", {}, 1.0),
+    ("160 registers", {"maxnreg": 160}, 1.0),
+    ("192 registers", {"maxnreg": 192}, 1.0),
+    ("no register cap", {"maxnreg": 0}, 1.0),
+]
 
 
-def _setup(batch: int, context: int):
-    return kernels.decode_inputs("llama3-8b", batch, context, (4, 4))
+def _setup(batch: int, context: int, bits: tuple[int, int] = (4, 4)):
+    return kernels.decode_inputs("llama3-8b", batch, context, bits)
 
 
 def _run(layout, caches, block_table, seq_lens, queries, out, i, splits):
@@ -72,15 +81,19 @@ def _default_splits(layout, batch, block_table) -> int:
     return triton_attention._split_count(batch, layout, max_tokens, torch.device("cuda"))
 
 
-def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
-    layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context)
+def lever_rows(
+    batch: int, context: int, copy_gbps: float, bits: tuple[int, int] = (4, 4)
+) -> list[dict]:
+    layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context, bits)
+    label = f"tq K{bits[0]}V{bits[1]}"
+    variants = VARIANTS if bits == (4, 4) else WIDE_FIELD_VARIANTS
     out = torch.empty_like(queries[0])
     default = dict(triton_attention.TUNING["decode"])
     _run(layout, caches, block_table, seq_lens, queries, out, 0, None)
     expected = out.float().clone()
     base = {"op": "decode", "model": "llama3-8b", "batch": batch, "context": context}
     rows = []
-    for name, overrides, factor in VARIANTS:
+    for name, overrides, factor in variants:
         triton_attention.TUNING["decode"] = {**default, **overrides}
         # The split count the variant's own TUNING picks, times the factor.
         base_splits = _default_splits(layout, batch, block_table)
@@ -96,12 +109,12 @@ def lever_rows(batch: int, context: int, copy_gbps: float) -> list[dict]:
             ms, how = kernels.time_calls(calls)
         except Exception as failure:  # a setting that fails to compile is reported, not fatal
             print(f"  {name}: {type(failure).__name__} {str(failure)[:120]}", flush=True)
-            rows.append({**base, "impl": f"tq K4V4 {name}", "error": str(failure)[:300]})
+            rows.append({**base, "impl": f"{label} {name}", "error": str(failure)[:300]})
             continue
         finally:
             triton_attention.TUNING["decode"] = default
         row = {
-            **base, "impl": f"tq K4V4 {name}", "bits": "K4V4", "ms": ms, "timing": how,
+            **base, "impl": f"{label} {name}", "bits": label[3:], "ms": ms, "timing": how,
             "bytes": packed, "splits": splits, "tuning": {**default, **overrides},
             "max_abs_diff_vs_default": error,
         }  # fmt: skip
@@ -134,6 +147,9 @@ def main() -> None:
     parser.add_argument("--out", help="path prefix for .json and .md")
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
     parser.add_argument("--shapes", help="comma list of BATCHxCONTEXT (default: four shapes)")
+    parser.add_argument(
+        "--bits", default="4x4", help="KxV, e.g. 8x4: other than 4x4, the register-cap sweep"
+    )
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
@@ -142,6 +158,7 @@ def main() -> None:
     if args.ncu_target:
         ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch)
         return
+    bits = tuple(int(part) for part in args.bits.split("x"))
     shapes = SHAPES
     if args.shapes:
         shapes = [tuple(int(p) for p in s.split("x")) for s in args.shapes.split(",")]
@@ -154,7 +171,7 @@ def main() -> None:
     rows = []
     for batch, context in shapes:
         print(f"decode {batch} x {context}", flush=True)
-        rows += lever_rows(batch, context, copy_gbps)
+        rows += lever_rows(batch, context, copy_gbps, bits)
         torch.cuda.empty_cache()
     env["seconds"] = round(time.time() - started, 1)
     result = {"environment": env, "copy_gbps": copy_gbps, "suite": "levers", "rows": rows}

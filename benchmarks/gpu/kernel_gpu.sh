@@ -21,6 +21,12 @@ echo "== tests rc=$? $(( $(date +%s) - start )) s"; tail -3 "$OUT/kernel-tests.t
 timeout 200 python3 benchmarks/decode_levers.py --out "$OUT/decode-levers" --git-sha "$sha" \
     > "$OUT/levers-log.txt" 2>&1
 echo "== levers rc=$? $(( $(date +%s) - start )) s"
+# WIDE=1: the register-cap sweep of K8V4, whose 8-bit keys spill at the default cap.
+if [ -n "${WIDE:-}" ]; then
+  timeout 150 python3 benchmarks/decode_levers.py --bits 8x4 --shapes 8x16384,32x16384,32x32768 \
+      --out "$OUT/decode-levers-k8v4" --git-sha "$sha" > "$OUT/levers-k8v4-log.txt" 2>&1
+  echo "== K8V4 levers rc=$? $(( $(date +%s) - start )) s"
+fi
 stalls=$(printf 'smsp__average_warps_issue_stalled_%s_per_issue_active.ratio,' barrier \
     long_scoreboard short_scoreboard wait math_pipe_throttle mio_throttle not_selected \
     selected lg_throttle dispatch_stall)
