@@ -17,10 +17,10 @@ UNCOMPRESSED_BITS = 16
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 NORM_DTYPES = ("float32", "float16")
 
-# Environment variables that are not codec settings but share the prefix.
-# Read elsewhere: the model cache folder (cli) and the kernel choice (ops/__init__.py).
-# Read by other parts of tq, not codec settings: the model cache folder, the kernel choice, and
-# an adapter's key centering (which leaves the page format as it is).
+# Environment variables that share the prefix but are not codec settings, read by other parts
+# of tq: the model cache folder (cli), the kernel choice (ops/__init__.py), an adapter's key
+# centering (which leaves the page format as it is) and the Triton kernels' launch settings
+# (ops/triton_attention.py).
 _NON_CONFIG_ENV = frozenset({"TQ_CACHE_DIR", "TQ_KERNELS", "TQ_CENTER_KEYS", "TQ_TRITON_TUNING"})
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
