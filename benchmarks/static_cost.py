@@ -142,7 +142,8 @@ def main() -> None:
                 default["block_n"],
                 default["num_warps"],
                 default["lookup"],
-                default["maxnreg"],
+                # The cap the launches use: fields wider than 4 bits go uncapped.
+                default["maxnreg"] if bits == 4 else default["wide_maxnreg"] or None,
                 default["prefetch"],
             )
             for bits in (4, 8)

@@ -540,3 +540,19 @@ def test_tuning_overrides_change_only_the_named_settings():
 def test_tuning_overrides_refuse_what_they_cannot_apply(spec):
     with pytest.raises(TQInputError, match="TQ_TRITON_TUNING"):
         triton_attention.apply_tuning_overrides(triton_attention.TUNING, spec)
+
+
+@pytest.mark.parametrize(
+    "k_bits, v_bits, capped",
+    [(4, 4, True), (3, 3, True), (16, 4, True), (8, 4, False), (4, 8, False), (6, 4, False)],
+)
+def test_register_cap_lifts_for_fields_wider_than_4_bits(k_bits, v_bits, capped):
+    from tq_core import CacheLayout
+
+    layout = CacheLayout(TQCodec(128, k_bits, v_bits), num_kv_heads=8, block_size=16)
+    tuning = {"maxnreg": 128, "wide_maxnreg": 0}
+    expected = {"maxnreg": 128} if capped else {}
+    assert triton_attention._register_cap(tuning, layout) == expected
+    assert triton_attention._register_cap({**tuning, "wide_maxnreg": 192}, layout) == (
+        expected or {"maxnreg": 192}
+    )

@@ -501,12 +501,17 @@ TUNING = {
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
     # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
     # at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
+    # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
+    # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
+    # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
+    # bit-identical output (decode-levers-k*-h200-wide-494886a).
     "decode": {
         "block_n": 128,
         "num_warps": 4,
         "num_stages": 1,
         "lookup": 2,
         "maxnreg": 128,
+        "wide_maxnreg": 0,
         "prefetch": 1,
         "programs_per_sm": 8,
     },
@@ -545,6 +550,16 @@ def _lookup(tuning: dict) -> int:
     return 0 if _INTERPRETED else tuning["lookup"]
 
 
+def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
+    """The launch's ``maxnreg``, if any: ``wide_maxnreg`` when a field has more than 4 bits (its
+    table lookups need the registers), else ``maxnreg``; 0 or absent means no cap."""
+    wide = any(
+        fmt.compressed and fmt.mse_bits > 4 for fmt in (layout.key_format, layout.value_format)
+    )
+    cap = tuning.get("wide_maxnreg" if wide else "maxnreg")
+    return {"maxnreg": cap} if cap else {}
+
+
 def _prefetch(tuning: dict) -> int:
     """The prefetch to compile: inline PTX, which Triton's interpreter cannot run."""
     return 0 if _INTERPRETED else tuning.get("prefetch", 0)
@@ -563,7 +578,7 @@ def _launch(
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
     inv_sqrt_d = layout.head_dim**-0.5
     lookup = _lookup(tuning)
-    limits = {"maxnreg": tuning["maxnreg"]} if tuning.get("maxnreg") else {}
+    limits = _register_cap(tuning, layout)
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
     _attention_kernel[grid](
