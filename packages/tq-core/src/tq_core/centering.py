@@ -45,13 +45,10 @@ class FirstWriteKeyMean:
         """``keys`` [tokens, num_kv_heads, head_dim] minus the mean, in keys' dtype; ``written``:
         bool [tokens], True where the token is stored (an engine's padding and warm-up tokens
         are not). The first call with a written token sets the mean from those tokens."""
-        if not self.ready and not _capturing(keys):
-            weight = written.to(torch.float32)
-            count = weight.sum()
-            if count.item() > 0:
-                total = (keys.float() * weight[:, None, None]).sum(dim=0)
-                self.mean.copy_(total / count)
-                self.ready = True
+        if not self.ready and not _capturing(keys) and written.any().item():
+            # key_mean's [B, heads, tokens, head_dim] view of these rows, kept in float32.
+            self.mean.copy_(key_mean(keys.float().transpose(0, 1)[None], written[None])[0, :, 0])
+            self.ready = True
         return (keys.float() - self.mean).to(keys.dtype)
 
 
