@@ -94,6 +94,12 @@ def _nibbles(word: int) -> list[int]:
     return [(word >> (4 * k)) & 15 for k in range(8)]
 
 
+def _formatted(asm: str) -> str:
+    """The asm, once no template field is left unformatted in it."""
+    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    return asm
+
+
 def _halves(*registers: int) -> list[int]:
     return [half for r in registers for half in (r & 0xFFFF, r >> 16)]
 
@@ -115,8 +121,7 @@ def test_pair_asm_gives_the_codebook_for_both_nibbles_of_every_byte(head_dim):
 @pytest.mark.parametrize("high", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_single_nibble_asm_gives_the_codebook(head_dim, high):
-    asm = triton_layout.nibble_asm(head_dim, high=high)
-    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    asm = _formatted(triton_layout.nibble_asm(head_dim, high=high))
     codebook = _fp16_bits(head_dim)
     for word in _words():
         out = run_ptx(asm, {"$2": word})
@@ -127,8 +132,7 @@ def test_single_nibble_asm_gives_the_codebook(head_dim, high):
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_pure_pair_asm_with_immediates_gives_the_codebook(head_dim):
     """Lookup 5's K lookup: both nibbles of 4 bytes, the codebook as immediates."""
-    asm = triton_layout.nibble_group_asm(head_dim, quads=False)
-    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    asm = _formatted(triton_layout.nibble_group_asm(head_dim, quads=False))
     codebook = _fp16_bits(head_dim)
     for word in _words():
         out = run_ptx(asm, {"$4": word})
@@ -141,8 +145,7 @@ def test_pure_pair_asm_with_immediates_gives_the_codebook(head_dim):
 def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim):
     """Lookup 5's V lookup: $4 holds two 16-bit words (dimensions 4j .. 4j + 3 each); output p
     is the centroid of nibble p of the low word and of the high word."""
-    asm = triton_layout.nibble_group_asm(head_dim, quads=True)
-    assert not re.search(r"\{[a-z0-9_]+(:[^}]*)?\}", asm), "unformatted template field"
+    asm = _formatted(triton_layout.nibble_group_asm(head_dim, quads=True))
     codebook = _fp16_bits(head_dim)
     for word in _words():
         out = run_ptx(asm, {"$4": word})
