@@ -39,20 +39,20 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
     ("table", {"lookup": 0}, 1.0),
-    ("prmt (default)", {}, 1.0),
-    ("prmt, no prefetch", {"prefetch": 0}, 1.0),
-    ("prmt, prefetch L1", {"prefetch": 2}, 1.0),
-    ("prmt, splits for 4 programs/SM", {"programs_per_sm": 4}, 1.0),
-    ("prmt, splits x2", {}, 2.0),
-    ("prmt, splits x0.5", {}, 0.5),
-    ("prmt, 168 registers", {"maxnreg": 168}, 1.0),
-    ("prmt, 2 stages", {"num_stages": 2}, 1.0),
-    # K's packed bytes, not its fp16 tile, through shared memory (lookup 4; V as prmt).
-    ("K bytes staged, 160 registers", {"lookup": 4, "maxnreg": 160}, 1.0),
-    ("K bytes staged, 128 registers", {"lookup": 4}, 1.0),
-    # Both: K's bytes and V's 16-bit words staged, pure lookups with immediates (lookup 5).
-    ("K bytes + V words staged, 160 registers", {"lookup": 5, "maxnreg": 160}, 1.0),
-    ("K bytes + V words staged, 128 registers", {"lookup": 5}, 1.0),
+    # The default: K's packed bytes and V's 16-bit words staged for tl.dot, pure lookups with
+    # the codebook as immediates (lookup 5), 160 registers.
+    ("default (lookup 5)", {}, 1.0),
+    ("lookup 5, no prefetch", {"prefetch": 0}, 1.0),
+    ("lookup 5, splits for 4 programs/SM", {"programs_per_sm": 4}, 1.0),
+    ("lookup 5, splits x2", {}, 2.0),
+    ("lookup 5, splits x0.5", {}, 0.5),
+    ("lookup 5, 128 registers", {"maxnreg": 128}, 1.0),
+    # The fp16 tiles staged, magnitudes permuted from registers (lookup 2, default until
+    # 2026-11-29) at the 128 registers it ran best at.
+    ("prmt, fp16 tiles staged, 128 registers", {"lookup": 2, "maxnreg": 128}, 1.0),
+    ("prmt, fp16 tiles staged, 160 registers", {"lookup": 2}, 1.0),
+    # K's packed bytes only (lookup 4; V as prmt).
+    ("K bytes staged, 160 registers", {"lookup": 4}, 1.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

@@ -2,7 +2,7 @@
 # tq-vllm on the lent GPU: vLLM 0.26.0 (staged per ../shared/GPU.md into /tmp/site) with the tq
 # plugin from this checkout; one fresh engine per KV configuration.
 #   bash benchmarks/gpu/vllm_gpu.sh COMMIT CONFIG...   (configs: see benchmarks/vllm_throughput.py)
-# SCENARIOS (default 1024x512x256,8192x512x64; empty for none), TMO (seconds per config,
+# SCENARIOS (default: vllm_throughput.py's, enough requests to fill the cache; empty for none), TMO (seconds per config,
 # default 420) and TP (tensor-parallel size, default 1) apply; PROFILE=INPUTxOUTPUTxREQUESTS
 # adds a profiled scenario (kernel times per group; with SCENARIOS= empty, a profile-only engine);
 # TESTS=PYTEST_PATHS runs those tests first (e.g. the tensor-parallel file on two GPUs). Logs and JSON go to a work folder packed into
@@ -61,7 +61,7 @@ for config in "$@"; do
   log="$work/log-$label${PROFILE:+-profile}.txt"
   BENCH_TAG=$tag timeout "${TMO:-420}" python3 benchmarks/vllm_throughput.py \
       --config "$config" --label "$label" --model-dir "/tmp/llama3-8b-shape${slot:+-gpu$slot}" \
-      --scenarios "${SCENARIOS-1024x512x256,8192x512x64}" --out "$work" --git-sha "$sha" \
+      ${SCENARIOS+--scenarios "$SCENARIOS"} --out "$work" --git-sha "$sha" \
       --tensor-parallel-size "${TP:-1}" ${PROFILE:+--profile "$PROFILE"} > "$log" 2>&1
   echo "== ${slot:+gpu$slot }$label rc=$? $(( $(date +%s) - start )) s"
   grep -E "ENGINE|SCENARIO|LAYERS|tq-vllm:|CUDAGraphMode|cudagraph|Graph capturing finished|Error|error" \

@@ -546,13 +546,19 @@ def test_tuning_overrides_refuse_what_they_cannot_apply(spec):
     "k_bits, v_bits, capped",
     [(4, 4, True), (3, 3, True), (16, 4, True), (8, 4, False), (4, 8, False), (6, 4, False)],
 )
-def test_register_cap_lifts_for_fields_wider_than_4_bits(k_bits, v_bits, capped):
+def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped, monkeypatch):
+    """Fields wider than 4 bits launch uncapped and with ``wide_lookup`` (the lookup timed on
+    them); the rest with ``maxnreg`` and ``lookup``; the interpreter always compiles lookup 0."""
     from tq_core import CacheLayout
 
     layout = CacheLayout(TQCodec(128, k_bits, v_bits), num_kv_heads=8, block_size=16)
-    tuning = {"maxnreg": 128, "wide_maxnreg": 0}
-    expected = {"maxnreg": 128} if capped else {}
+    tuning = {"maxnreg": 160, "wide_maxnreg": 0, "lookup": 5, "wide_lookup": 2}
+    expected = {"maxnreg": 160} if capped else {}
     assert triton_attention._register_cap(tuning, layout) == expected
     assert triton_attention._register_cap({**tuning, "wide_maxnreg": 192}, layout) == (
         expected or {"maxnreg": 192}
     )
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
+    assert triton_attention._lookup(tuning, layout) == (5 if capped else 2)
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
+    assert triton_attention._lookup(tuning, layout) == 0

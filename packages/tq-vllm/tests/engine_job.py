@@ -10,7 +10,7 @@ with what the tests assert on. SPEC keys:
   prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
   whose teacher-forced perplexity comes from ``prompt_logprobs``; logprob_ids: token ids whose
   per-token log-probabilities (``prompt_logprobs``) are returned as they are; center_keys:
-  tq's key centering on (``additional_config["tq"]["center_keys"]``).
+  tq's key centering (``additional_config["tq"]["center_keys"]``; absent: tq-vllm's default, on).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ def main(spec: dict) -> dict:
         k_bits, v_bits = spec["tq"]
         engine["attention_backend"] = "CUSTOM"
         options = {"k_bits": k_bits, "v_bits": v_bits}
-        if spec.get("center_keys"):
-            options["center_keys"] = True
+        if "center_keys" in spec:  # else tq-vllm's default (on)
+            options["center_keys"] = spec["center_keys"]
         engine["additional_config"] = {"tq": options}
     engine.update(spec.get("engine", {}))
     llm = LLM(**engine)

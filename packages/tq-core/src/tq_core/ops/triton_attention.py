@@ -487,17 +487,18 @@ TUNING = {
     # compiler's register report: more stages only add registers to these gather-bound loops.
     # lookup: how 4-bit codes become centroids. 0 reads a table through L1 (any device, the
     # interpreter included); 2 permutes bytes of magnitudes held in registers (GPU: 1.5x faster
-    # decode, benchmarks/results/decode-levers-*.json); 3 is 2 with the packed bytes staged
-    # for tl.dot instead of the fp16 values (slower: registers); 4 stages K's bytes only (V
-    # as 2): compiled for sm_90a, 30% less shared-memory traffic per tile for 14% more
-    # instructions and 160 registers; 5 stages K's bytes and V's 16-bit words (pure lookups,
-    # the codebook as immediates): about a quarter of 2's shared-memory instructions for 26%
-    # more instructions at 160 registers (static-cost-sm90a-*.json). Timed on an H200: 4 and 5
-    # at 160 registers equal 2 within 1% in the kernel sweep (decode-levers-h200-962fb12); in
-    # vLLM 5 gave +2-3% gen tok/s (vllm-h200-x4), opt-in through TQ_TRITON_TUNING until vLLM's
-    # GPU end-to-end test passes under it. The interpreter always gets 0.
-    # maxnreg 128: four programs per multiprocessor instead of three (160 registers), 8-14%
-    # faster decode at 8-128 x 16-32K on an H100 (decode-levers-h100-b70155a.json).
+    # decode than 0, benchmarks/results/decode-levers-*.json); 3 is 2 with the packed bytes
+    # staged for tl.dot instead of the fp16 values (slower: registers); 4 stages K's bytes only
+    # (V as 2); 5 stages K's bytes and V's 16-bit words (pure lookups, the codebook as
+    # immediates): about a quarter of 2's shared-memory instructions for 26% more instructions,
+    # at 160 registers without spills (static-cost-sm90a-*.json). Timed on an H200: 4 and 5 at
+    # 160 registers equal 2 at 128 within 1% in the kernel sweep (decode-levers-h200-962fb12),
+    # and in vLLM 5 gave +2-3% gen tok/s in two calls (vllm-h200-x4), so 5 at 160 registers is
+    # the default where every field has at most 4 bits. Wider layouts keep 2 (wide_lookup):
+    # 5 was never timed on them. The interpreter always gets 0.
+    # maxnreg: 160 is what lookup 5 needs without spilling; lookup 2 ran best at 128 (four
+    # programs per multiprocessor instead of three, 8-14% at 8-128 x 16-32K on an H100,
+    # decode-levers-h100-b70155a.json).
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
     # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
     # at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
@@ -509,8 +510,9 @@ TUNING = {
         "block_n": 128,
         "num_warps": 4,
         "num_stages": 1,
-        "lookup": 2,
-        "maxnreg": 128,
+        "lookup": 5,
+        "maxnreg": 160,
+        "wide_lookup": 2,
         "wide_maxnreg": 0,
         "prefetch": 1,
         "programs_per_sm": 8,
@@ -545,18 +547,27 @@ TUNING = apply_tuning_overrides(TUNING, os.environ.get(TUNING_ENV, ""))
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _lookup(tuning: dict) -> int:
-    """The lookup to compile: inline PTX (2, 3) cannot run in Triton's interpreter."""
-    return 0 if _INTERPRETED else tuning["lookup"]
+def _has_wide_field(layout: CacheLayout) -> bool:
+    """A compressed field wider than 4 bits: its centroids come from a table through L1, so it
+    launches with the ``wide_*`` settings."""
+    return any(
+        fmt.compressed and fmt.mse_bits > 4 for fmt in (layout.key_format, layout.value_format)
+    )
+
+
+def _lookup(tuning: dict, layout: CacheLayout) -> int:
+    """The lookup to compile: inline PTX (2-5) cannot run in Triton's interpreter."""
+    if _INTERPRETED:
+        return 0
+    return (
+        tuning.get("wide_lookup", tuning["lookup"]) if _has_wide_field(layout) else tuning["lookup"]
+    )
 
 
 def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
     """The launch's ``maxnreg``, if any: ``wide_maxnreg`` when a field has more than 4 bits (its
     table lookups need the registers), else ``maxnreg``; 0 or absent means no cap."""
-    wide = any(
-        fmt.compressed and fmt.mse_bits > 4 for fmt in (layout.key_format, layout.value_format)
-    )
-    cap = tuning.get("wide_maxnreg" if wide else "maxnreg")
+    cap = tuning.get("wide_maxnreg" if _has_wide_field(layout) else "maxnreg")
     return {"maxnreg": cap} if cap else {}
 
 
@@ -577,7 +588,7 @@ def _launch(
     workspace = _workspace(device, max(1, partials * (layout.head_dim + 2)))
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
     inv_sqrt_d = layout.head_dim**-0.5
-    lookup = _lookup(tuning)
+    lookup = _lookup(tuning, layout)
     limits = _register_cap(tuning, layout)
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
