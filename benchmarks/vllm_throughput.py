@@ -215,6 +215,10 @@ def _row_rank(row: dict) -> tuple:
     return rank, label
 
 
+def _scenario_key(scenario: dict) -> tuple:
+    return scenario["input_len"], scenario["output_len"], scenario["requests"]
+
+
 def table(folder: pathlib.Path) -> str:
     rows = [json.loads(p.read_text()) for p in folder.glob("**/vllm-*.json")]
     if not rows:
@@ -222,32 +226,30 @@ def table(folder: pathlib.Path) -> str:
     rows.sort(key=_row_rank)
     by_label = {r.get("label", r["config"]): r for r in rows}
     base = by_label.get("bf16")
-    scenarios = [
-        f"{s['input_len']}/{s['output_len']} x{s['requests']}"
-        for s in (base or rows[0])["scenarios"]
-    ]
+    # Columns: bf16's scenarios (else the first row's); a row that ran fewer leaves cells empty.
+    columns = [_scenario_key(s) for s in (base or rows[0])["scenarios"]]
     head = "| KV | KV tokens | vs bf16 | " + " | ".join(
-        f"gen tok/s {s} | vs bf16" for s in scenarios
+        f"gen tok/s {i}/{o} x{n} | vs bf16" for i, o, n in columns
     )
     head += " | vs vLLM TurboQuant, same bits"
-    lines = [head + " |", "|" + "---|" * (4 + 2 * len(scenarios))]
+    lines = [head + " |", "|" + "---|" * (4 + 2 * len(columns))]
+
+    def rates(row: dict | None) -> list:
+        found = {_scenario_key(s): s["gen_tok_per_s"] for s in (row or {}).get("scenarios", [])}
+        return [found.get(key) for key in columns]
+
     for r in rows:
         cells = [r.get("label", r["config"]), f"{r['kv_tokens']:,}"]
         cells.append(f"{r['kv_tokens'] / base['kv_tokens']:.2f}x" if base else "")
-        for i, s in enumerate(r["scenarios"]):
-            cells.append(f"{s['gen_tok_per_s']:,.0f}")
-            ref = base["scenarios"][i]["gen_tok_per_s"] if base else None
-            cells.append(f"{s['gen_tok_per_s'] / ref:.2f}x" if ref else "")
+        for mine, ref in zip(rates(r), rates(base), strict=True):
+            cells.append(f"{mine:,.0f}" if mine else "")
+            cells.append(f"{mine / ref:.2f}x" if mine and ref else "")
         built_in = by_label.get(SAME_BITS_BUILT_IN.get(r["config"], ""))
-        cells.append(
-            " / ".join(
-                f"{mine['gen_tok_per_s'] / theirs['gen_tok_per_s']:.2f}x"
-                for mine, theirs in zip(r["scenarios"], built_in["scenarios"], strict=False)
-            )
-            + f" (vs {built_in['config']})"
-            if built_in
-            else ""
-        )
+        ratios = [
+            f"{mine / theirs:.2f}x" if mine and theirs else "-"
+            for mine, theirs in zip(rates(r), rates(built_in), strict=True)
+        ]
+        cells.append(f"{' / '.join(ratios)} (vs {built_in['config']})" if built_in else "")
         lines.append("| " + " | ".join(cells) + " |")
     gpu = {r.get("gpu") for r in rows}
     hosts = {r.get("host") for r in rows}
