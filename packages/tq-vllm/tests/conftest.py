@@ -27,6 +27,7 @@ GREEDY_TOKENS = 32
 BACKEND_IMPL = "tq_vllm.backend.TQAttentionImpl"
 LONG_PROMPT_TOKENS = 400  # > 3 CPU blocks of 128: chunked prefill and prefix-cache hits
 PERPLEXITY_TOKENS = 512
+PREEMPTION_PROMPT_TOKENS = 120  # a block of 128 holds the prompt, not 32 more tokens
 
 
 @pytest.fixture(scope="session")
@@ -160,6 +161,26 @@ class Engines:
                     "enable_prefix_caching": True,
                     "enable_chunked_prefill": True,
                     "max_num_batched_tokens": 64,
+                },
+            },
+            # Preemption: four prompts of 120 tokens, each alone in a KV cache of 6 blocks of
+            # 128 tokens, then together: each needs a second block 8 tokens in, 2 blocks are
+            # free, so vLLM preempts requests (freeing their pages) and recomputes them later.
+            "k8v8-preempted": {
+                "tq": [8, 8],
+                "prompt_ids": [
+                    self.harness[i * PREEMPTION_PROMPT_TOKENS : (i + 1) * PREEMPTION_PROMPT_TOKENS]
+                    for i in range(4)
+                ],
+                "max_tokens": GREEDY_TOKENS,
+                "solo_first": True,
+                "metrics": True,
+                "engine": {
+                    "enable_prefix_caching": False,
+                    "num_gpu_blocks_override": 6,
+                    "block_size": 128,
+                    "max_model_len": 512,
+                    "disable_log_stats": False,
                 },
             },
             # Speculative decoding (n-gram drafts from the prompt, no draft model): vLLM verifies

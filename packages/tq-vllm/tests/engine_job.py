@@ -5,7 +5,8 @@ processes and keeps global state; this script prints one JSON object (after the 
 with what the tests assert on. SPEC keys:
   model: the SmolLM2 folder; tq: [k_bits, v_bits] or null (vLLM's own attention, KV in
   ``kv_cache_dtype``); engine: extra ``LLM(...)`` keywords; prompts: greedy-decoded texts;
-  max_tokens; repeat: decode the prompts a second time (prefix-cache hits); logprobs: how many
+  max_tokens; repeat: decode the prompts a second time (prefix-cache hits); solo_first: decode
+  each prompt alone first, then all together (generations[0] and [1]); logprobs: how many
   top tokens each greedy step reports (default 2);
   prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
   whose teacher-forced perplexity comes from ``prompt_logprobs``; logprob_ids: token ids whose
@@ -61,10 +62,16 @@ def main(spec: dict) -> dict:
     prompts = list(spec.get("prompts", []))
     prompts += [{"prompt_token_ids": ids} for ids in spec.get("prompt_ids", [])]
     if prompts:
-        runs = 2 if spec.get("repeat") else 1
+        # solo_first: each prompt alone first (generations[0]), then all together.
+        batches = [[p] for p in prompts] if spec.get("solo_first") else [prompts]
+        runs = 2 if spec.get("repeat") or spec.get("solo_first") else 1
         result["generations"] = []
-        for _ in range(runs):
-            outs = llm.generate(prompts, greedy, use_tqdm=False)
+        for run in range(runs):
+            outs = [
+                out
+                for batch in (batches if run == 0 else [prompts])
+                for out in llm.generate(batch, greedy, use_tqdm=False)
+            ]
             result["generations"].append(
                 [
                     {
@@ -101,7 +108,8 @@ def main(spec: dict) -> dict:
         result["metrics"] = {
             metric.name: metric.value
             for metric in llm.get_metrics()
-            if "spec_decode" in metric.name and hasattr(metric, "value")
+            if ("spec_decode" in metric.name or "preemption" in metric.name)
+            and hasattr(metric, "value")
         }
     from tq_vllm.report import attention_layers
 
