@@ -53,6 +53,11 @@ VARIANTS = [
     ("prmt, fp16 tiles staged, 160 registers", {"lookup": 2}, 1.0),
     # K's packed bytes only (lookup 4; V as prmt).
     ("K bytes staged, 160 registers", {"lookup": 4}, 1.0),
+    # lookup 5 with the codebook words loaded once instead of immediates, which ptxas copied
+    # from a uniform register before every permute: 1,236 loop instructions uncapped (168
+    # registers) against 1,403 (static-cost JSON).
+    ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
+    ("lookup 6 (words loaded), 160 registers", {"lookup": 6}, 1.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

@@ -153,6 +153,13 @@ def main() -> None:
         # lookup 4 (K's bytes staged only) at the 160 it needs to keep from spilling.
         compile_decode(4, 4, default["block_n"], default["num_warps"], 2, 128, default["prefetch"]),
         compile_decode(4, 4, default["block_n"], default["num_warps"], 4, 160, default["prefetch"]),
+        # lookup 6: 5 with the codebook words loaded, not immediates, uncapped and at 160.
+        *(
+            compile_decode(
+                4, 4, default["block_n"], default["num_warps"], 6, cap, default["prefetch"]
+            )
+            for cap in (None, 160)
+        ),
     ]
     for row in rows:
         print(

@@ -153,3 +153,37 @@ def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim):
         for p in range(4):
             expected = [codebook[nibbles[p]], codebook[nibbles[4 + p]]]
             assert _halves(out[f"${p}"]) == expected, (hex(word), p)
+
+
+def _operand_words(head_dim: int, pack: int) -> dict[str, int]:
+    """nibble_pair_table's entries 256-260 as the operand asm receives them: each of the five
+    32-bit arguments as ``pack`` copies after the packed input $4 ($5.., arg-major)."""
+    table = [w & MASK for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    return {f"${5 + pack * arg + copy}": table[arg] for arg in range(5) for copy in range(pack)}
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_pair_asm_with_loaded_words_gives_the_codebook(head_dim):
+    """Lookup 6's K lookup: lookup 5's permutes, the codebook words as operands."""
+    asm = triton_layout.nibble_group_operand_asm(quads=False)
+    codebook = _fp16_bits(head_dim)
+    words = _operand_words(head_dim, pack=4)
+    for word in _words():
+        out = run_ptx(asm, {"$4": word, **words})
+        nibbles = _nibbles(word)
+        assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles[0::2]], hex(word)
+        assert _halves(out["$2"], out["$3"]) == [codebook[n] for n in nibbles[1::2]], hex(word)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_quad_asm_with_loaded_words_gives_nibble_p_of_both_16_bit_words(head_dim):
+    """Lookup 6's V lookup (see the quad test above), the codebook words as operands."""
+    asm = triton_layout.nibble_group_operand_asm(quads=True)
+    codebook = _fp16_bits(head_dim)
+    words = _operand_words(head_dim, pack=2)
+    for word in _words():
+        out = run_ptx(asm, {"$4": word, **words})
+        nibbles = _nibbles(word)
+        for p in range(4):
+            expected = [codebook[nibbles[p]], codebook[nibbles[4 + p]]]
+            assert _halves(out[f"${p}"]) == expected, (hex(word), p)

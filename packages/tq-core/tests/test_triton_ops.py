@@ -148,14 +148,14 @@ def test_decode_matches_the_reference(
 def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, generator, monkeypatch):
     """The ways the kernels turn 4-bit codes into centroids (a table read through L1, byte
     permutes over magnitudes held in registers, before or after the bytes are staged for the
-    dot, for K and V or K only, V as 16-bit words) give the same attention up to the order of
-    the fp32 sums (the
-    tensor-core operand grouping differs), and the reference's within the usual tolerance."""
+    dot, for K and V or K only, V as 16-bit words, the codebook as immediates or loaded) give
+    the same attention up to the order of the fp32 sums (the tensor-core operand grouping
+    differs), and the reference's within the usual tolerance."""
     batch, dev = _batch((head_dim, 4, 4, "float32"), [300, 17, 64], 2, 16, generator)
     query = torch.randn(3, 2, 8, head_dim, generator=generator)
     args = (dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
     outputs = []
-    for lookup in (0, 2, 3, 4, 5):
+    for lookup in (0, 2, 3, 4, 5, 6):
         tuning = {**triton_attention.TUNING["decode"], "lookup": lookup, "maxnreg": None}
         monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
         out = torch.full(query.shape, float("nan"), device=DEVICE)

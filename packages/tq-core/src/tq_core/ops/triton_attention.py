@@ -27,14 +27,17 @@ from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_decompress, triton_layout, validation
 from tq_core.ops.triton_common import (
+    codebook_words,
     dequantize,
     load_field,
     nibble_centroids,
     nibble_magnitude_words,
     nibble_pair_lookup,
     nibble_pair_registers,
+    nibble_pairs_operands,
     nibble_pairs_pure,
     nibble_quads,
+    nibble_quads_operands,
     prefetch_field,
     times_signs,
 )
@@ -123,7 +126,7 @@ def _attention_kernel(
     V_PAIRS: tl.constexpr = V_BITS == 4
     # lookup 5: 4-bit values read as 16-bit words, each giving dimensions 4j .. 4j + 3, so the
     # P.V product (contracting over tokens) can stage packed words, not fp16, for tl.dot.
-    V_QUADS: tl.constexpr = V_PAIRS and LOOKUP == 5
+    V_QUADS: tl.constexpr = V_PAIRS and (LOOKUP == 5 or LOOKUP == 6)
     HALF: tl.constexpr = D // 2
     QUARTER: tl.constexpr = D // 4
     seq = tl.program_id(0)
@@ -220,6 +223,8 @@ def _attention_kernel(
         # One 4-bit codebook per head_dim: K's and V's magnitudes are the same words.
         lut_ptr = k_cent_ptr if K_PAIRS else v_cent_ptr
         lut = nibble_magnitude_words(lut_ptr)
+    elif LOOKUP == 6 and (K_PAIRS or V_PAIRS):
+        lut = codebook_words(k_cent_ptr if K_PAIRS else v_cent_ptr)
     else:
         lut = (0, 0, 0, 0, 0)
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
@@ -255,6 +260,10 @@ def _attention_kernel(
             elif LOOKUP == 5:
                 # One pure asm, codebook as immediates: Triton stages K's bytes for tl.dot.
                 k_a, k_b = nibble_pairs_pure(tl.trans(k0), NIBBLE_PAIRS)
+                scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
+            elif LOOKUP == 6:
+                # 5 with the codebook words loaded, not immediates (kept in registers).
+                k_a, k_b = nibble_pairs_operands(tl.trans(k0), lut, NIBBLE_PAIRS)
                 scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
             elif LOOKUP == 4:
                 # Transposed as bytes, then a pure lookup: Triton moves the layout change for
@@ -293,7 +302,10 @@ def _attention_kernel(
         l_i = l_i * alpha + tl.sum(p, axis=1)
         weights = (p * v_norm[None, :]).to(V_DOT)
         if V_QUADS:
-            v_a, v_b, v_c, v_d = nibble_quads(v0, NIBBLE_QUADS)
+            if LOOKUP == 6:
+                v_a, v_b, v_c, v_d = nibble_quads_operands(v0, lut, NIBBLE_QUADS)
+            else:
+                v_a, v_b, v_c, v_d = nibble_quads(v0, NIBBLE_QUADS)
             acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
             acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
             acc_c = tl.dot(weights, v_c, acc_c * alpha[:, None])
@@ -478,6 +490,9 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
     if four_bit and lookup == 5:
         constants["NIBBLE_PAIRS"] = triton_layout.nibble_group_asm(layout.head_dim, quads=False)
         constants["NIBBLE_QUADS"] = triton_layout.nibble_group_asm(layout.head_dim, quads=True)
+    if four_bit and lookup == 6:
+        constants["NIBBLE_PAIRS"] = triton_layout.nibble_group_operand_asm(quads=False)
+        constants["NIBBLE_QUADS"] = triton_layout.nibble_group_operand_asm(quads=True)
     return constants
 
 
@@ -495,7 +510,11 @@ TUNING = {
     # 160 registers equal 2 at 128 within 1% in the kernel sweep (decode-levers-h200-962fb12),
     # and in vLLM 5 gave +2-3% gen tok/s in two calls (vllm-h200-x4), so 5 at 160 registers is
     # the default where every field has at most 4 bits. Wider layouts keep 2 (wide_lookup):
-    # 5 was never timed on them. The interpreter always gets 0.
+    # 5 was never timed on them. 6 is 5 with the codebook words loaded once instead of
+    # immediates, which ptxas copies from a uniform register before every permute: compiled
+    # for sm_90a, 1,236 loop instructions uncapped (168 registers, the same three programs per
+    # multiprocessor as 160) against 5's 1,403 (static-cost-sm90a-*.json); untimed, opt-in
+    # (TQ_TRITON_TUNING=decode.lookup=6,decode.maxnreg=0). The interpreter always gets 0.
     # maxnreg: 160 is what lookup 5 needs without spilling; lookup 2 ran best at 128 (four
     # programs per multiprocessor instead of three, 8-14% at 8-128 x 16-32K on an H100,
     # decode-levers-h100-b70155a.json).

@@ -294,6 +294,41 @@ def nibble_pairs_pure(raw, ASM: tl.constexpr):
 
 
 @triton.jit
+def nibble_pairs_operands(raw, words, ASM: tl.constexpr):
+    """:func:`nibble_pairs_pure` with the codebook words as operands (``words``: five [1, 1]
+    loads of nibble_pair_table's entries 256-260; ``ASM`` from
+    triton_layout.nibble_group_operand_asm): every operand still traces back to a load, so
+    Triton still moves tl.dot's layout change above it, and ptxas keeps each word in one
+    register instead of rematerializing an immediate before every permute (GPU only)."""
+    l0, l1, h0, h1, c80 = words
+    return tl.inline_asm_elementwise(
+        ASM, "=r,=r,=r,=r" + ",r" * 21, [raw, l0, l1, h0, h1, c80],
+        dtype=(tl.float16, tl.float16), is_pure=True, pack=4,
+    )  # fmt: skip
+
+
+@triton.jit
+def nibble_quads_operands(words16, words, ASM: tl.constexpr):
+    """:func:`nibble_quads` with the codebook words as operands (see
+    :func:`nibble_pairs_operands`)."""
+    l0, l1, h0, h1, c80 = words
+    return tl.inline_asm_elementwise(
+        ASM, "=r,=r,=r,=r" + ",r" * 11, [words16, l0, l1, h0, h1, c80],
+        dtype=(tl.float16,) * 4, is_pure=True, pack=2,
+    )  # fmt: skip
+
+
+@triton.jit
+def codebook_words(table_ptr):
+    """nibble_pair_table's register-lookup words (entries 256-260) as five [1, 1] loads."""
+    at = tl.zeros([1, 1], dtype=tl.int32) + 256
+    return (
+        tl.load(table_ptr + at), tl.load(table_ptr + at + 1), tl.load(table_ptr + at + 2),
+        tl.load(table_ptr + at + 3), tl.load(table_ptr + at + 4),
+    )  # fmt: skip
+
+
+@triton.jit
 def nibble_quads(words, ASM: tl.constexpr):
     """fp16 centroids of the 4 nibbles of every 16-bit word of a 4-bit plane (dimensions 4j,
     4j + 1, 4j + 2, 4j + 3 of word j), by one pure asm with the codebook as immediates (GPU

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import torch
 
@@ -165,6 +166,26 @@ def _nibble_prologue(head_dim: int, src: str) -> str:
     """The permutes every immediate-codebook lookup starts with, on the 8 codes of ``src``."""
     words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
     return _NIBBLE_PROLOGUE.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3], src=src)
+
+
+def nibble_group_operand_asm(quads: bool) -> str:
+    """:func:`nibble_group_asm` with the codebook words as operands instead of immediates
+    (lookup 6): l0, l1, h0, h1 and 0x8000 (nibble_pair_table's entries 256-260) arrive in
+    registers, each 32-bit operand as ``pack`` copies after the packed bytes or words ($4).
+    ptxas rematerializes an immediate table word before every ``prmt`` that reads it (a copy
+    from a uniform register: ~150 per thread and tile for lookup 5, static-cost JSON); a loaded
+    word stays in one register, as lookup 2's do."""
+    pack = 2 if quads else 4
+    regs = {name: f"${5 + pack * i}" for i, name in enumerate(("l0", "l1", "h0", "h1", "c80"))}
+    prologue = _NIBBLE_PROLOGUE.split("\n")
+    # Drop the register declarations and immediate moves of the table words; name the operands.
+    body = "\n".join(line for line in prologue if not line.startswith(("mov.b32", ".reg")))
+    body = body.replace("{src}", "$4")
+    for name, reg in regs.items():
+        body = re.sub(rf"\b{name}\b", reg, body)
+    decl = ".reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, e, f, e2, f2;"
+    epilogue = _QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE
+    return "{\n" + decl + body + epilogue + "}"
 
 
 def nibble_group_asm(head_dim: int, quads: bool) -> str:
