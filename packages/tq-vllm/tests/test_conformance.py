@@ -32,7 +32,9 @@ def test_vllm_impl_conforms(bits, monkeypatch):
     from vllm.config import VllmConfig, set_current_vllm_config
 
     monkeypatch.setattr(settings, "_active", None)
-    config = VllmConfig(additional_config={"tq": {"k_bits": bits[0], "v_bits": bits[1]}})
+    # The conformance bytes are plain TurboQuant's (every adapter's write path, centering off).
+    tq = {"k_bits": bits[0], "v_bits": bits[1], "center_keys": False}
+    config = VllmConfig(additional_config={"tq": tq})
     with set_current_vllm_config(config):
         impl = TQAttentionImpl(NUM_Q_HEADS, HEAD_DIM, SCALE, num_kv_heads=NUM_KV_HEADS)
     # vLLM's per-layer cache: [num_blocks, 1, block_size, packed bytes per token] uint8.
