@@ -136,8 +136,8 @@ class Engines:
             # so this engine's text is not used.
             "vllm-bf16-kv": {"tq": None, "engine": {"kv_cache_dtype": "bfloat16"}},
             "k8v8": {"tq": [8, 8], **generate},
-            # Plain TurboQuant (centering off): its perplexity is compared with tq-hf's plain
-            # TQCache, and the centered engine's with it.
+            # Plain TurboQuant (centering off, tq-vllm's default): its perplexity is compared
+            # with tq-hf's plain TQCache, and the centered engine's with it.
             "k4v4": {"tq": [4, 4], "center_keys": False, **generate},
             # Key centering: the perplexity text is the engine's first request, so its keys
             # give the layer means, as the whole text's do in tq-hf's single forward.

@@ -11,7 +11,7 @@ with what the tests assert on. SPEC keys:
   prompt_ids: token-id prompts, greedy-decoded after ``prompts``; perplexity_ids: token ids
   whose teacher-forced perplexity comes from ``prompt_logprobs``; logprob_ids: token ids whose
   per-token log-probabilities (``prompt_logprobs``) are returned as they are; center_keys:
-  tq's key centering (``additional_config["tq"]["center_keys"]``; absent: tq-vllm's default, on).
+  tq's key centering (``additional_config["tq"]["center_keys"]``; absent: tq-vllm's default, off).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ def main(spec: dict) -> dict:
         k_bits, v_bits = spec["tq"]
         engine["attention_backend"] = "CUSTOM"
         options = {"k_bits": k_bits, "v_bits": v_bits}
-        if "center_keys" in spec:  # else tq-vllm's default (on)
+        if "center_keys" in spec:  # else tq-vllm's default (off)
             options["center_keys"] = spec["center_keys"]
         engine["additional_config"] = {"tq": options}
     engine.update(spec.get("engine", {}))

@@ -53,14 +53,14 @@ def test_unsupported_options_fail_with_one_clear_line(monkeypatch):
         settings.config_from_vllm(_vllm_config({"k_bits": 9}), 64)
 
 
-def test_key_centering_is_an_engine_option_on_unless_turned_off(monkeypatch):
-    assert settings.center_keys_from_vllm(_vllm_config({})) is True
-    monkeypatch.setenv("TQ_CENTER_KEYS", "0")
+def test_key_centering_is_an_engine_option_off_unless_asked(monkeypatch):
     assert settings.center_keys_from_vllm(_vllm_config({})) is False
-    # The JSON wins, and the page format (the TQConfig) does not see the option.
-    assert settings.center_keys_from_vllm(_vllm_config({"center_keys": True})) is True
     monkeypatch.setenv("TQ_CENTER_KEYS", "1")
+    assert settings.center_keys_from_vllm(_vllm_config({})) is True
+    # The JSON wins, and the page format (the TQConfig) does not see the option.
     assert settings.center_keys_from_vllm(_vllm_config({"center_keys": False})) is False
+    monkeypatch.setenv("TQ_CENTER_KEYS", "0")
+    assert settings.center_keys_from_vllm(_vllm_config({"center_keys": True})) is True
     config = settings.config_from_vllm(_vllm_config({"center_keys": True, "k_bits": 4}), 64)
     assert config.k_bits == 4
     with pytest.raises(TQConfigError, match="center_keys='maybe'"):
