@@ -129,60 +129,40 @@ def test_single_nibble_asm_gives_the_codebook(head_dim, high):
         assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles], hex(word)
 
 
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_pure_pair_asm_with_immediates_gives_the_codebook(head_dim):
-    """Lookup 5's K lookup: both nibbles of 4 bytes, the codebook as immediates."""
-    asm = _formatted(triton_layout.nibble_group_asm(head_dim, quads=False))
-    codebook = _fp16_bits(head_dim)
-    for word in _words():
-        out = run_ptx(asm, {"$4": word})
-        nibbles = _nibbles(word)
-        assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles[0::2]], hex(word)
-        assert _halves(out["$2"], out["$3"]) == [codebook[n] for n in nibbles[1::2]], hex(word)
-
-
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim):
-    """Lookup 5's V lookup: $4 holds two 16-bit words (dimensions 4j .. 4j + 3 each); output p
-    is the centroid of nibble p of the low word and of the high word."""
-    asm = _formatted(triton_layout.nibble_group_asm(head_dim, quads=True))
-    codebook = _fp16_bits(head_dim)
-    for word in _words():
-        out = run_ptx(asm, {"$4": word})
-        nibbles = _nibbles(word)
-        for p in range(4):
-            expected = [codebook[nibbles[p]], codebook[nibbles[4 + p]]]
-            assert _halves(out[f"${p}"]) == expected, (hex(word), p)
-
-
-def _operand_words(head_dim: int, pack: int) -> dict[str, int]:
-    """nibble_pair_table's entries 256-260 as the operand asm receives them: each of the five
-    32-bit arguments as ``pack`` copies after the packed input $4 ($5.., arg-major)."""
+def _group_asm(head_dim: int, quads: bool, words: str) -> tuple[str, dict[str, int]]:
+    """Lookup 5's asm (the codebook as immediates) or lookup 6's (the codebook words as
+    operands: nibble_pair_table's entries 256-260, each of the five 32-bit arguments as
+    ``pack`` copies after the packed input $4, arg-major), and the operands it reads."""
+    if words == "immediates":
+        return _formatted(triton_layout.nibble_group_asm(head_dim, quads=quads)), {}
+    pack = 2 if quads else 4
     table = [w & MASK for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    return {f"${5 + pack * arg + copy}": table[arg] for arg in range(5) for copy in range(pack)}
+    operands = {f"${5 + pack * arg + copy}": table[arg] for arg in range(5) for copy in range(pack)}
+    return triton_layout.nibble_group_operand_asm(quads=quads), operands
 
 
+@pytest.mark.parametrize("words", ["immediates", "operands"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_pair_asm_with_loaded_words_gives_the_codebook(head_dim):
-    """Lookup 6's K lookup: lookup 5's permutes, the codebook words as operands."""
-    asm = triton_layout.nibble_group_operand_asm(quads=False)
+def test_group_pair_asm_gives_the_codebook(head_dim, words):
+    """Lookups 5 and 6's K lookup: both nibbles of 4 bytes."""
+    asm, operands = _group_asm(head_dim, False, words)
     codebook = _fp16_bits(head_dim)
-    words = _operand_words(head_dim, pack=4)
     for word in _words():
-        out = run_ptx(asm, {"$4": word, **words})
+        out = run_ptx(asm, {"$4": word, **operands})
         nibbles = _nibbles(word)
         assert _halves(out["$0"], out["$1"]) == [codebook[n] for n in nibbles[0::2]], hex(word)
         assert _halves(out["$2"], out["$3"]) == [codebook[n] for n in nibbles[1::2]], hex(word)
 
 
+@pytest.mark.parametrize("words", ["immediates", "operands"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_quad_asm_with_loaded_words_gives_nibble_p_of_both_16_bit_words(head_dim):
-    """Lookup 6's V lookup (see the quad test above), the codebook words as operands."""
-    asm = triton_layout.nibble_group_operand_asm(quads=True)
+def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim, words):
+    """Lookups 5 and 6's V lookup: $4 holds two 16-bit words (dimensions 4j .. 4j + 3 each);
+    output p is the centroid of nibble p of the low word and of the high word."""
+    asm, operands = _group_asm(head_dim, True, words)
     codebook = _fp16_bits(head_dim)
-    words = _operand_words(head_dim, pack=2)
     for word in _words():
-        out = run_ptx(asm, {"$4": word, **words})
+        out = run_ptx(asm, {"$4": word, **operands})
         nibbles = _nibbles(word)
         for p in range(4):
             expected = [codebook[nibbles[p]], codebook[nibbles[4 + p]]]
