@@ -575,7 +575,7 @@ def _has_wide_field(layout: CacheLayout) -> bool:
 
 
 def _lookup(tuning: dict, layout: CacheLayout) -> int:
-    """The lookup to compile: inline PTX (2-5) cannot run in Triton's interpreter."""
+    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter."""
     if _INTERPRETED:
         return 0
     return (

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 
 import torch
 
@@ -115,33 +114,36 @@ def nibble_asm(head_dim: int, high: bool) -> str:
 # The immediate-codebook lookups (3-5; nibble_asm says how the permutes work), lookup 5 with
 # every output in one pure asm and the codebook as immediates (a register operand would stop
 # Triton from moving tl.dot's layout change above the lookup: its operands must trace back to
-# loads or constants). Prologue: for the 8 codes of {src}, neg nibble = 1 for codes < 8,
-# idx = the magnitude index; then the low and high bytes and sign of codes 0-3 (lb, hb) and
-# 4-7 (lb2, hb2).
-_NIBBLE_PROLOGUE = """
+# loads or constants). The words: l0, l1 (low bytes of the 8 magnitudes), h0, h1 (high bytes)
+# and c80 (0x8000), as immediates here, as operands in lookup 6.
+_NIBBLE_IMMEDIATES = """
 .reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, l0, l1, h0, h1, c80, e, f, e2, f2;
 mov.b32 l0, {l0:#010x};
 mov.b32 l1, {l1:#010x};
 mov.b32 h0, {h0:#010x};
 mov.b32 h1, {h1:#010x};
-mov.b32 c80, 0x8000;
+mov.b32 c80, 0x8000;"""
+# The permutes: for the 8 codes of {src}, neg nibble = 1 for codes < 8, idx = the magnitude
+# index; then the low and high bytes and sign of codes 0-3 (lb, hb) and 4-7 (lb2, hb2).
+_NIBBLE_PERMUTES = """
 not.b32 neg, {src};
 shr.u32 neg, neg, 3;
 and.b32 neg, neg, 0x11111111;
 mul.lo.u32 flip, neg, 7;
 xor.b32 idx, {src}, flip;
 and.b32 idx, idx, 0x77777777;
-prmt.b32 lb, l0, l1, idx;
-prmt.b32 hb, h0, h1, idx;
-prmt.b32 sg, c80, c80, neg;
+prmt.b32 lb, {l0}, {l1}, idx;
+prmt.b32 hb, {h0}, {h1}, idx;
+prmt.b32 sg, {c80}, {c80}, neg;
 or.b32 hb, hb, sg;
 shr.u32 idx, idx, 16;
 shr.u32 neg, neg, 16;
-prmt.b32 lb2, l0, l1, idx;
-prmt.b32 hb2, h0, h1, idx;
-prmt.b32 sg, c80, c80, neg;
+prmt.b32 lb2, {l0}, {l1}, idx;
+prmt.b32 hb2, {h0}, {h1}, idx;
+prmt.b32 sg, {c80}, {c80}, neg;
 or.b32 hb2, hb2, sg;
 """
+_WORD_NAMES = ("l0", "l1", "h0", "h1", "c80")
 # Pairs: 4 bytes ($4) -> low nibbles as fp16x2 of bytes (0, 1), (2, 3) ($0, $1) and high ($2, $3).
 _PAIRS_EPILOGUE = """
 prmt.b32 $0, lb, hb, 0x6240;
@@ -165,7 +167,8 @@ prmt.b32 $3, f, f2, 0x7632;
 def _nibble_prologue(head_dim: int, src: str) -> str:
     """The permutes every immediate-codebook lookup starts with, on the 8 codes of ``src``."""
     words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    return _NIBBLE_PROLOGUE.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3], src=src)
+    immediates = _NIBBLE_IMMEDIATES.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+    return immediates + _NIBBLE_PERMUTES.format(src=src, **{n: n for n in _WORD_NAMES})
 
 
 def nibble_group_operand_asm(quads: bool) -> str:
@@ -176,16 +179,10 @@ def nibble_group_operand_asm(quads: bool) -> str:
     from a uniform register: ~150 per thread and tile for lookup 5, static-cost JSON); a loaded
     word stays in one register, as lookup 2's do."""
     pack = 2 if quads else 4
-    regs = {name: f"${5 + pack * i}" for i, name in enumerate(("l0", "l1", "h0", "h1", "c80"))}
-    prologue = _NIBBLE_PROLOGUE.split("\n")
-    # Drop the register declarations and immediate moves of the table words; name the operands.
-    body = "\n".join(line for line in prologue if not line.startswith(("mov.b32", ".reg")))
-    body = body.replace("{src}", "$4")
-    for name, reg in regs.items():
-        body = re.sub(rf"\b{name}\b", reg, body)
+    operands = {name: f"${5 + pack * i}" for i, name in enumerate(_WORD_NAMES)}
     decl = ".reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, e, f, e2, f2;"
     epilogue = _QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE
-    return "{\n" + decl + body + epilogue + "}"
+    return "{\n" + decl + _NIBBLE_PERMUTES.format(src="$4", **operands) + epilogue + "}"
 
 
 def nibble_group_asm(head_dim: int, quads: bool) -> str:
