@@ -5,7 +5,8 @@
 
 Levers: the centroid lookup (0: nibble-pair table through L1; 2: ``prmt`` byte permutes on
 magnitudes in registers, fp16 tiles staged in shared memory for ``tl.dot``; 4: K's packed
-bytes staged instead of its fp16 tile, V as 2; 5: K's bytes and V's 16-bit words staged),
+bytes staged instead of its fp16 tile, V as 2; 5: K's bytes and V's 16-bit words staged; 6: 5
+with the codebook words loaded into registers instead of immediates),
 prefetching the
 next key tile into L2 or L1 while the current one is computed, the split-K count, tile,
 register cap and pipeline stages. Every variant
@@ -38,26 +39,45 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
-    ("table", {"lookup": 0}, 1.0),
     # The default: K's packed bytes and V's 16-bit words staged for tl.dot, pure lookups with
     # the codebook as immediates (lookup 5), 160 registers.
     ("default (lookup 5)", {}, 1.0),
     ("lookup 5, no prefetch", {"prefetch": 0}, 1.0),
-    ("lookup 5, splits for 4 programs/SM", {"programs_per_sm": 4}, 1.0),
-    ("lookup 5, splits x2", {}, 2.0),
-    ("lookup 5, splits x0.5", {}, 0.5),
-    ("lookup 5, 128 registers", {"maxnreg": 128}, 1.0),
     # The fp16 tiles staged, magnitudes permuted from registers (lookup 2, default until
     # 2026-11-29) at the 128 registers it ran best at.
     ("prmt, fp16 tiles staged, 128 registers", {"lookup": 2, "maxnreg": 128}, 1.0),
-    ("prmt, fp16 tiles staged, 160 registers", {"lookup": 2}, 1.0),
-    # K's packed bytes only (lookup 4; V as prmt).
-    ("K bytes staged, 160 registers", {"lookup": 4}, 1.0),
     # lookup 5 with the codebook words loaded once instead of immediates, which ptxas copied
     # from a uniform register before every permute: 1,236 loop instructions uncapped (168
     # registers) against 1,403 (static-cost JSON).
     ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
     ("lookup 6 (words loaded), 160 registers", {"lookup": 6}, 1.0),
+    # Split counts that fill whole waves: at 168 registers three 4-warp programs fit a
+    # multiprocessor, so 3 (or 6) per multiprocessor is one (or two) full waves where 8 leaves
+    # the last wave part-empty (8 x 16K: 1,024 programs on 396 slots).
+    (
+        "lookup 6 uncapped, splits for 3 programs/SM",
+        {"lookup": 6, "maxnreg": 0, "programs_per_sm": 3},
+        1.0,
+    ),
+    (
+        "lookup 6 uncapped, splits for 6 programs/SM",
+        {"lookup": 6, "maxnreg": 0, "programs_per_sm": 6},
+        1.0,
+    ),
+    # One or two warps per program over 32- / 64-token tiles: about the same instructions per
+    # token (static cost: 1,247 per 32 tokens at 249 registers; 1,385 per 64 at 229), fewer
+    # warps per multiprocessor (8 instead of 12); one warp needs no cross-warp exchange of the
+    # softmax statistics and weights (the 4-warp tile's 19 barriers per tile).
+    (
+        "lookup 6 uncapped, 1 warp x 32 tokens",
+        {"lookup": 6, "maxnreg": 0, "num_warps": 1, "block_n": 32},
+        1.0,
+    ),
+    (
+        "lookup 6 uncapped, 2 warps x 64 tokens",
+        {"lookup": 6, "maxnreg": 0, "num_warps": 2, "block_n": 64},
+        1.0,
+    ),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224
@@ -132,9 +152,14 @@ def lever_rows(
     return kernels._finish(rows, copy_gbps)
 
 
-def ncu_target(shape: str, lookup: int, splits_factor: float, prefetch: int | None) -> None:
+def ncu_target(
+    shape: str, lookup: int, splits_factor: float, prefetch: int | None, tuning: str = ""
+) -> None:
     """A few launches of one configuration, for `ncu --launch-skip 2 --launch-count 1`."""
     batch, context = (int(part) for part in shape.split("x"))
+    triton_attention.TUNING = triton_attention.apply_tuning_overrides(
+        triton_attention.TUNING, tuning
+    )
     if lookup is not None:
         triton_attention.TUNING["decode"] = {**triton_attention.TUNING["decode"], "lookup": lookup}
     if prefetch is not None:
@@ -160,9 +185,12 @@ def main() -> None:
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
     parser.add_argument("--prefetch", type=int, help="with --ncu-target (default: TUNING's)")
+    parser.add_argument(
+        "--tuning", default="", help="with --ncu-target: e.g. decode.lookup=6,decode.maxnreg=0"
+    )
     args = parser.parse_args()
     if args.ncu_target:
-        ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch)
+        ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch, args.tuning)
         return
     bits = tuple(int(part) for part in args.bits.split("x"))
     shapes = SHAPES
