@@ -40,44 +40,21 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
     # The default: K's packed bytes and V's 16-bit words staged for tl.dot, pure lookups with
-    # the codebook as immediates (lookup 5), 160 registers.
-    ("default (lookup 5)", {}, 1.0),
+    # the codebook as immediates (lookup 5), 160 registers, the splits merged by the last split
+    # of each (sequence, KV head) inside the attention kernel.
+    ("default (lookup 5, merge in kernel)", {}, 1.0),
+    # The split merge as a second launch (the default until 2026-11-29).
+    ("lookup 5, merge launch", {"merge_in_kernel": 0}, 1.0),
     ("lookup 5, no prefetch", {"prefetch": 0}, 1.0),
-    # The fp16 tiles staged, magnitudes permuted from registers (lookup 2, default until
-    # 2026-11-29) at the 128 registers it ran best at.
+    # The fp16 tiles staged, magnitudes permuted from registers (lookup 2) at the 128 registers
+    # it ran best at.
     ("prmt, fp16 tiles staged, 128 registers", {"lookup": 2, "maxnreg": 128}, 1.0),
-    # lookup 5 with the codebook words loaded once instead of immediates, which ptxas copied
-    # from a uniform register before every permute: 1,236 loop instructions uncapped (168
-    # registers) against 1,403 (static-cost JSON).
+    # lookup 5 with the codebook words loaded once instead of immediates: 1,236 loop
+    # instructions uncapped (168 registers) against 1,403 (static-cost JSON), the same time
+    # within 1% (decode-levers-h200-7b3c6b5).
     ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
-    ("lookup 6 (words loaded), 160 registers", {"lookup": 6}, 1.0),
-    # Split counts that fill whole waves: at 168 registers three 4-warp programs fit a
-    # multiprocessor, so 3 (or 6) per multiprocessor is one (or two) full waves where 8 leaves
-    # the last wave part-empty (8 x 16K: 1,024 programs on 396 slots).
-    (
-        "lookup 6 uncapped, splits for 3 programs/SM",
-        {"lookup": 6, "maxnreg": 0, "programs_per_sm": 3},
-        1.0,
-    ),
-    (
-        "lookup 6 uncapped, splits for 6 programs/SM",
-        {"lookup": 6, "maxnreg": 0, "programs_per_sm": 6},
-        1.0,
-    ),
-    # One or two warps per program over 32- / 64-token tiles: about the same instructions per
-    # token (static cost: 1,247 per 32 tokens at 249 registers; 1,385 per 64 at 229), fewer
-    # warps per multiprocessor (8 instead of 12); one warp needs no cross-warp exchange of the
-    # softmax statistics and weights (the 4-warp tile's 19 barriers per tile).
-    (
-        "lookup 6 uncapped, 1 warp x 32 tokens",
-        {"lookup": 6, "maxnreg": 0, "num_warps": 1, "block_n": 32},
-        1.0,
-    ),
-    (
-        "lookup 6 uncapped, 2 warps x 64 tokens",
-        {"lookup": 6, "maxnreg": 0, "num_warps": 2, "block_n": 64},
-        1.0,
-    ),
+    # With the in-kernel merge a split costs less: twice the splits.
+    ("lookup 5, splits x2", {}, 2.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

@@ -30,6 +30,7 @@ from tq_core.ops import triton_attention
 _POINTERS = {
     "q_ptr": "*bf16", "out_ptr": "*bf16", "cache_ptr": "*u8", "block_table_ptr": "*i32",
     "seq_lens_ptr": "*i32", "query_start_ptr": "*i32", "signs_ptr": "*fp16",
+    "split_counts_ptr": "*i32",
 }  # fmt: skip
 SHARED = ("STS", "LDS")  # STS*, LDS*, LDSM* (ldmatrix), STSM*
 _SASS_OP = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
@@ -53,6 +54,7 @@ def compile_decode(
     constants = dict(
         GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
+        MERGE_IN_KERNEL=bool(triton_attention.TUNING["decode"]["merge_in_kernel"]),
         LOOKUP=lookup, ROTATE=False, **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),

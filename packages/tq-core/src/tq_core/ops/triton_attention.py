@@ -93,14 +93,14 @@ def _tile_fields(
 @triton.jit
 def _attention_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
-    partial_acc_ptr, partial_stats_ptr, k_cent_ptr, v_cent_ptr, signs_ptr,
+    partial_acc_ptr, partial_stats_ptr, split_counts_ptr, k_cent_ptr, v_cent_ptr, signs_ptr,
     stride_qr, stride_qh, stride_or, stride_oh, stride_page, stride_bt,
     num_seqs, num_rows, scale, softcap, window, num_splits, inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
-    HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr, LOOKUP: tl.constexpr,
-    ROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    LOOKUP: tl.constexpr, ROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
     PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
@@ -353,6 +353,22 @@ def _attention_kernel(
             tl.store(acc_rows + out_dims_d[None, :], acc_d, mask=used[:, None])
         tl.store(partial_stats_ptr + (part * 2) * BLOCK_M + rows, m_i, mask=used)
         tl.store(partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, l_i, mask=used)
+        if MERGE_IN_KERNEL:
+            # The last split of this (sequence, KV head) to finish merges them all, instead of
+            # a second launch: at short context the merge kernel's launch and tail cost as much
+            # as the attention itself. Every thread's partial stores come before the barrier,
+            # the release publishes them, and the last split's acquire sees them; its count
+            # goes back to 0 for the next call (or CUDA-graph replay).
+            tl.debug_barrier()
+            count_ptr = split_counts_ptr + seq * NUM_KV_HEADS + kv_head
+            finished = tl.atomic_add(count_ptr, 1, sem="acq_rel", scope="gpu")
+            if finished == num_splits - 1:
+                tl.store(count_ptr, 0)
+                _merge_splits(
+                    partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
+                    stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
+                    BLOCK_M, UNIFORM_Q, ROTATE,
+                )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
         out_rows = out_ptr + out_off[:, None]
@@ -384,15 +400,14 @@ def _attention_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(
+def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
-    inv_sqrt_d,
+    inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, ROTATE: tl.constexpr,
 ):  # fmt: skip
-    """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one program."""
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
+    """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
+    KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
     rows = tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
@@ -400,22 +415,29 @@ def _merge_splits_kernel(
     m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     for split in range(num_splits):
         stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
-        m_max = tl.maximum(m_max, tl.load(stats, mask=row_ok, other=float("-inf")))
+        m_max = tl.maximum(
+            m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        )
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
     for split in range(num_splits):
         part = first + split
-        m_split = tl.load(partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0)
+        m_split = tl.load(
+            partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
         weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
         l_split = tl.load(
-            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0
-        )
+            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
         total += weight * l_split
         partial = tl.load(
             partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
             mask=row_ok[:, None],
             other=0.0,
+            cache_modifier=".cg",
         )
         acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
@@ -429,6 +451,21 @@ def _merge_splits_kernel(
         result.to(out_ptr.dtype.element_ty),
         mask=row_ok[:, None],
     )
+
+
+@triton.jit
+def _merge_splits_kernel(
+    partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
+    inv_sqrt_d,
+    GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, ROTATE: tl.constexpr,
+):  # fmt: skip
+    """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
+    _merge_splits(
+        partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
+        inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
+        UNIFORM_Q, ROTATE,
+    )  # fmt: skip
 
 
 @functools.cache
@@ -450,6 +487,20 @@ def _workspace(device: torch.device, numel: int) -> torch.Tensor:
         buffer = torch.empty(numel, dtype=torch.float32, device=device)
         _WORKSPACES[device] = buffer
     return buffer
+
+
+_SPLIT_COUNTS: dict[torch.device, torch.Tensor] = {}
+
+
+def _split_counters(device: torch.device, numel: int) -> torch.Tensor:
+    """int32 zeros, one per (sequence, KV head), for the in-kernel merge: each split counts
+    itself in and the last one resets its count, so the buffer is all zeros between calls and
+    is kept per device and grown on demand like the workspace (nothing allocated per call)."""
+    counters = _SPLIT_COUNTS.get(device)
+    if counters is None or counters.numel() < numel:
+        counters = torch.zeros(numel, dtype=torch.int32, device=device)
+        _SPLIT_COUNTS[device] = counters
+    return counters
 
 
 def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
@@ -535,6 +586,7 @@ TUNING = {
         "wide_maxnreg": 0,
         "prefetch": 1,
         "programs_per_sm": 8,
+        "merge_in_kernel": 1,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -611,9 +663,11 @@ def _launch(
     limits = _register_cap(tuning, layout)
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
+    merge_in_kernel = num_splits > 1 and bool(tuning.get("merge_in_kernel"))
+    counters = _split_counters(device, max(1, num_seqs * layout.num_kv_heads))
     _attention_kernel[grid](
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
-        partial_acc, partial_stats,
+        partial_acc, partial_stats, counters,
         triton_layout.attention_table(layout, "key", device),
         triton_layout.attention_table(layout, "value", device), signs,
         query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
@@ -624,11 +678,12 @@ def _launch(
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
         ROTATE=rotate, **_nibble_constants(layout, lookup), PREFETCH=_prefetch(tuning),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
+        MERGE_IN_KERNEL=merge_in_kernel,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
         num_stages=tuning["num_stages"], **limits,
     )  # fmt: skip
-    if num_splits > 1:
+    if num_splits > 1 and not merge_in_kernel:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
