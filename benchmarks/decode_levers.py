@@ -40,11 +40,12 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
     # The default: K's packed bytes and V's 16-bit words staged for tl.dot, pure lookups with
-    # the codebook as immediates (lookup 5), 160 registers, the splits merged by the last split
-    # of each (sequence, KV head) inside the attention kernel.
-    ("default (lookup 5, merge in kernel)", {}, 1.0),
-    # The split merge as a second launch (the default until 2026-11-29).
-    ("lookup 5, merge launch", {"merge_in_kernel": 0}, 1.0),
+    # the codebook as immediates (lookup 5), 160 registers; splits of at most 4 key tiles merged
+    # by the last of them inside the attention kernel, longer ones by a second launch.
+    ("default (lookup 5)", {}, 1.0),
+    # Either merge everywhere (decode-levers-h200-0e40444 timed both at every shape).
+    ("lookup 5, merge launch always", {"merge_in_kernel": 0}, 1.0),
+    ("lookup 5, merge in kernel always", {"merge_in_kernel": 1 << 20}, 1.0),
     ("lookup 5, no prefetch", {"prefetch": 0}, 1.0),
     # The fp16 tiles staged, magnitudes permuted from registers (lookup 2) at the 128 registers
     # it ran best at.

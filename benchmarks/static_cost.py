@@ -54,7 +54,8 @@ def compile_decode(
     constants = dict(
         GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
-        MERGE_IN_KERNEL=bool(triton_attention.TUNING["decode"]["merge_in_kernel"]),
+        # The long-context launch: splits of many tiles merge in a second kernel.
+        MERGE_IN_KERNEL=False,
         LOOKUP=lookup, ROTATE=False, **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),

@@ -147,30 +147,31 @@ def test_decode_matches_the_reference(
 def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
     rotate, generator, monkeypatch
 ):
-    """The last split of each (sequence, KV head) merges in the attention kernel (the default)
-    exactly as the separate merge launch does, and leaves every split count at 0, so the next
-    call (or a CUDA-graph replay) starts clean; a padding sequence (length 0) takes part too."""
+    """The last split of each (sequence, KV head) merges in the attention kernel (the default
+    for short splits) exactly as the separate merge launch does, and leaves every split count
+    at 0, so the next call (or a CUDA-graph replay) starts clean; a padding sequence (length 0)
+    takes part too."""
     batch, dev = _batch(CODECS[0], [70, 0, 33], 2, 16, generator)
     query = torch.randn(3, 1, 4, 64, generator=generator).to(DEVICE)
     args = (query, dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.125)
     decode = triton_attention.TUNING["decode"]
     outputs = {}
-    for merge_in_kernel in (0, 1, 1):
+    for merge_in_kernel in (0, 4, 4):  # 4: splits of up to 4 tiles (here 1) merge in kernel
         monkeypatch.setitem(
             triton_attention.TUNING, "decode", {**decode, "merge_in_kernel": merge_in_kernel}
         )
         out = torch.full(query.shape, float("nan"), device=DEVICE)
         triton_attention.decode_attention(*args, out=out, num_splits=3, rotate=rotate)
         outputs.setdefault(merge_in_kernel, []).append(out.cpu())
-    assert torch.equal(outputs[1][0], outputs[0][0])
-    assert torch.equal(outputs[1][1], outputs[0][0])
-    counts = triton_attention._SPLIT_COUNTS[torch.device(DEVICE)]
+    assert torch.equal(outputs[4][0], outputs[0][0])
+    assert torch.equal(outputs[4][1], outputs[0][0])
+    counts = triton_attention._SPLIT_COUNTS[query.device]
     assert torch.count_nonzero(counts).item() == 0
     expected = reference.decode_attention(
         query.cpu(), batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.125,
         rotate=rotate,
     )  # fmt: skip
-    assert relative_error(outputs[1][0], expected) < TOLERANCE[torch.float32]
+    assert relative_error(outputs[4][0], expected) < TOLERANCE[torch.float32]
 
 
 @pytest.mark.skipif(not ON_GPU, reason="inline PTX: Triton's interpreter cannot run it")

@@ -572,6 +572,8 @@ TUNING = {
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
     # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
     # at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
+    # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
+    # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -586,7 +588,7 @@ TUNING = {
         "wide_maxnreg": 0,
         "prefetch": 1,
         "programs_per_sm": 8,
-        "merge_in_kernel": 1,
+        "merge_in_kernel": 4,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -642,6 +644,17 @@ def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
     return {"maxnreg": cap} if cap else {}
 
 
+def _merges_in_kernel(tuning: dict, block_table, layout: CacheLayout, num_splits: int) -> bool:
+    """Whether the last split merges inside the attention kernel rather than in a second
+    launch: where a split spans at most ``merge_in_kernel`` key tiles (0: never). Short splits
+    gain the launch (1 x 1K: 0.0077 ms against 0.0083, 8 x 1K: 0.0129 against 0.0141); long
+    ones lose 1-3% to the release fence every split then waits for before it exits (8 x 16K,
+    eight tiles per split: 0.1092 against 0.1076; decode-levers-h200-0e40444). Shapes only,
+    so a CUDA graph fixes the choice."""
+    tiles = triton.cdiv(block_table.shape[1] * layout.block_size, tuning["block_n"])
+    return triton.cdiv(tiles, num_splits) <= tuning.get("merge_in_kernel", 0)
+
+
 def _prefetch(tuning: dict) -> int:
     """The prefetch to compile: inline PTX, which Triton's interpreter cannot run."""
     return 0 if _INTERPRETED else tuning.get("prefetch", 0)
@@ -663,7 +676,7 @@ def _launch(
     limits = _register_cap(tuning, layout)
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
-    merge_in_kernel = num_splits > 1 and bool(tuning.get("merge_in_kernel"))
+    merge_in_kernel = num_splits > 1 and _merges_in_kernel(tuning, block_table, layout, num_splits)
     counters = _split_counters(device, max(1, num_seqs * layout.num_kv_heads))
     _attention_kernel[grid](
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
