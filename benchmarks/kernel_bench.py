@@ -58,6 +58,7 @@ def _suite(name: str) -> dict:
             "bits_sweep": [],
             "store": [2048],
             "prefill": [(2048, 16384)],
+            "decompress": [16384],
             "peers": [(8, 16384)],
         }
     decode = []
@@ -81,6 +82,7 @@ def _suite(name: str) -> dict:
         "bits_sweep": sweep,
         "store": [32, 128, 2048, 16384, 65536],
         "prefill": [(512, 16384), (2048, 16384), (8192, 0)],
+        "decompress": [16384, 65536],
         "peers": [(1, 1024), (8, 16384), (32, 16384), (32, 32768)],
     }
 
@@ -374,6 +376,38 @@ def store_rows(num_tokens, copy_gbps, *, with_peers=True) -> list[dict]:
     return _finish(rows, copy_gbps)
 
 
+def decompress_rows(context, copy_gbps) -> list[dict]:
+    """gather_kv alone (the "decompress" half of prefill): one sequence's pages to bf16 K and V,
+    in the rotated domain and rotated back; bytes = packed read + bf16 written."""
+    _, num_kv, head_dim = MODELS["llama3-8b"]
+    layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, BLOCK_SIZE)
+    nbytes = context * (layout.packed_bytes_per_token + num_kv * head_dim * 2 * 2)
+    caches, block_table = paged_cache(layout, 1, context, copies_for(nbytes))
+    out = tuple(
+        torch.empty(num_kv, context, head_dim, device="cuda", dtype=torch.bfloat16) for _ in "kv"
+    )
+    base = {"op": "decompress", "model": "llama3-8b", "batch": 1, "context": context}
+    rows = []
+    default = dict(triton_decompress.TUNING)
+    for register_lookup in (1, 0):
+        triton_decompress.TUNING["register_lookup"] = register_lookup
+        for back in (False, True):
+            calls = [
+                lambda c=c, u=back: triton_decompress.gather_kv(
+                    c, block_table[0], context, layout, out=out, unrotate=u
+                )
+                for c in caches
+            ]
+            ms, how = time_calls(calls)
+            name = "tq K4V4 gather_kv" + (", unrotated" if back else "")
+            name += ", register lookup" if register_lookup else ", table lookup"
+            rows.append(
+                {**base, "impl": name, "bits": "K4V4", "ms": ms, "timing": how, "bytes": nbytes}
+            )
+    triton_decompress.TUNING.update(default)
+    return _finish(rows, copy_gbps)
+
+
 def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
     num_q, num_kv, head_dim = MODELS["llama3-8b"]
     seq_len = cached + new_tokens
@@ -553,7 +587,8 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="path prefix for .json and .md")
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
     parser.add_argument(
-        "--only", help="comma list of sections: decode,bits_sweep,store,prefill,peers"
+        "--only",
+        help="comma list of sections: decode,bits_sweep,store,prefill,decompress,peers",
     )
     args = parser.parse_args()
     suite = _suite(args.suite)
@@ -574,6 +609,8 @@ def main() -> None:
                 rows += store_rows(case, copy_gbps)
             elif section == "prefill":
                 rows += prefill_rows(*case, copy_gbps)
+            elif section == "decompress":
+                rows += decompress_rows(case, copy_gbps)
             elif section == "tune_store":
                 rows += tune_store_rows(case, copy_gbps)
             elif section == "tune":

@@ -11,15 +11,22 @@ attention kernel's own lead over tq's).
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import load_vectors, times_signs
+from tq_core.ops.triton_common import load_field, load_vectors, nibble_pairs_pure, times_signs
 
 _BLOCK_TOKENS = 64
+# Inline PTX (the register lookup) needs a GPU; Triton's interpreter gets the table lookup.
+_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+# register_lookup 1: 4-bit fields dequantize by byte permutes (the decode kernel's lookup 5);
+# 0: one centroid-table load per code through L1 (kernel_bench.py times both).
+TUNING = {"register_lookup": 1}
 
 
 @triton.jit
@@ -27,7 +34,7 @@ def _decompress_kernel(
     cache_ptr, block_ids_ptr, cent_ptr, signs_ptr, out_ptr, seq_len, stride_page, stride_oh,
     stride_ot, inv_sqrt_d,
     BLOCK_SIZE: tl.constexpr, D: tl.constexpr, BLOCK_T: tl.constexpr, BITS: tl.constexpr,
-    UNROTATE: tl.constexpr,
+    UNROTATE: tl.constexpr, REGISTER_LOOKUP: tl.constexpr, NIBBLE_PAIRS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -39,10 +46,20 @@ def _decompress_kernel(
     page = tl.load(block_ids_ptr + pos // BLOCK_SIZE, mask=ok, other=0)
     page_base = page.to(tl.int64) * stride_page
     slot = kv_head * BLOCK_SIZE + pos % BLOCK_SIZE
-    vectors, norms = load_vectors(
-        cache_ptr, cent_ptr, page_base, slot, ok, D, BITS, P0_OFF, P0_W, P0_SHIFT,
-        P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, NORM_F16, tl.float32,
-    )  # fmt: skip
+    if REGISTER_LOOKUP:
+        # 4-bit codes: both nibbles of every byte from byte permutes of the codebook held in
+        # registers (the decode kernel's lookup 5), instead of one table load per code.
+        raw, _, _, norms = load_field(
+            cache_ptr, page_base, slot, ok, D, BITS, P0_OFF, P0_W, P1_OFF, P1_W, P2_OFF, P2_W,
+            NORM_OFF, NORM_F16,
+        )  # fmt: skip
+        low, high = nibble_pairs_pure(raw, NIBBLE_PAIRS)  # even, odd dimensions
+        vectors = tl.join(low, high).reshape(BLOCK_T, D).to(tl.float32)
+    else:
+        vectors, norms = load_vectors(
+            cache_ptr, cent_ptr, page_base, slot, ok, D, BITS, P0_OFF, P0_W, P0_SHIFT,
+            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, NORM_F16, tl.float32,
+        )  # fmt: skip
     dims = tl.arange(0, D)
     if UNROTATE and BITS == 16:
         # Raw layers hold values, not unit vectors: their range may exceed fp16's, so the
@@ -81,10 +98,15 @@ def gather_kv(
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, kv_cache.device)
     for tensor, buffer in (("key", out[0]), ("value", out[1])):
         constants = triton_layout.field_constants(layout, tensor, "")
+        register_lookup = (
+            constants["BITS"] == 4 and bool(TUNING["register_lookup"]) and not _INTERPRETED
+        )
+        pairs = triton_layout.nibble_group_asm(layout.head_dim, False) if register_lookup else ""
         _decompress_kernel[grid](
             kv_cache, block_ids, triton_layout.centroids(layout, tensor, kv_cache.device), signs,
             buffer, seq_len, kv_cache.stride(0), buffer.stride(0), buffer.stride(1),
             layout.head_dim**-0.5, BLOCK_SIZE=layout.block_size, D=layout.head_dim,
-            BLOCK_T=_BLOCK_TOKENS, UNROTATE=unrotate, **constants,
+            BLOCK_T=_BLOCK_TOKENS, UNROTATE=unrotate, REGISTER_LOOKUP=register_lookup,
+            NIBBLE_PAIRS=pairs, **constants,
         )  # fmt: skip
     return out
