@@ -44,15 +44,19 @@ def compile_decode(
     lookup: int = 0,
     maxnreg=None,
     prefetch: int = 0,
+    shape: tuple[int, int, int] = (128, 4, 8),
 ) -> dict:
-    layout = TQCodec(128, k_bits, v_bits).cache_layout(8, 16)
+    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default."""
+    head_dim, group, num_kv_heads = shape
+    layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
     tables = {
         "k_cent_ptr": "*i32" if k_bits == 4 else "*fp32",
         "v_cent_ptr": "*i32" if v_bits == 4 else "*fp32",
     }
     constants = dict(
-        GROUP=4, NUM_KV_HEADS=8, BLOCK_SIZE=16, D=128, BLOCK_M=16, BLOCK_N=block_n,
+        GROUP=group, NUM_KV_HEADS=num_kv_heads, BLOCK_SIZE=16, D=head_dim, BLOCK_M=16,
+        BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         # The long-context launch: splits of many tiles merge in a second kernel.
         MERGE_IN_KERNEL=False,
@@ -111,7 +115,8 @@ def compile_decode(
     registers = int(re.search(r"Used (\d+) registers", report).group(1))
     spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
     return {
-        "k_bits": k_bits, "v_bits": v_bits, "block_n": block_n, "num_warps": num_warps,
+        "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
+        "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch, "registers": registers,
         "spill_store_bytes": spills,
         "loop_instructions_per_thread": len(body),
@@ -163,10 +168,26 @@ def main() -> None:
             )
             for cap in (None, 160)
         ),
+        # SmolLM2's shape (head_dim 64, GQA 3): lookup 5 at 160 registers as every 4-bit layout
+        # launched from bd6a909, and lookup 2 at 128 (small_head_* since), 128-token tiles.
+        *(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                lookup,
+                cap,
+                default["prefetch"],
+                shape=(64, 3, 3),
+            )
+            for lookup, cap in ((5, 160), (2, 128))
+        ),
     ]
     for row in rows:
         print(
-            f"K{row['k_bits']}V{row['v_bits']} tile {row['block_n']} x {row['num_warps']} warps, "
+            f"head_dim {row['head_dim']} K{row['k_bits']}V{row['v_bits']} "
+            f"tile {row['block_n']} x {row['num_warps']} warps, "
             f"lookup {row['lookup']}, prefetch {row['prefetch']}: "
             f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "

@@ -586,7 +586,8 @@ def test_tuning_overrides_refuse_what_they_cannot_apply(spec):
 )
 def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped, monkeypatch):
     """Fields wider than 4 bits launch uncapped and with ``wide_lookup`` (the lookup timed on
-    them); the rest with ``maxnreg`` and ``lookup``; the interpreter always compiles lookup 0."""
+    them); a head_dim below 128 with ``small_head_*``; the rest with ``maxnreg`` and
+    ``lookup``; the interpreter always compiles lookup 0."""
     from tq_core import CacheLayout
 
     layout = CacheLayout(TQCodec(128, k_bits, v_bits), num_kv_heads=8, block_size=16)
@@ -598,5 +599,13 @@ def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped
     )
     monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
     assert triton_attention._lookup(tuning, layout) == (5 if capped else 2)
+    # A head_dim below 128 takes the small_head_* settings where its fields are 4-bit at most.
+    small = CacheLayout(TQCodec(64, k_bits, v_bits), num_kv_heads=3, block_size=16)
+    small_tuning = {**tuning, "small_head_lookup": 3, "small_head_maxnreg": 128}
+    assert triton_attention._lookup(small_tuning, small) == (3 if capped else 2)
+    assert triton_attention._register_cap(small_tuning, small) == (
+        {"maxnreg": 128} if capped else {}
+    )
+    assert triton_attention._lookup(tuning, small) == (5 if capped else 2)  # falls back
     monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
     assert triton_attention._lookup(tuning, layout) == 0

@@ -572,6 +572,13 @@ TUNING = {
     # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
     # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
     # at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
+    # small_head_*: head_dim below 128 (SmolLM2's 64) keeps the launch every 4-bit layout had
+    # before lookup 5 (lookup 2 at 128 registers). Lookup 5's 128-token tile there spills 852
+    # bytes at 160 registers and its [16, 16] value products repeat across the 4 warps: 99.6
+    # warp-instructions per token and KV head against lookup 2's 22.2 with no spill (sm_90a,
+    # static-cost JSON); the H200 suite at 0e40444 measured SmolLM2-shaped decode at 0.25-0.49x
+    # bf16 under lookup 5, half the speed of the old table lookup (kernels-h200-decode.json,
+    # 0.47-0.68x). Chosen from the compiled code; the next GPU sweep times it.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -586,6 +593,8 @@ TUNING = {
         "maxnreg": 160,
         "wide_lookup": 2,
         "wide_maxnreg": 0,
+        "small_head_lookup": 2,
+        "small_head_maxnreg": 128,
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
@@ -628,19 +637,27 @@ def _has_wide_field(layout: CacheLayout) -> bool:
     )
 
 
+def _setting(tuning: dict, layout: CacheLayout, name: str):
+    """``name``'s value for this layout: ``wide_<name>`` where a field has more than 4 bits,
+    ``small_head_<name>`` for a head_dim below 128, else ``name`` itself (a missing prefixed
+    setting falls back to it; prefill has none)."""
+    if _has_wide_field(layout):
+        prefix = "wide_"
+    elif layout.head_dim < 128:
+        prefix = "small_head_"
+    else:
+        prefix = ""
+    return tuning.get(prefix + name, tuning.get(name))
+
+
 def _lookup(tuning: dict, layout: CacheLayout) -> int:
     """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter."""
-    if _INTERPRETED:
-        return 0
-    return (
-        tuning.get("wide_lookup", tuning["lookup"]) if _has_wide_field(layout) else tuning["lookup"]
-    )
+    return 0 if _INTERPRETED else _setting(tuning, layout, "lookup")
 
 
 def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
-    """The launch's ``maxnreg``, if any: ``wide_maxnreg`` when a field has more than 4 bits (its
-    table lookups need the registers), else ``maxnreg``; 0 or absent means no cap."""
-    cap = tuning.get("wide_maxnreg" if _has_wide_field(layout) else "maxnreg")
+    """The launch's ``maxnreg``, if any (see :func:`_setting`); 0 or absent means no cap."""
+    cap = _setting(tuning, layout, "maxnreg")
     return {"maxnreg": cap} if cap else {}
 
 
