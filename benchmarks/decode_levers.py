@@ -73,10 +73,16 @@ def _setup(batch: int, context: int, bits: tuple[int, int] = (4, 4)):
     return kernels.decode_inputs("llama3-8b", batch, context, bits)
 
 
+# --rotate: every variant takes the query and returns the output in the model's domain, the
+# call tq-vllm makes (the kernels rotate both); kernels-h200-0e40444 measured that call 0.08 ms
+# slower than the rotated-domain one at batch 8-32.
+ROTATE = False
+
+
 def _run(layout, caches, block_table, seq_lens, queries, out, i, splits):
     triton_attention.decode_attention(
         queries[i], caches[i], block_table, seq_lens, layout, layout.head_dim**-0.5, out=out,
-        num_splits=splits,
+        num_splits=splits, rotate=ROTATE,
     )  # fmt: skip
 
 
@@ -89,7 +95,7 @@ def lever_rows(
     batch: int, context: int, copy_gbps: float, bits: tuple[int, int] = (4, 4)
 ) -> list[dict]:
     layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context, bits)
-    label = f"tq K{bits[0]}V{bits[1]}"
+    label = f"tq K{bits[0]}V{bits[1]}" + (" rotate=True" if ROTATE else "")
     variants = VARIANTS if bits == (4, 4) else WIDE_FIELD_VARIANTS
     out = torch.empty_like(queries[0])
     default = dict(triton_attention.TUNING["decode"])
@@ -118,8 +124,8 @@ def lever_rows(
         finally:
             triton_attention.TUNING["decode"] = default
         row = {
-            **base, "impl": f"{label} {name}", "bits": label[3:], "ms": ms, "timing": how,
-            "bytes": packed, "splits": splits, "tuning": {**default, **overrides},
+            **base, "impl": f"{label} {name}", "bits": f"K{bits[0]}V{bits[1]}", "ms": ms,
+            "timing": how, "bytes": packed, "splits": splits, "tuning": {**default, **overrides},
             "max_abs_diff_vs_default": error,
         }  # fmt: skip
         print(f"  {name}: splits {splits}, {ms:.4f} ms, max |diff| {error:.2e}", flush=True)
@@ -159,6 +165,11 @@ def main() -> None:
     parser.add_argument(
         "--bits", default="4x4", help="KxV, e.g. 8x4: other than 4x4, the register-cap sweep"
     )
+    parser.add_argument(
+        "--rotate",
+        action="store_true",
+        help="time the model-domain call (rotate=True) tq-vllm makes",
+    )
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
@@ -167,6 +178,8 @@ def main() -> None:
         "--tuning", default="", help="with --ncu-target: e.g. decode.lookup=6,decode.maxnreg=0"
     )
     args = parser.parse_args()
+    global ROTATE
+    ROTATE = args.rotate
     if args.ncu_target:
         ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch, args.tuning)
         return
