@@ -60,7 +60,8 @@ def compile_decode(
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         # The long-context launch: splits of many tiles merge in a second kernel.
         MERGE_IN_KERNEL=False,
-        LOOKUP=lookup, ROTATE=False, **triton_attention._nibble_constants(layout, lookup),
+        LOOKUP=lookup, ROTATE=False, ROTATE_Q=False,
+        **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),
     )  # fmt: skip

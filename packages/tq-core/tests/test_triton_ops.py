@@ -143,6 +143,33 @@ def test_decode_matches_the_reference(
     assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
 
 
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_queries_rotated_once_per_call_decode_like_each_program_rotating(
+    num_splits, generator, monkeypatch
+):
+    """rotate_query_once: one launch rotates every query row for all split programs; the
+    output equals the in-kernel rotation's (and the reference's) up to fp32 summation order."""
+    batch, dev = _batch(CODECS[0], [70, 33], 2, 16, generator)
+    query = (torch.randn(2, 2, 8, 64, generator=generator) * 3).to(DEVICE)
+    args = (query, dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
+    decode = triton_attention.TUNING["decode"]
+    outputs = []
+    for once in (0, 1):
+        monkeypatch.setitem(
+            triton_attention.TUNING, "decode", {**decode, "rotate_query_once": once}
+        )
+        out = torch.full(query.shape, float("nan"), device=DEVICE)
+        triton_attention.decode_attention(*args, out=out, rotate=True, num_splits=num_splits)
+        outputs.append(out.cpu())
+    assert not outputs[1].isnan().any()
+    assert relative_error(outputs[1], outputs[0]) < 5e-4
+    expected = reference.decode_attention(
+        query.cpu(), batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1,
+        rotate=True,
+    )  # fmt: skip
+    assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
     rotate, generator, monkeypatch

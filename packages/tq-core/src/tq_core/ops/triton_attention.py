@@ -100,7 +100,8 @@ def _attention_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    LOOKUP: tl.constexpr, ROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
+    LOOKUP: tl.constexpr, ROTATE: tl.constexpr, ROTATE_Q: tl.constexpr, NIBBLE_LOW: tl.constexpr,
+    NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
     PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
@@ -166,9 +167,10 @@ def _attention_kernel(
     query_pos = context + token
     q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
     even = 2 * tl.arange(0, HALF)
-    if ROTATE:
+    if ROTATE_Q:
         # The query arrives in the original domain: rotate it here (R q = q @ S / sqrt(D)),
-        # straight into the column order the key tiles need.
+        # straight into the column order the key tiles need. (ROTATE without ROTATE_Q: a
+        # separate launch rotated it once for every split, _rotate_queries.)
         q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
         q = q.to(tl.float32)
         if K_PAIRS:
@@ -400,6 +402,25 @@ def _attention_kernel(
 
 
 @triton.jit
+def _rotate_queries_kernel(
+    q_ptr, out_ptr, signs_ptr, stride_qr, stride_qh, num_heads, inv_sqrt_d,
+    HEADS: tl.constexpr, D: tl.constexpr,
+):  # fmt: skip
+    """R q for every head of one query row (program 0), into float32 rows [heads, D]."""
+    row = tl.program_id(0)
+    heads = tl.arange(0, HEADS)
+    dims = tl.arange(0, D)
+    ok = heads < num_heads
+    q = tl.load(
+        q_ptr + row.to(tl.int64) * stride_qr + heads[:, None] * stride_qh + dims[None, :],
+        mask=ok[:, None], other=0.0,
+    ).to(tl.float32)  # fmt: skip
+    rotated = times_signs(q, signs_ptr, dims, dims, D, False) * inv_sqrt_d
+    out = out_ptr + (row.to(tl.int64) * num_heads + heads[:, None]) * D + dims[None, :]
+    tl.store(out, rotated, mask=ok[:, None])
+
+
+@triton.jit
 def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d, seq, kv_head,
@@ -580,6 +601,11 @@ TUNING = {
     # static-cost JSON); the H200 suite at 0e40444 measured SmolLM2-shaped decode at 0.25-0.49x
     # bf16 under lookup 5, half the speed of the old table lookup (kernels-h200-decode.json,
     # 0.47-0.68x). Chosen from the compiled code; the next GPU sweep times it.
+    # rotate_query_once 1: with rotate=True (the call tq-vllm makes) one launch rotates the
+    # queries for every split program, which otherwise each rotate their own (116 scalar loads,
+    # 128 scalar shared stores and 64 MMAs more per thread for sm_90a); rotate=True measured
+    # 0.07-0.08 ms slower than the rotated-domain call at batch 8-32 (kernels-h200-0e40444).
+    # Untimed, so opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -599,6 +625,7 @@ TUNING = {
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
+        "rotate_query_once": 0,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -681,8 +708,10 @@ def _prefetch(tuning: dict) -> int:
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
-    tuning, rotate=False,
+    tuning, rotate=False, query_rotated=False,
 ):  # fmt: skip
+    """``rotate``: query and output in the model's domain; ``query_rotated``: the query rows
+    were already rotated (only the output is rotated back here)."""
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
@@ -707,7 +736,8 @@ def _launch(
         float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
-        ROTATE=rotate, **_nibble_constants(layout, lookup), PREFETCH=_prefetch(tuning),
+        ROTATE=rotate, ROTATE_Q=rotate and not query_rotated, **_nibble_constants(layout, lookup),
+        PREFETCH=_prefetch(tuning),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         MERGE_IN_KERNEL=merge_in_kernel,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
@@ -766,13 +796,38 @@ def decode_attention(
     block_m = max(16, triton.next_power_of_2(num_query_tokens * group))
     max_tokens = block_table.shape[1] * layout.block_size
     splits = num_splits or _split_count(num_seqs, layout, max_tokens, query.device)
+    query_rotated = rotate and bool(TUNING["decode"].get("rotate_query_once"))
+    if query_rotated:
+        query_rows = _rotated_queries(query_rows, layout)
     _launch(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
-        num_splits=splits, tuning=TUNING["decode"], rotate=rotate,
+        num_splits=splits, tuning=TUNING["decode"], rotate=rotate, query_rotated=query_rotated,
     )  # fmt: skip
     return result
+
+
+_ROTATED_QUERIES: dict[torch.device, torch.Tensor] = {}
+
+
+def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Tensor:
+    """R q of every query row and head, float32 [rows, heads, head_dim], in one launch, into a
+    buffer kept per device and grown on demand (CUDA-graph safe once sized): what
+    ``rotate_query_once`` gives every split program instead of each rotating its own query."""
+    rows, heads, head_dim = query_rows.shape
+    device = query_rows.device
+    buffer = _ROTATED_QUERIES.get(device)
+    if buffer is None or buffer.numel() < rows * heads * head_dim:
+        buffer = torch.empty(rows * heads * head_dim, dtype=torch.float32, device=device)
+        _ROTATED_QUERIES[device] = buffer
+    rotated = buffer[: rows * heads * head_dim].view(rows, heads, head_dim)
+    signs = triton_layout.sign_hadamard(head_dim, layout.codec.seed, device)
+    _rotate_queries_kernel[(rows,)](
+        query_rows, rotated, signs, query_rows.stride(0), query_rows.stride(1), heads,
+        head_dim**-0.5, HEADS=max(16, triton.next_power_of_2(heads)), D=head_dim,
+    )  # fmt: skip
+    return rotated
 
 
 def prefill_attention(
