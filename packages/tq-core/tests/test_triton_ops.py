@@ -192,7 +192,7 @@ def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
         outputs.setdefault(merge_in_kernel, []).append(out.cpu())
     assert torch.equal(outputs[4][0], outputs[0][0])
     assert torch.equal(outputs[4][1], outputs[0][0])
-    counts = triton_attention._SPLIT_COUNTS[query.device]
+    counts = triton_attention._BUFFERS[("split counts", query.device, torch.int32)]
     assert torch.count_nonzero(counts).item() == 0
     expected = reference.decode_attention(
         query.cpu(), batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.125,

@@ -27,6 +27,7 @@ from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_decompress, triton_layout, validation
 from tq_core.ops.triton_common import (
+    INTERPRETED,
     codebook_words,
     dequantize,
     load_field,
@@ -496,32 +497,23 @@ def _multiprocessors(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-_WORKSPACES: dict[torch.device, torch.Tensor] = {}
+_BUFFERS: dict[tuple[str, torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def _workspace(device: torch.device, numel: int) -> torch.Tensor:
-    """A float32 scratch of at least ``numel`` elements, kept per device and grown on demand,
-    so steady-state calls (and CUDA-graph replays) allocate nothing. Calls on one device must
+def _kept_buffer(
+    purpose: str, device: torch.device, numel: int, dtype: torch.dtype, zeroed: bool = False
+) -> torch.Tensor:
+    """A flat buffer of at least ``numel`` elements per (purpose, device, dtype), kept and grown
+    on demand, so steady-state calls (and CUDA-graph replays) allocate nothing. ``zeroed``
+    buffers start as zeros (whoever uses them must leave them so). Calls on one device must
     not run concurrently on different streams."""
-    buffer = _WORKSPACES.get(device)
+    key = (purpose, torch.device(device), dtype)
+    buffer = _BUFFERS.get(key)
     if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel, dtype=torch.float32, device=device)
-        _WORKSPACES[device] = buffer
+        make = torch.zeros if zeroed else torch.empty
+        buffer = make(numel, dtype=dtype, device=device)
+        _BUFFERS[key] = buffer
     return buffer
-
-
-_SPLIT_COUNTS: dict[torch.device, torch.Tensor] = {}
-
-
-def _split_counters(device: torch.device, numel: int) -> torch.Tensor:
-    """int32 zeros, one per (sequence, KV head), for the in-kernel merge: each split counts
-    itself in and the last one resets its count, so the buffer is all zeros between calls and
-    is kept per device and grown on demand like the workspace (nothing allocated per call)."""
-    counters = _SPLIT_COUNTS.get(device)
-    if counters is None or counters.numel() < numel:
-        counters = torch.zeros(numel, dtype=torch.int32, device=device)
-        _SPLIT_COUNTS[device] = counters
-    return counters
 
 
 def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
@@ -653,8 +645,7 @@ def apply_tuning_overrides(tuning: dict, spec: str) -> dict:
 TUNING = apply_tuning_overrides(TUNING, os.environ.get(TUNING_ENV, ""))
 
 
-# Triton reads the flag when its modules are imported, and so does this one.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+_INTERPRETED = INTERPRETED  # a module global, so tests can patch it
 
 
 def _has_wide_field(layout: CacheLayout) -> bool:
@@ -716,7 +707,9 @@ def _launch(
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
     partials = num_seqs * layout.num_kv_heads * num_splits * block_m if num_splits > 1 else 0
-    workspace = _workspace(device, max(1, partials * (layout.head_dim + 2)))
+    workspace = _kept_buffer(
+        "split partials", device, max(1, partials * (layout.head_dim + 2)), torch.float32
+    )
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
     inv_sqrt_d = layout.head_dim**-0.5
     lookup = _lookup(tuning, layout)
@@ -724,7 +717,11 @@ def _launch(
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
     merge_in_kernel = num_splits > 1 and _merges_in_kernel(tuning, block_table, layout, num_splits)
-    counters = _split_counters(device, max(1, num_seqs * layout.num_kv_heads))
+    # One int32 per (sequence, KV head) for the in-kernel merge: each split counts itself in
+    # and the last one resets the count, so the buffer is all zeros between calls.
+    counters = _kept_buffer(
+        "split counts", device, max(1, num_seqs * layout.num_kv_heads), torch.int32, zeroed=True
+    )
     _attention_kernel[grid](
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
         partial_acc, partial_stats, counters,
@@ -808,20 +805,15 @@ def decode_attention(
     return result
 
 
-_ROTATED_QUERIES: dict[torch.device, torch.Tensor] = {}
-
-
 def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Tensor:
     """R q of every query row and head, float32 [rows, heads, head_dim], in one launch, into a
     buffer kept per device and grown on demand (CUDA-graph safe once sized): what
     ``rotate_query_once`` gives every split program instead of each rotating its own query."""
     rows, heads, head_dim = query_rows.shape
     device = query_rows.device
-    buffer = _ROTATED_QUERIES.get(device)
-    if buffer is None or buffer.numel() < rows * heads * head_dim:
-        buffer = torch.empty(rows * heads * head_dim, dtype=torch.float32, device=device)
-        _ROTATED_QUERIES[device] = buffer
-    rotated = buffer[: rows * heads * head_dim].view(rows, heads, head_dim)
+    numel = rows * heads * head_dim
+    rotated = _kept_buffer("rotated queries", device, numel, torch.float32)[:numel]
+    rotated = rotated.view(rows, heads, head_dim)
     signs = triton_layout.sign_hadamard(head_dim, layout.codec.seed, device)
     _rotate_queries_kernel[(rows,)](
         query_rows, rotated, signs, query_rows.stride(0), query_rows.stride(1), heads,
@@ -928,24 +920,15 @@ def prefill_attention(
     return result
 
 
-_SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
-def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
-    buffer = _SCRATCH.get((device, dtype))
-    if buffer is None or buffer.numel() < numel:
-        buffer = torch.empty(numel, dtype=dtype, device=device)
-        _SCRATCH[(device, dtype)] = buffer
-    return buffer
-
-
 def _prefill_via_flash(query, kv_cache, block_table, starts, lengths, layout, scale, out, unrotate):
     """Decompress each sequence's pages into a scratch in the query's dtype (in the query's
     domain), then torch SDPA (flash attention for half queries) with a causal mask aligned to
     the sequence's end. ``starts``, ``lengths``: query_start_loc and seq_lens as host lists."""
     num_kv, head_dim = layout.num_kv_heads, layout.head_dim
     longest = max(lengths, default=0)
-    scratch = _scratch(query.device, query.dtype, 2 * num_kv * max(longest, 1) * head_dim)
+    scratch = _kept_buffer(
+        "decompressed kv", query.device, 2 * num_kv * max(longest, 1) * head_dim, query.dtype
+    )
     keys = scratch[: num_kv * longest * head_dim].view(num_kv, longest, head_dim)
     values = scratch[num_kv * longest * head_dim : 2 * num_kv * longest * head_dim]
     values = values.view(num_kv, longest, head_dim)
@@ -981,7 +964,9 @@ def _prefill_via_dense(
         cu_k.append(cu_k[-1] + n)
     num_kv, head_dim = layout.num_kv_heads, layout.head_dim
     total = max(cu_k[-1], 1)
-    scratch = _scratch(query.device, query.dtype, 2 * total * num_kv * head_dim)
+    scratch = _kept_buffer(
+        "decompressed kv", query.device, 2 * total * num_kv * head_dim, query.dtype
+    )
     keys = scratch[: total * num_kv * head_dim].view(total, num_kv, head_dim)
     values = scratch[total * num_kv * head_dim : 2 * total * num_kv * head_dim]
     values = values.view(total, num_kv, head_dim)

@@ -8,8 +8,14 @@ offset) per token; these helpers add the constant region offset and the byte ind
 
 from __future__ import annotations
 
+import os
+
 import triton
 import triton.language as tl
+
+# Triton reads the flag when its modules are imported, and so do these: inline PTX (register
+# lookups, prefetch) needs a GPU, and the interpreter gets the table lookups instead.
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @triton.jit

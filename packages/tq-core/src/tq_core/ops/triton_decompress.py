@@ -11,19 +11,21 @@ attention kernel's own lead over tq's).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import load_field, load_vectors, nibble_pairs_pure, times_signs
+from tq_core.ops.triton_common import (
+    INTERPRETED,
+    load_field,
+    load_vectors,
+    nibble_pairs_pure,
+    times_signs,
+)
 
 _BLOCK_TOKENS = 64
-# Inline PTX (the register lookup) needs a GPU; Triton's interpreter gets the table lookup.
-_INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # register_lookup 1: 4-bit fields dequantize by byte permutes (the decode kernel's lookup 5);
 # 0: one centroid-table load per code through L1 (kernel_bench.py times both).
 TUNING = {"register_lookup": 1}
@@ -99,7 +101,7 @@ def gather_kv(
     for tensor, buffer in (("key", out[0]), ("value", out[1])):
         constants = triton_layout.field_constants(layout, tensor, "")
         register_lookup = (
-            constants["BITS"] == 4 and bool(TUNING["register_lookup"]) and not _INTERPRETED
+            constants["BITS"] == 4 and bool(TUNING["register_lookup"]) and not INTERPRETED
         )
         pairs = triton_layout.nibble_group_asm(layout.head_dim, False) if register_lookup else ""
         _decompress_kernel[grid](
