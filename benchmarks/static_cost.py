@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 
 from tq_core import TQCodec
 from tq_core.cli.provenance import environment_record
-from tq_core.ops import triton_attention
+from tq_core.ops import triton_attention, triton_decompress, triton_layout
 
 _POINTERS = {
     "q_ptr": "*bf16", "out_ptr": "*bf16", "cache_ptr": "*u8", "block_table_ptr": "*i32",
@@ -45,8 +45,10 @@ def compile_decode(
     maxnreg=None,
     prefetch: int = 0,
     shape: tuple[int, int, int] = (128, 4, 8),
+    rotate: bool = False,
 ) -> dict:
-    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default."""
+    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``rotate``: every
+    split program rotates its query and the kernel its output (``rotate=True``'s launch)."""
     head_dim, group, num_kv_heads = shape
     layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -60,7 +62,7 @@ def compile_decode(
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         # The long-context launch: splits of many tiles merge in a second kernel.
         MERGE_IN_KERNEL=False,
-        LOOKUP=lookup, ROTATE=False, ROTATE_Q=False,
+        LOOKUP=lookup, ROTATE=rotate, ROTATE_Q=rotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),
@@ -88,19 +90,7 @@ def compile_decode(
     options = {"num_warps": num_warps, "num_stages": 1}
     if maxnreg:
         options["maxnreg"] = maxnreg  # Triton writes it into the PTX, where ptxas reads it
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    tools = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-    with tempfile.TemporaryDirectory() as folder:
-        ptx, cubin = os.path.join(folder, "k.ptx"), os.path.join(folder, "k.cubin")
-        pathlib.Path(ptx).write_text(compiled.asm["ptx"])
-        report = subprocess.run(
-            [tools / "ptxas", "-v", "--gpu-name=sm_90a", ptx, "-o", cubin],
-            capture_output=True, text=True, check=True,
-        ).stderr  # fmt: skip
-        sass = subprocess.run(
-            [tools / "nvdisasm", "-c", cubin], capture_output=True, text=True, check=True
-        ).stdout
-    lines = sass.splitlines()
+    report, lines = _sass(triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options))
     labels = {
         m.group(1): i
         for i, line in enumerate(lines)
@@ -113,13 +103,11 @@ def compile_decode(
     ]
     start, end = max(loops, key=lambda span: span[1] - span[0])
     body = [m.group(1) for line in lines[start : end + 1] if (m := _SASS_OP.search(line))]
-    registers = int(re.search(r"Used (\d+) registers", report).group(1))
-    spills = int(re.search(r"(\d+) bytes spill stores", report).group(1))
     return {
         "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
         "block_n": block_n, "num_warps": num_warps,
-        "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch, "registers": registers,
-        "spill_store_bytes": spills,
+        "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch, "rotate": rotate,
+        **_resources(report, lines),
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
         "top_ops": collections.Counter(body).most_common(12),
@@ -128,6 +116,69 @@ def compile_decode(
         "shared_memory_ops": dict(
             sorted((op, n) for op, n in collections.Counter(body).items() if op[:3] in SHARED)
         ),
+    }  # fmt: skip
+
+
+def _sass(compiled) -> tuple[str, list[str]]:
+    """(ptxas's resource report, the SASS lines) of a kernel compiled for sm_90a."""
+    tools = pathlib.Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+    with tempfile.TemporaryDirectory() as folder:
+        ptx, cubin = os.path.join(folder, "k.ptx"), os.path.join(folder, "k.cubin")
+        pathlib.Path(ptx).write_text(compiled.asm["ptx"])
+        report = subprocess.run(
+            [tools / "ptxas", "-v", "--gpu-name=sm_90a", ptx, "-o", cubin],
+            capture_output=True, text=True, check=True,
+        ).stderr  # fmt: skip
+        sass = subprocess.run(
+            [tools / "nvdisasm", "-c", cubin], capture_output=True, text=True, check=True
+        ).stdout
+    return report, sass.splitlines()
+
+
+def _resources(report: str, lines: list[str]) -> dict:
+    """Registers, spills and the whole kernel's instruction count, with its global-memory,
+    shared-memory and tensor-core instructions by kind (what a prologue adds, for instance)."""
+    ops = collections.Counter(m.group(1) for line in lines if (m := _SASS_OP.search(line)))
+    return {
+        "registers": int(re.search(r"Used (\d+) registers", report).group(1)),
+        "spill_store_bytes": int(re.search(r"(\d+) bytes spill stores", report).group(1)),
+        "kernel_instructions": sum(ops.values()),
+        "kernel_memory_and_mma_ops": dict(
+            sorted((op, n) for op, n in ops.items() if op[:3] in ("LDG", "STS", "LDS", "HMM"))
+        ),
+    }
+
+
+def compile_decompress(register_lookup: bool, unrotate: bool) -> dict:
+    """gather_kv's kernel for K4 of Llama-3-8B's shape (head_dim 128, 64-token programs, the
+    launch's 4 warps), with the register lookup or the table's, rotating back or not."""
+    layout = TQCodec(128, 4, 4).cache_layout(8, 16)
+    kernel = triton_decompress._decompress_kernel
+    pairs = triton_layout.nibble_group_asm(128, False) if register_lookup else ""
+    constants = dict(
+        BLOCK_SIZE=16, D=128, BLOCK_T=triton_decompress._BLOCK_TOKENS, UNROTATE=unrotate,
+        REGISTER_LOOKUP=register_lookup, NIBBLE_PAIRS=pairs,
+        **triton_layout.field_constants(layout, "key", ""),
+    )  # fmt: skip
+    pointers = {"cache_ptr": "*u8", "block_ids_ptr": "*i32", "cent_ptr": "*fp32",
+                "signs_ptr": "*fp16", "out_ptr": "*bf16"}  # fmt: skip
+    signature = {
+        name: "constexpr" if name in constants else pointers.get(name, "i32")
+        for name in kernel.arg_names
+    }
+    signature["inv_sqrt_d"] = "fp32"
+    strides = ("stride_page", "stride_oh", "stride_ot")
+    aligned = [n for n in kernel.arg_names if n in pointers or n in strides]
+    source = ASTSource(
+        kernel,
+        signature,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()},
+        attrs={(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned},
+    )
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    return {
+        "kernel": "gather_kv", "register_lookup": register_lookup, "unrotate": unrotate,
+        **_resources(*_sass(compiled)),
     }  # fmt: skip
 
 
@@ -184,6 +235,23 @@ def main() -> None:
             )
             for lookup, cap in ((5, 160), (2, 128))
         ),
+        # Lookup 6 uncapped in 1-warp x 32-token and 2-warp x 64-token programs (the sweep's
+        # rows), and the default launch with each split program rotating its query
+        # (rotate=True; the whole kernel's counts show the prologue it adds).
+        *(compile_decode(4, 4, n, w, 6, None, default["prefetch"]) for n, w in ((32, 1), (64, 2))),
+        compile_decode(
+            4,
+            4,
+            default["block_n"],
+            default["num_warps"],
+            default["lookup"],
+            default["maxnreg"],
+            default["prefetch"],
+            rotate=True,
+        ),
+    ]
+    decompress = [
+        compile_decompress(lookup, back) for lookup in (True, False) for back in (False, True)
     ]
     for row in rows:
         print(
@@ -194,7 +262,16 @@ def main() -> None:
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "
             f"warp-instructions per token and KV head; shared memory {row['shared_memory_ops']}"
         )
-    record = {"target": "sm_90a", "rows": rows, "environment": environment_record()}
+    for row in decompress:
+        print(
+            f"gather_kv, register lookup {row['register_lookup']}, unrotate {row['unrotate']}: "
+            f"{row['registers']} registers, {row['kernel_instructions']} instructions, "
+            f"{row['kernel_memory_and_mma_ops']}"
+        )
+    record = {
+        "target": "sm_90a", "rows": rows, "decompress": decompress,
+        "environment": environment_record(),
+    }  # fmt: skip
     path = pathlib.Path(args.out)
     path.write_text(json.dumps(record, indent=1) + "\n")
 
