@@ -577,8 +577,8 @@ TUNING = {
     # 5 was never timed on them. 6 is 5 with the codebook words loaded once instead of
     # immediates, which ptxas copies from a uniform register before every permute: compiled
     # for sm_90a, 1,236 loop instructions uncapped (168 registers, the same three programs per
-    # multiprocessor as 160) against 5's 1,403 (static-cost-sm90a-*.json), yet within 1% of 5
-    # on an H200 (decode-levers-h200-7b3c6b5: the kernel waits on latency, not on issue), so
+    # multiprocessor as 160) against 5's 1,403 (static-cost-sm90a-*.json), yet within 1% of 5 at
+    # 16-32K on an H200 (decode-levers-h200-7b3c6b5: the kernel waits on latency), so
     # opt-in (TQ_TRITON_TUNING=decode.lookup=6,decode.maxnreg=0). The interpreter always gets 0.
     # maxnreg: 160 is what lookup 5 needs without spilling; lookup 2 ran best at 128 (four
     # programs per multiprocessor instead of three, 8-14% at 8-128 x 16-32K on an H100,
