@@ -56,9 +56,6 @@ VARIANTS = [
     ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
     ("lookup 5, splits x2", {}, 2.0),
-    # With --rotate: one launch rotates the queries for every split program (the same call as
-    # the default without --rotate).
-    ("lookup 5, queries rotated once per call", {"rotate_query_once": 1}, 1.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224
@@ -77,8 +74,8 @@ def _setup(batch: int, context: int, bits: tuple[int, int] = (4, 4)):
 
 
 # --rotate: every variant takes the query and returns the output in the model's domain, the
-# call tq-vllm makes (the kernels rotate both); kernels-h200-0e40444 measured that call 0.08 ms
-# slower than the rotated-domain one at batch 8-32.
+# call the adapters make (a launch rotates the queries first, the kernel rotates the output
+# back; rotate-h200-c5a676c.md measured it against the rotated-domain call).
 ROTATE = False
 
 

@@ -45,10 +45,8 @@ def compile_decode(
     maxnreg=None,
     prefetch: int = 0,
     shape: tuple[int, int, int] = (128, 4, 8),
-    rotate: bool = False,
 ) -> dict:
-    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``rotate``: every
-    split program rotates its query and the kernel its output (``rotate=True``'s launch)."""
+    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default."""
     head_dim, group, num_kv_heads = shape
     layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -62,7 +60,7 @@ def compile_decode(
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         # The long-context launch: splits of many tiles merge in a second kernel.
         MERGE_IN_KERNEL=False,
-        LOOKUP=lookup, ROTATE=rotate, ROTATE_Q=rotate,
+        LOOKUP=lookup, UNROTATE=False,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),
@@ -106,7 +104,7 @@ def compile_decode(
     return {
         "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
         "block_n": block_n, "num_warps": num_warps,
-        "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch, "rotate": rotate,
+        "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         **_resources(report, lines),
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
@@ -236,19 +234,8 @@ def main() -> None:
             for lookup, cap in ((5, 160), (2, 128))
         ),
         # Lookup 6 uncapped in 1-warp x 32-token and 2-warp x 64-token programs (the sweep's
-        # rows), and the default launch with each split program rotating its query
-        # (rotate=True; the whole kernel's counts show the prologue it adds).
+        # rows).
         *(compile_decode(4, 4, n, w, 6, None, default["prefetch"]) for n, w in ((32, 1), (64, 2))),
-        compile_decode(
-            4,
-            4,
-            default["block_n"],
-            default["num_warps"],
-            default["lookup"],
-            default["maxnreg"],
-            default["prefetch"],
-            rotate=True,
-        ),
     ]
     decompress = [
         compile_decompress(lookup, back) for lookup in (True, False) for back in (False, True)

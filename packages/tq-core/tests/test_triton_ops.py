@@ -17,6 +17,7 @@ from paged_scenario import build_paged_batch, relative_error
 from tq_core import TQCodec, ops
 from tq_core.errors import TQConfigError, TQInputError
 from tq_core.ops import reference
+from tq_core.rotation import rotate
 
 pytest.importorskip("triton")
 from tq_core.ops import triton_attention, triton_store
@@ -143,31 +144,17 @@ def test_decode_matches_the_reference(
     assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
 
 
-@pytest.mark.parametrize("num_splits", [1, 3])
-def test_queries_rotated_once_per_call_decode_like_each_program_rotating(
-    num_splits, generator, monkeypatch
-):
-    """rotate_query_once: one launch rotates every query row for all split programs; the
-    output equals the in-kernel rotation's (and the reference's) up to fp32 summation order."""
-    batch, dev = _batch(CODECS[0], [70, 33], 2, 16, generator)
-    query = (torch.randn(2, 2, 8, 64, generator=generator) * 3).to(DEVICE)
-    args = (query, dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
-    decode = triton_attention.TUNING["decode"]
-    outputs = []
-    for once in (0, 1):
-        monkeypatch.setitem(
-            triton_attention.TUNING, "decode", {**decode, "rotate_query_once": once}
-        )
-        out = torch.full(query.shape, float("nan"), device=DEVICE)
-        triton_attention.decode_attention(*args, out=out, rotate=True, num_splits=num_splits)
-        outputs.append(out.cpu())
-    assert not outputs[1].isnan().any()
-    assert relative_error(outputs[1], outputs[0]) < 5e-4
-    expected = reference.decode_attention(
-        query.cpu(), batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1,
-        rotate=True,
-    )  # fmt: skip
-    assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
+@pytest.mark.parametrize(("head_dim", "heads"), [(64, 9), (128, 32)])
+def test_query_rotation_launch_rotates_every_head_like_fp64(head_dim, heads, generator):
+    """rotate=True's first launch: R q of every query row and head (a head count short of a
+    power of two included, so the padded heads stay masked), in float32, against fp64."""
+    codec = TQCodec(head_dim, 4, 4)
+    layout = codec.cache_layout(2, 16)
+    query = torch.randn(3, heads, head_dim, generator=generator, dtype=torch.float64) * 3
+    rotated = triton_attention._rotated_queries(query.to(DEVICE, torch.float32), layout)
+    expected = rotate(query, codec.seed)
+    assert rotated.shape == expected.shape
+    assert relative_error(rotated.double().cpu(), expected) < 1e-6
 
 
 @pytest.mark.parametrize("rotate", [False, True])

@@ -101,7 +101,7 @@ def _attention_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    LOOKUP: tl.constexpr, ROTATE: tl.constexpr, ROTATE_Q: tl.constexpr, NIBBLE_LOW: tl.constexpr,
+    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
     PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
@@ -168,19 +168,7 @@ def _attention_kernel(
     query_pos = context + token
     q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
     even = 2 * tl.arange(0, HALF)
-    if ROTATE_Q:
-        # The query arrives in the original domain: rotate it here (R q = q @ S / sqrt(D)),
-        # straight into the column order the key tiles need. (ROTATE without ROTATE_Q: a
-        # separate launch rotated it once for every split, _rotate_queries.)
-        q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
-        q = q.to(tl.float32)
-        if K_PAIRS:
-            q_a = (times_signs(q, signs_ptr, dims, even, D, False) * inv_sqrt_d).to(K_DOT)
-            q_b = (times_signs(q, signs_ptr, dims, even + 1, D, False) * inv_sqrt_d).to(K_DOT)
-        else:
-            q_a = (times_signs(q, signs_ptr, dims, dims, D, False) * inv_sqrt_d).to(K_DOT)
-            q_b = q_a
-    elif K_PAIRS:
+    if K_PAIRS:
         q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
         q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
         q_a = q_a.to(K_DOT)
@@ -370,12 +358,12 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, ROTATE,
+                    BLOCK_M, UNIFORM_Q, UNROTATE,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
         out_rows = out_ptr + out_off[:, None]
-        if ROTATE:
+        if UNROTATE:
             # Back to the original domain: out = acc @ S^T / sqrt(D), rows of S^T matching the
             # accumulator's columns.
             result = times_signs(acc_a * inv_l[:, None], signs_ptr, out_dims_a, dims, D, True)
@@ -426,7 +414,7 @@ def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, ROTATE: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
@@ -463,7 +451,7 @@ def _merge_splits(
         )
         acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
-    if ROTATE:
+    if UNROTATE:
         result = times_signs(result, signs_ptr, dims, dims, D, True) * inv_sqrt_d
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
@@ -480,13 +468,13 @@ def _merge_splits_kernel(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, ROTATE: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, ROTATE,
+        UNIFORM_Q, UNROTATE,
     )  # fmt: skip
 
 
@@ -593,11 +581,6 @@ TUNING = {
     # static-cost JSON); the H200 suite at 0e40444 measured SmolLM2-shaped decode at 0.25-0.49x
     # bf16 under lookup 5, half the speed of the old table lookup (kernels-h200-decode.json,
     # 0.47-0.68x). Chosen from the compiled code; the next GPU sweep times it.
-    # rotate_query_once 1: with rotate=True (the call tq-vllm makes) one launch rotates the
-    # queries for every split program, which otherwise each rotate their own (116 scalar loads,
-    # 128 scalar shared stores and 64 MMAs more per thread for sm_90a); rotate=True measured
-    # 0.07-0.08 ms slower than the rotated-domain call at batch 8-32 (kernels-h200-0e40444).
-    # Untimed, so opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -617,7 +600,6 @@ TUNING = {
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
-        "rotate_query_once": 0,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -699,10 +681,10 @@ def _prefetch(tuning: dict) -> int:
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
-    tuning, rotate=False, query_rotated=False,
+    tuning, unrotate=False,
 ):  # fmt: skip
-    """``rotate``: query and output in the model's domain; ``query_rotated``: the query rows
-    were already rotated (only the output is rotated back here)."""
+    """``unrotate``: rotate the output back to the model's domain (the query rows arrive
+    rotated)."""
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
@@ -733,7 +715,7 @@ def _launch(
         float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
-        ROTATE=rotate, ROTATE_Q=rotate and not query_rotated, **_nibble_constants(layout, lookup),
+        UNROTATE=unrotate, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         MERGE_IN_KERNEL=merge_in_kernel,
@@ -745,7 +727,7 @@ def _launch(
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
-            D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, ROTATE=rotate,
+            D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
         )  # fmt: skip
 
 
@@ -793,22 +775,26 @@ def decode_attention(
     block_m = max(16, triton.next_power_of_2(num_query_tokens * group))
     max_tokens = block_table.shape[1] * layout.block_size
     splits = num_splits or _split_count(num_seqs, layout, max_tokens, query.device)
-    query_rotated = rotate and bool(TUNING["decode"].get("rotate_query_once"))
-    if query_rotated:
+    if rotate:
         query_rows = _rotated_queries(query_rows, layout)
     _launch(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
-        num_splits=splits, tuning=TUNING["decode"], rotate=rotate, query_rotated=query_rotated,
+        num_splits=splits, tuning=TUNING["decode"], unrotate=rotate,
     )  # fmt: skip
     return result
 
 
 def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Tensor:
     """R q of every query row and head, float32 [rows, heads, head_dim], in one launch, into a
-    buffer kept per device and grown on demand (CUDA-graph safe once sized): what
-    ``rotate_query_once`` gives every split program instead of each rotating its own query."""
+    buffer kept per device and grown on demand (CUDA-graph safe once sized), which every split
+    program then reads. Each split program rotating its own query instead (over a thousand
+    programs per call at 8 x 4K) tripled the attention kernel's time there (ncu: 150.7 us
+    against 50.2) and made rotate=True 1.25-2.8x slower than with this launch at 1-128 x 1-16K
+    on an H200; with it, rotate=True costs 3-8 us more than the rotated-domain call (this
+    launch and the output's rotation back): 1.02-1.03x its time at 8 x 16K, 32 x 16K and
+    128 x 4K, 1.6x at 1 x 1K (benchmarks/results/decode-levers/rotate-h200-c5a676c.md)."""
     rows, heads, head_dim = query_rows.shape
     device = query_rows.device
     numel = rows * heads * head_dim
