@@ -590,8 +590,19 @@ def main() -> None:
         "--only",
         help="comma list of sections: decode,bits_sweep,store,prefill,decompress,peers",
     )
+    parser.add_argument(
+        "--models", help=f"comma list: only these models' decode rows (of {', '.join(MODELS)})"
+    )
     args = parser.parse_args()
     suite = _suite(args.suite)
+    if args.models:
+        wanted = args.models.split(",")
+        unknown = sorted(set(wanted) - set(MODELS))
+        if unknown:
+            parser.error(f"unknown models {unknown}; choose from {sorted(MODELS)}")
+        for section in ("decode", "bits_sweep"):
+            if section in suite:
+                suite[section] = [case for case in suite[section] if case[0] in wanted]
     sections = args.only.split(",") if args.only else list(suite)
     env = environment_record()
     if args.git_sha:

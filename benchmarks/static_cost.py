@@ -45,8 +45,14 @@ def compile_decode(
     maxnreg=None,
     prefetch: int = 0,
     shape: tuple[int, int, int] = (128, 4, 8),
+    merge_in_kernel: bool = False,
+    unrotate: bool = False,
+    rot_cols: int | None = None,
 ) -> dict:
-    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default."""
+    """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
+    the last split merges (short splits' launch); ``unrotate``: the output is rotated back
+    (``rotate=True``'s launch), ``rot_cols`` columns of the sign matrix at a time (default: the
+    launches')."""
     head_dim, group, num_kv_heads = shape
     layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -58,13 +64,14 @@ def compile_decode(
         GROUP=group, NUM_KV_HEADS=num_kv_heads, BLOCK_SIZE=16, D=head_dim, BLOCK_M=16,
         BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
-        # The long-context launch: splits of many tiles merge in a second kernel.
-        MERGE_IN_KERNEL=False,
-        LOOKUP=lookup, UNROTATE=False,
+        MERGE_IN_KERNEL=merge_in_kernel,
+        LOOKUP=lookup, UNROTATE=unrotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout),
     )  # fmt: skip
+    if rot_cols:
+        constants["ROT_COLS"] = rot_cols
     kernel = triton_attention._attention_kernel
     signature = {}
     for name in kernel.arg_names:
@@ -105,6 +112,8 @@ def compile_decode(
         "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
+        "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
+        "rot_cols": constants["ROT_COLS"],
         **_resources(report, lines),
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
@@ -236,6 +245,43 @@ def main() -> None:
         # Lookup 6 uncapped in 1-warp x 32-token and 2-warp x 64-token programs (the sweep's
         # rows).
         *(compile_decode(4, 4, n, w, 6, None, default["prefetch"]) for n, w in ((32, 1), (64, 2))),
+        # The kernel that merges its splits, rotating the output back or not (rotate=True's
+        # launch at short splits), for Llama-3-8B's and Gemma-2-9B's shapes; head_dim 256 with
+        # the whole sign matrix, 64 and 32 columns of it at a time (_rotation_cols).
+        *(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["lookup"],
+                default["maxnreg"],
+                default["prefetch"],
+                shape=shape,
+                merge_in_kernel=True,
+                unrotate=unrotate,
+                rot_cols=cols,
+            )
+            for shape, unrotate, cols in (
+                ((128, 4, 8), False, None),
+                ((128, 4, 8), True, None),
+                ((256, 2, 8), False, None),
+                ((256, 2, 8), True, 256),
+                ((256, 2, 8), True, 64),
+                ((256, 2, 8), True, None),
+            )
+        ),
+        # Gemma-2's shape uncapped: lookup 5's loop spills at 160 registers there.
+        compile_decode(
+            4,
+            4,
+            default["block_n"],
+            default["num_warps"],
+            default["lookup"],
+            None,
+            default["prefetch"],
+            shape=(256, 2, 8),
+        ),
     ]
     decompress = [
         compile_decompress(lookup, back) for lookup in (True, False) for back in (False, True)
@@ -244,7 +290,9 @@ def main() -> None:
         print(
             f"head_dim {row['head_dim']} K{row['k_bits']}V{row['v_bits']} "
             f"tile {row['block_n']} x {row['num_warps']} warps, "
-            f"lookup {row['lookup']}, prefetch {row['prefetch']}: "
+            f"lookup {row['lookup']}, prefetch {row['prefetch']}, cap {row['maxnreg']}, "
+            f"merge in kernel {row['merge_in_kernel']}, unrotate {row['unrotate']} "
+            f"({row['rot_cols']} columns): {row['spill_store_bytes']} spill bytes, "
             f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "
             f"warp-instructions per token and KV head; shared memory {row['shared_memory_ops']}"

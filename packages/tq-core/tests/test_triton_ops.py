@@ -144,10 +144,11 @@ def test_decode_matches_the_reference(
     assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
 
 
-@pytest.mark.parametrize(("head_dim", "heads"), [(64, 9), (128, 32)])
+@pytest.mark.parametrize(("head_dim", "heads"), [(64, 9), (128, 32), (256, 16)])
 def test_query_rotation_launch_rotates_every_head_like_fp64(head_dim, heads, generator):
     """rotate=True's first launch: R q of every query row and head (a head count short of a
-    power of two included, so the padded heads stay masked), in float32, against fp64."""
+    power of two included, so the padded heads stay masked; head_dim 256 in column slices), in
+    float32, against fp64."""
     codec = TQCodec(head_dim, 4, 4)
     layout = codec.cache_layout(2, 16)
     query = torch.randn(3, heads, head_dim, generator=generator, dtype=torch.float64) * 3

@@ -101,7 +101,7 @@ def _attention_kernel(
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
     MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
-    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, NIBBLE_LOW: tl.constexpr,
+    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
     PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
@@ -358,25 +358,28 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
         out_rows = out_ptr + out_off[:, None]
         if UNROTATE:
             # Back to the original domain: out = acc @ S^T / sqrt(D), rows of S^T matching the
-            # accumulator's columns.
-            result = times_signs(acc_a * inv_l[:, None], signs_ptr, out_dims_a, dims, D, True)
-            if V_PAIRS:
-                part_b = acc_b * inv_l[:, None]
-                result += times_signs(part_b, signs_ptr, out_dims_b, dims, D, True)
-            if V_QUADS:
-                part_c = acc_c * inv_l[:, None]
-                result += times_signs(part_c, signs_ptr, out_dims_c, dims, D, True)
-                part_d = acc_d * inv_l[:, None]
-                result += times_signs(part_d, signs_ptr, out_dims_d, dims, D, True)
-            result = (result * inv_sqrt_d).to(out_ptr.dtype.element_ty)
-            tl.store(out_rows + dims[None, :], result, mask=row_ok[:, None])
+            # accumulator's columns, ROT_COLS output columns at a time.
+            for block in tl.static_range(D // ROT_COLS):
+                cols = block * ROT_COLS + tl.arange(0, ROT_COLS)
+                part = acc_a * inv_l[:, None]
+                result = times_signs(part, signs_ptr, out_dims_a, cols, D, True)
+                if V_PAIRS:
+                    part = acc_b * inv_l[:, None]
+                    result += times_signs(part, signs_ptr, out_dims_b, cols, D, True)
+                if V_QUADS:
+                    part = acc_c * inv_l[:, None]
+                    result += times_signs(part, signs_ptr, out_dims_c, cols, D, True)
+                    part = acc_d * inv_l[:, None]
+                    result += times_signs(part, signs_ptr, out_dims_d, cols, D, True)
+                result = (result * inv_sqrt_d).to(out_ptr.dtype.element_ty)
+                tl.store(out_rows + cols[None, :], result, mask=row_ok[:, None])
         else:
             result = (acc_a * inv_l[:, None]).to(out_ptr.dtype.element_ty)
             tl.store(out_rows + out_dims_a[None, :], result, mask=row_ok[:, None])
@@ -393,19 +396,21 @@ def _attention_kernel(
 @triton.jit
 def _rotate_queries_kernel(
     q_ptr, out_ptr, signs_ptr, stride_qr, stride_qh, num_heads, inv_sqrt_d,
-    HEADS: tl.constexpr, D: tl.constexpr,
+    HEADS: tl.constexpr, D: tl.constexpr, ROT_COLS: tl.constexpr,
 ):  # fmt: skip
-    """R q for every head of one query row (program 0), into float32 rows [heads, D]."""
+    """R q for every head of one query row (program 0), ROT_COLS of its columns (program 1),
+    into float32 rows [heads, D]."""
     row = tl.program_id(0)
     heads = tl.arange(0, HEADS)
     dims = tl.arange(0, D)
+    cols = tl.program_id(1) * ROT_COLS + tl.arange(0, ROT_COLS)
     ok = heads < num_heads
     q = tl.load(
         q_ptr + row.to(tl.int64) * stride_qr + heads[:, None] * stride_qh + dims[None, :],
         mask=ok[:, None], other=0.0,
     ).to(tl.float32)  # fmt: skip
-    rotated = times_signs(q, signs_ptr, dims, dims, D, False) * inv_sqrt_d
-    out = out_ptr + (row.to(tl.int64) * num_heads + heads[:, None]) * D + dims[None, :]
+    rotated = times_signs(q, signs_ptr, dims, cols, D, False) * inv_sqrt_d
+    out = out_ptr + (row.to(tl.int64) * num_heads + heads[:, None]) * D + cols[None, :]
     tl.store(out, rotated, mask=ok[:, None])
 
 
@@ -414,7 +419,7 @@ def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
@@ -451,16 +456,21 @@ def _merge_splits(
         )
         acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
-    if UNROTATE:
-        result = times_signs(result, signs_ptr, dims, dims, D, True) * inv_sqrt_d
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
-    out_off = (seq * UNIFORM_Q + token).to(tl.int64) * stride_or + heads * stride_oh
-    tl.store(
-        out_ptr + out_off[:, None] + dims[None, :],
-        result.to(out_ptr.dtype.element_ty),
-        mask=row_ok[:, None],
-    )
+    out_rows = out_ptr + (seq * UNIFORM_Q + token).to(tl.int64)[:, None] * stride_or
+    out_rows += heads[:, None] * stride_oh
+    if UNROTATE:
+        for block in tl.static_range(D // ROT_COLS):
+            cols = block * ROT_COLS + tl.arange(0, ROT_COLS)
+            part = times_signs(result, signs_ptr, dims, cols, D, True) * inv_sqrt_d
+            tl.store(
+                out_rows + cols[None, :], part.to(out_ptr.dtype.element_ty), mask=row_ok[:, None]
+            )
+    else:
+        tl.store(
+            out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None]
+        )
 
 
 @triton.jit
@@ -468,13 +478,13 @@ def _merge_splits_kernel(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE,
+        UNIFORM_Q, UNROTATE, ROT_COLS,
     )  # fmt: skip
 
 
@@ -523,8 +533,19 @@ def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) ->
     return max(1, splits)
 
 
+def _rotation_cols(head_dim: int) -> int:
+    """Output columns per rotation product, so that a [head_dim, cols] fp16 slice of the sign
+    matrix is what the registers hold: all of it up to head_dim 128, 8,192 // head_dim columns
+    above. Whole at head_dim 256 it spilled (sm_90a, lookup 5 at 160 registers, the kernel that
+    merges its splits and rotates back: 2,156 bytes; 1,156 in 64-column slices, 720 in 32,
+    against 620 without rotating back; benchmarks/static_cost.py) and rotate=True took 1.8x the
+    rotated-domain call's time at Gemma-2's 8 x 4K (kernels-decode-h200-dd52956)."""
+    return head_dim if head_dim <= 128 else 8192 // head_dim
+
+
 def _kernel_constants(layout: CacheLayout) -> dict:
     return {
+        "ROT_COLS": _rotation_cols(layout.head_dim),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     }
@@ -728,6 +749,7 @@ def _launch(
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
+            ROT_COLS=_rotation_cols(layout.head_dim),
         )  # fmt: skip
 
 
@@ -801,9 +823,10 @@ def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Ten
     rotated = _kept_buffer("rotated queries", device, numel, torch.float32)[:numel]
     rotated = rotated.view(rows, heads, head_dim)
     signs = triton_layout.sign_hadamard(head_dim, layout.codec.seed, device)
-    _rotate_queries_kernel[(rows,)](
+    cols = _rotation_cols(head_dim)
+    _rotate_queries_kernel[(rows, head_dim // cols)](
         query_rows, rotated, signs, query_rows.stride(0), query_rows.stride(1), heads,
-        head_dim**-0.5, HEADS=max(16, triton.next_power_of_2(heads)), D=head_dim,
+        head_dim**-0.5, HEADS=max(16, triton.next_power_of_2(heads)), D=head_dim, ROT_COLS=cols,
     )  # fmt: skip
     return rotated
 
