@@ -601,8 +601,8 @@ def test_tuning_overrides_refuse_what_they_cannot_apply(spec):
 )
 def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped, monkeypatch):
     """Fields wider than 4 bits launch uncapped and with ``wide_lookup`` (the lookup timed on
-    them); a head_dim below 128 with ``small_head_*``; the rest with ``maxnreg`` and
-    ``lookup``; the interpreter always compiles lookup 0."""
+    them); a head_dim below 128 with ``small_head_*``, above it with ``large_head_*``; the
+    rest with ``maxnreg`` and ``lookup``; the interpreter always compiles lookup 0."""
     from tq_core import CacheLayout
 
     layout = CacheLayout(TQCodec(128, k_bits, v_bits), num_kv_heads=8, block_size=16)
@@ -622,5 +622,12 @@ def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped
         {"maxnreg": 128} if capped else {}
     )
     assert triton_attention._lookup(tuning, small) == (5 if capped else 2)  # falls back
+    # Above 128 the large_head_* settings (Gemma-2's 256 goes uncapped by default).
+    large = CacheLayout(TQCodec(256, k_bits, v_bits), num_kv_heads=8, block_size=16)
+    large_tuning = {**tuning, "large_head_maxnreg": 0}
+    assert triton_attention._register_cap(large_tuning, large) == {}
+    assert triton_attention._register_cap(tuning, large) == expected  # falls back
+    assert triton_attention._lookup(large_tuning, large) == (5 if capped else 2)
+    assert triton_attention._register_cap(large_tuning, layout) == expected
     monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
     assert triton_attention._lookup(tuning, layout) == 0

@@ -601,7 +601,13 @@ TUNING = {
     # warp-instructions per token and KV head against lookup 2's 22.2 with no spill (sm_90a,
     # static-cost JSON); the H200 suite at 0e40444 measured SmolLM2-shaped decode at 0.25-0.49x
     # bf16 under lookup 5, half the speed of the old table lookup (kernels-h200-decode.json,
-    # 0.47-0.68x). Chosen from the compiled code; the next GPU sweep times it.
+    # 0.47-0.68x). Chosen from the compiled code; timed at fec6f7d: 0.41-1.24x bf16 from
+    # 0.25-0.49x (kernels-decode-h200-fec6f7d).
+    # large_head_maxnreg 0: head_dim above 128 (Gemma-2's 256) goes uncapped: lookup 5's loop
+    # spills 620 bytes at 160 registers there, none at 255 (static-cost-sm90a-fec6f7d), and
+    # Gemma-2-shaped decode ran 1.05-1.39x bf16 uncapped against 0.83-1.00x capped, rotate=True
+    # 0.70-1.37x against 0.53-0.99x (1 x 4K to 32 x 16K, H200, one session:
+    # kernels-decode-gemma-uncapped-h200-fec6f7d against kernels-decode-h200-fec6f7d).
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -618,6 +624,7 @@ TUNING = {
         "wide_maxnreg": 0,
         "small_head_lookup": 2,
         "small_head_maxnreg": 128,
+        "large_head_maxnreg": 0,
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
@@ -661,12 +668,14 @@ def _has_wide_field(layout: CacheLayout) -> bool:
 
 def _setting(tuning: dict, layout: CacheLayout, name: str):
     """``name``'s value for this layout: ``wide_<name>`` where a field has more than 4 bits,
-    ``small_head_<name>`` for a head_dim below 128, else ``name`` itself (a missing prefixed
-    setting falls back to it; prefill has none)."""
+    ``small_head_<name>`` for a head_dim below 128, ``large_head_<name>`` above it, else
+    ``name`` itself (a missing prefixed setting falls back to it; prefill has none)."""
     if _has_wide_field(layout):
         prefix = "wide_"
     elif layout.head_dim < 128:
         prefix = "small_head_"
+    elif layout.head_dim > 128:
+        prefix = "large_head_"
     else:
         prefix = ""
     return tuning.get(prefix + name, tuning.get(name))
