@@ -601,11 +601,11 @@ TUNING = {
     # warp-instructions per token and KV head against lookup 2's 22.2 with no spill (sm_90a,
     # static-cost JSON); the H200 suite at 0e40444 measured SmolLM2-shaped decode at 0.25-0.49x
     # bf16 under lookup 5, half the speed of the old table lookup (kernels-h200-decode.json,
-    # 0.47-0.68x). Chosen from the compiled code; timed at fec6f7d: 0.41-1.24x bf16 from
-    # 0.25-0.49x (kernels-decode-h200-fec6f7d).
+    # 0.47-0.68x). Chosen from the compiled code; timed at fec6f7d: 0.40-1.25x bf16 over 16
+    # shapes, from 0.25-0.51x at 0e40444 (kernels-decode-h200-fec6f7d, kernels-h200-0e40444).
     # large_head_maxnreg 0: head_dim above 128 (Gemma-2's 256) goes uncapped: lookup 5's loop
     # spills 620 bytes at 160 registers there, none at 255 (static-cost-sm90a-fec6f7d), and
-    # Gemma-2-shaped decode ran 1.05-1.39x bf16 uncapped against 0.83-1.00x capped, rotate=True
+    # Gemma-2-shaped decode ran 0.91-1.39x bf16 uncapped against 0.61-1.00x capped, rotate=True
     # 0.70-1.37x against 0.53-0.99x (1 x 4K to 32 x 16K, H200, one session:
     # kernels-decode-gemma-uncapped-h200-fec6f7d against kernels-decode-h200-fec6f7d).
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
