@@ -56,6 +56,13 @@ VARIANTS = [
     ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
     ("lookup 5, splits x2", {}, 2.0),
+    # With --rotate: the query rotation launch in programs of fewer output columns (more,
+    # shorter programs; a [32, 128] x [128, 128] product took 5 us, mostly one warp's chain of
+    # tensor-core instructions). No effect without --rotate.
+    *(
+        (f"query rotation {cols} columns", {"query_rotation_cols": cols}, 1.0)
+        for cols in (64, 32, 16)
+    ),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

@@ -608,6 +608,8 @@ TUNING = {
     # Gemma-2-shaped decode ran 0.91-1.39x bf16 uncapped against 0.61-1.00x capped, rotate=True
     # 0.70-1.37x against 0.53-0.99x (1 x 4K to 32 x 16K, H200, one session:
     # kernels-decode-gemma-uncapped-h200-fec6f7d against kernels-decode-h200-fec6f7d).
+    # query_rotation_cols: output columns per program of rotate=True's query rotation launch
+    # (0: as many as _rotation_cols allows); fewer give more, shorter programs (experimental).
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -625,6 +627,7 @@ TUNING = {
         "small_head_lookup": 2,
         "small_head_maxnreg": 128,
         "large_head_maxnreg": 0,
+        "query_rotation_cols": 0,
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
@@ -832,7 +835,7 @@ def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Ten
     rotated = _kept_buffer("rotated queries", device, numel, torch.float32)[:numel]
     rotated = rotated.view(rows, heads, head_dim)
     signs = triton_layout.sign_hadamard(head_dim, layout.codec.seed, device)
-    cols = _rotation_cols(head_dim)
+    cols = min(TUNING["decode"].get("query_rotation_cols") or head_dim, _rotation_cols(head_dim))
     _rotate_queries_kernel[(rows, head_dim // cols)](
         query_rows, rotated, signs, query_rows.stride(0), query_rows.stride(1), heads,
         head_dim**-0.5, HEADS=max(16, triton.next_power_of_2(heads)), D=head_dim, ROT_COLS=cols,
