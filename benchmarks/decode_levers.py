@@ -56,12 +56,12 @@ VARIANTS = [
     ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
     ("lookup 5, splits x2", {}, 2.0),
-    # With --rotate: the query rotation launch in programs of fewer output columns (more,
-    # shorter programs; a [32, 128] x [128, 128] product took 5 us, mostly one warp's chain of
-    # tensor-core instructions). No effect without --rotate.
+    # With --rotate: the query rotation launch's output columns per program (0: whole rows; 32,
+    # the default, was 0.6-1.4 us faster per call than whole rows at 1-32 x 1-4K:
+    # decode-levers-rotate-h200-909d2ab). No effect without --rotate.
     *(
         (f"query rotation {cols} columns", {"query_rotation_cols": cols}, 1.0)
-        for cols in (64, 32, 16)
+        for cols in (0, 64, 16)
     ),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap

@@ -608,8 +608,11 @@ TUNING = {
     # Gemma-2-shaped decode ran 0.91-1.39x bf16 uncapped against 0.61-1.00x capped, rotate=True
     # 0.70-1.37x against 0.53-0.99x (1 x 4K to 32 x 16K, H200, one session:
     # kernels-decode-gemma-uncapped-h200-fec6f7d against kernels-decode-h200-fec6f7d).
-    # query_rotation_cols: output columns per program of rotate=True's query rotation launch
-    # (0: as many as _rotation_cols allows); fewer give more, shorter programs (experimental).
+    # query_rotation_cols 32: rotate=True's query rotation launch computes 32 output columns
+    # per program (0: as many as _rotation_cols allows), so 4 programs per query row at
+    # head_dim 128, each with a quarter of the tensor-core chain: 0.6-1.4 us less per call than
+    # whole rows at 1-32 x 1-4K (0.0117 ms against 0.0123 at 1 x 1K, 0.0438 against 0.0452 at
+    # 8 x 4K), 64 and 16 columns within 0.4 us of it (decode-levers-rotate-h200-909d2ab).
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -627,7 +630,7 @@ TUNING = {
         "small_head_lookup": 2,
         "small_head_maxnreg": 128,
         "large_head_maxnreg": 0,
-        "query_rotation_cols": 0,
+        "query_rotation_cols": 32,
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
