@@ -62,6 +62,10 @@ VARIANTS = [
     ("query rotation, whole rows per program", {"query_rotation_cols": 0}, 1.0),
     ("query rotation, 64 columns per program", {"query_rotation_cols": 64}, 1.0),
     ("query rotation, 16 columns per program", {"query_rotation_cols": 16}, 1.0),
+    # The split merge reading 2 or 4 splits per step instead of one (merge_chunk; untimed when
+    # written). Batch 1 runs 32-64 splits per pair: --shapes 1x4096,1x16384,1x65536 shows it.
+    ("merge reading 2 splits per step", {"merge_chunk": 2}, 1.0),
+    ("merge reading 4 splits per step", {"merge_chunk": 4}, 1.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

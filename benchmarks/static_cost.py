@@ -48,11 +48,12 @@ def compile_decode(
     merge_in_kernel: bool = False,
     unrotate: bool = False,
     rot_cols: int | None = None,
+    merge_chunk: int = 1,
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
     (``rotate=True``'s launch), ``rot_cols`` columns of the sign matrix at a time (default: the
-    launches')."""
+    launches'); ``merge_chunk``: splits the merge reads per step."""
     head_dim, group, num_kv_heads = shape
     layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -64,7 +65,7 @@ def compile_decode(
         GROUP=group, NUM_KV_HEADS=num_kv_heads, BLOCK_SIZE=16, D=head_dim, BLOCK_M=16,
         BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
-        MERGE_IN_KERNEL=merge_in_kernel,
+        MERGE_IN_KERNEL=merge_in_kernel, MERGE_CHUNK=merge_chunk,
         LOOKUP=lookup, UNROTATE=unrotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
@@ -113,7 +114,7 @@ def compile_decode(
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
-        "rot_cols": constants["ROT_COLS"],
+        "rot_cols": constants["ROT_COLS"], "merge_chunk": merge_chunk,
         **_resources(report, lines),
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
@@ -271,6 +272,22 @@ def main() -> None:
                 ((256, 2, 8), True, None),
             )
         ),
+        # The merge reading 4 splits per step (merge_chunk 4), rotating back or not.
+        *(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["lookup"],
+                default["maxnreg"],
+                default["prefetch"],
+                merge_in_kernel=True,
+                unrotate=unrotate,
+                merge_chunk=4,
+            )
+            for unrotate in (False, True)
+        ),
         # Gemma-2's shape uncapped: lookup 5's loop spills at 160 registers there.
         compile_decode(
             4,
@@ -292,7 +309,8 @@ def main() -> None:
             f"tile {row['block_n']} x {row['num_warps']} warps, "
             f"lookup {row['lookup']}, prefetch {row['prefetch']}, cap {row['maxnreg']}, "
             f"merge in kernel {row['merge_in_kernel']}, unrotate {row['unrotate']} "
-            f"({row['rot_cols']} columns): {row['spill_store_bytes']} spill bytes, "
+            f"({row['rot_cols']} columns), merge chunk {row['merge_chunk']}: "
+            f"{row['spill_store_bytes']} spill bytes, "
             f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "
             f"warp-instructions per token and KV head; shared memory {row['shared_memory_ops']}"

@@ -100,7 +100,8 @@ def _attention_kernel(
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr, HAS_WINDOW: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, MERGE_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
@@ -358,7 +359,7 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_CHUNK,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
@@ -415,11 +416,47 @@ def _rotate_queries_kernel(
 
 
 @triton.jit
+def _merge_split_chunks(
+    partial_acc_ptr, partial_stats_ptr, num_splits, first, rows, dims, row_ok,
+    D: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
+):  # fmt: skip
+    """(sum_s 2^(m_s - M) acc_s, sum_s 2^(m_s - M) l_s) with CHUNK splits read per step: the
+    running maxima of up to 64 splits in one load, then [CHUNK, BLOCK_M, D] partials at a time."""
+    STATS: tl.constexpr = 64
+    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for base in range(0, num_splits, STATS):
+        split = base + tl.arange(0, STATS)
+        ok = (split < num_splits)[:, None] & row_ok[None, :]
+        stats = partial_stats_ptr + ((first + split) * 2)[:, None] * BLOCK_M + rows[None, :]
+        m = tl.load(stats, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        m_max = tl.maximum(m_max, tl.max(m, axis=0))
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for base in range(0, num_splits, CHUNK):
+        split = base + tl.arange(0, CHUNK)
+        part = first + split
+        ok = (split < num_splits)[:, None] & row_ok[None, :]
+        stats = partial_stats_ptr + (part * 2)[:, None] * BLOCK_M + rows[None, :]
+        m_split = tl.load(stats, mask=ok, other=0.0, cache_modifier=".cg")
+        l_split = tl.load(stats + BLOCK_M, mask=ok, other=0.0, cache_modifier=".cg")
+        weight = tl.where(ok, tl.exp2(m_split - m_use[None, :]), 0.0)
+        total += tl.sum(weight * l_split, axis=0)
+        offsets = (part[:, None, None] * BLOCK_M + rows[None, :, None]) * D + dims[None, None, :]
+        partial = tl.load(
+            partial_acc_ptr + offsets, mask=ok[:, :, None], other=0.0, cache_modifier=".cg"
+        )
+        acc += tl.sum(weight[:, :, None] * partial, axis=0)
+    return acc, total
+
+
+@triton.jit
 def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
+    MERGE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
@@ -427,34 +464,42 @@ def _merge_splits(
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
     row_ok = rows < UNIFORM_Q * GROUP  # the rows the splits wrote
-    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for split in range(num_splits):
-        stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
-        m_max = tl.maximum(
-            m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        )
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for split in range(num_splits):
-        part = first + split
-        m_split = tl.load(
-            partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
-            cache_modifier=".cg",
+    if MERGE_CHUNK > 1:
+        # MERGE_CHUNK splits per step: each read waits on L2, so one split at a time makes the
+        # merge a chain of 2 x num_splits round trips (64 splits per pair at batch 1).
+        acc, total = _merge_split_chunks(
+            partial_acc_ptr, partial_stats_ptr, num_splits, first, rows, dims, row_ok, D,
+            BLOCK_M, MERGE_CHUNK,
         )  # fmt: skip
-        weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
-        l_split = tl.load(
-            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
-            cache_modifier=".cg",
-        )  # fmt: skip
-        total += weight * l_split
-        partial = tl.load(
-            partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
-            mask=row_ok[:, None],
-            other=0.0,
-            cache_modifier=".cg",
-        )
-        acc += weight[:, None] * partial
+    else:
+        m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        for split in range(num_splits):
+            stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
+            m_max = tl.maximum(
+                m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+            )
+        m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+        total = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+        for split in range(num_splits):
+            part = first + split
+            m_split = tl.load(
+                partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
+                cache_modifier=".cg",
+            )  # fmt: skip
+            weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
+            l_split = tl.load(
+                partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
+                cache_modifier=".cg",
+            )  # fmt: skip
+            total += weight * l_split
+            partial = tl.load(
+                partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+                cache_modifier=".cg",
+            )
+            acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
@@ -479,12 +524,13 @@ def _merge_splits_kernel(
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
+    MERGE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE, ROT_COLS,
+        UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_CHUNK,
     )  # fmt: skip
 
 
@@ -615,6 +661,10 @@ TUNING = {
     # 8 x 4K), 64 and 16 columns within 0.4 us of it (decode-levers-rotate-h200-909d2ab).
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
+    # merge_chunk 0: the split merge reads one split at a time, a chain of L2 round trips as
+    # long as the split count (64 per pair at batch 1, where tq is slowest against bf16: 0.60x
+    # at 1 x 16K, kernels-decode-h200-fec6f7d); N > 1 reads N splits per step (_merge_chunk).
+    # Untimed, so opt-in: TQ_TRITON_TUNING=decode.merge_chunk=4.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -634,6 +684,7 @@ TUNING = {
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
+        "merge_chunk": 0,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -709,6 +760,18 @@ def _merges_in_kernel(tuning: dict, block_table, layout: CacheLayout, num_splits
     return triton.cdiv(tiles, num_splits) <= tuning.get("merge_in_kernel", 0)
 
 
+def _merge_chunk(tuning: dict, block_m: int, head_dim: int) -> int:
+    """Splits the merge reads per step (1: one at a time, the serial loop): ``merge_chunk``
+    rounded down to a power of two and capped so that a step's [chunk, block_m, head_dim]
+    float32 partials are at most 8,192 values (64 registers a thread at 4 warps; 4 splits at
+    Llama-3-8B's group of 4 and head_dim 128)."""
+    wanted = tuning.get("merge_chunk", 0)
+    if wanted <= 1:
+        return 1
+    cap = max(1, 8192 // (block_m * head_dim))
+    return min(1 << (wanted.bit_length() - 1), cap)
+
+
 def _prefetch(tuning: dict) -> int:
     """The prefetch to compile: inline PTX, which Triton's interpreter cannot run."""
     return 0 if _INTERPRETED else tuning.get("prefetch", 0)
@@ -735,6 +798,7 @@ def _launch(
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
     merge_in_kernel = num_splits > 1 and _merges_in_kernel(tuning, block_table, layout, num_splits)
+    merge_chunk = _merge_chunk(tuning, block_m, layout.head_dim)
     # One int32 per (sequence, KV head) for the in-kernel merge: each split counts itself in
     # and the last one resets the count, so the buffer is all zeros between calls.
     counters = _kept_buffer(
@@ -754,7 +818,7 @@ def _launch(
         UNROTATE=unrotate, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
-        MERGE_IN_KERNEL=merge_in_kernel,
+        MERGE_IN_KERNEL=merge_in_kernel, MERGE_CHUNK=merge_chunk,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
         num_stages=tuning["num_stages"], **limits,
@@ -764,7 +828,7 @@ def _launch(
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
-            ROT_COLS=_rotation_cols(layout.head_dim),
+            ROT_COLS=_rotation_cols(layout.head_dim), MERGE_CHUNK=merge_chunk,
         )  # fmt: skip
 
 
