@@ -248,7 +248,8 @@ def main() -> None:
         *(compile_decode(4, 4, n, w, 6, None, default["prefetch"]) for n, w in ((32, 1), (64, 2))),
         # The kernel that merges its splits, rotating the output back or not (rotate=True's
         # launch at short splits), for Llama-3-8B's and Gemma-2-9B's shapes; head_dim 256 with
-        # the whole sign matrix, 64 and 32 columns of it at a time (_rotation_cols).
+        # the whole sign matrix, 64 and 32 columns of it at a time (_rotation_cols); last, the
+        # merge reading 4 splits per step (merge_chunk 4).
         *(
             compile_decode(
                 4,
@@ -262,31 +263,18 @@ def main() -> None:
                 merge_in_kernel=True,
                 unrotate=unrotate,
                 rot_cols=cols,
+                merge_chunk=chunk,
             )
-            for shape, unrotate, cols in (
-                ((128, 4, 8), False, None),
-                ((128, 4, 8), True, None),
-                ((256, 2, 8), False, None),
-                ((256, 2, 8), True, 256),
-                ((256, 2, 8), True, 64),
-                ((256, 2, 8), True, None),
+            for shape, unrotate, cols, chunk in (
+                ((128, 4, 8), False, None, 1),
+                ((128, 4, 8), True, None, 1),
+                ((256, 2, 8), False, None, 1),
+                ((256, 2, 8), True, 256, 1),
+                ((256, 2, 8), True, 64, 1),
+                ((256, 2, 8), True, None, 1),
+                ((128, 4, 8), False, None, 4),
+                ((128, 4, 8), True, None, 4),
             )
-        ),
-        # The merge reading 4 splits per step (merge_chunk 4), rotating back or not.
-        *(
-            compile_decode(
-                4,
-                4,
-                default["block_n"],
-                default["num_warps"],
-                default["lookup"],
-                default["maxnreg"],
-                default["prefetch"],
-                merge_in_kernel=True,
-                unrotate=unrotate,
-                merge_chunk=4,
-            )
-            for unrotate in (False, True)
         ),
         # Gemma-2's shape uncapped: lookup 5's loop spills at 160 registers there.
         compile_decode(
