@@ -366,19 +366,22 @@ def _attention_kernel(
         out_rows = out_ptr + out_off[:, None]
         if UNROTATE:
             # Back to the original domain: out = acc @ S^T / sqrt(D), rows of S^T matching the
-            # accumulator's columns, ROT_COLS output columns at a time.
+            # accumulator's columns, ROT_COLS output columns at a time (each part normalized
+            # once, before the column slices).
+            part_a = acc_a * inv_l[:, None]
+            if V_PAIRS:
+                part_b = acc_b * inv_l[:, None]
+            if V_QUADS:
+                part_c = acc_c * inv_l[:, None]
+                part_d = acc_d * inv_l[:, None]
             for block in tl.static_range(D // ROT_COLS):
                 cols = block * ROT_COLS + tl.arange(0, ROT_COLS)
-                part = acc_a * inv_l[:, None]
-                result = times_signs(part, signs_ptr, out_dims_a, cols, D, True)
+                result = times_signs(part_a, signs_ptr, out_dims_a, cols, D, True)
                 if V_PAIRS:
-                    part = acc_b * inv_l[:, None]
-                    result += times_signs(part, signs_ptr, out_dims_b, cols, D, True)
+                    result += times_signs(part_b, signs_ptr, out_dims_b, cols, D, True)
                 if V_QUADS:
-                    part = acc_c * inv_l[:, None]
-                    result += times_signs(part, signs_ptr, out_dims_c, cols, D, True)
-                    part = acc_d * inv_l[:, None]
-                    result += times_signs(part, signs_ptr, out_dims_d, cols, D, True)
+                    result += times_signs(part_c, signs_ptr, out_dims_c, cols, D, True)
+                    result += times_signs(part_d, signs_ptr, out_dims_d, cols, D, True)
                 result = (result * inv_sqrt_d).to(out_ptr.dtype.element_ty)
                 tl.store(out_rows + cols[None, :], result, mask=row_ok[:, None])
         else:
