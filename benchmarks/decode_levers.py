@@ -66,6 +66,18 @@ VARIANTS = [
     # written). Batch 1 runs 32-64 splits per pair: --shapes 1x4096,1x16384,1x65536 shows it.
     ("merge reading 2 splits per step", {"merge_chunk": 2}, 1.0),
     ("merge reading 4 splits per step", {"merge_chunk": 4}, 1.0),
+    # Software pipelining: with lookup 5 the K bytes, V words and both norms already cross
+    # shared memory for tl.dot, so Triton 3.6's pipeliner turns their loads into cp.async
+    # copies N - 1 tiles ahead (compiled for sm_90a: 160 registers, no spill, 25-60 KB of
+    # shared memory per program for 2-4 stages; static_cost.py). Until now one stage: each
+    # tile's loads went out only when the previous tile's arithmetic was done.
+    ("2 stages", {"num_stages": 2}, 1.0),
+    ("3 stages", {"num_stages": 3}, 1.0),
+    ("4 stages", {"num_stages": 4}, 1.0),
+    ("3 stages, no prefetch", {"num_stages": 3, "prefetch": 0}, 1.0),
+    ("3 stages, 64-token tiles", {"num_stages": 3, "block_n": 64}, 1.0),
+    ("4 stages, 64-token tiles", {"num_stages": 4, "block_n": 64}, 1.0),
+    ("3 stages, splits x2", {"num_stages": 3}, 2.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224
@@ -180,6 +192,9 @@ def main() -> None:
         action="store_true",
         help="time the model-domain call (rotate=True) tq-vllm makes",
     )
+    parser.add_argument(
+        "--only", help="comma list: time only the variants whose name contains one of these"
+    )
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
@@ -193,6 +208,12 @@ def main() -> None:
     if args.ncu_target:
         ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch, args.tuning)
         return
+    if args.only:
+        global VARIANTS
+        wanted = [part.strip() for part in args.only.split(",")]
+        VARIANTS = [
+            v for v in VARIANTS if v[0].startswith("default") or any(w in v[0] for w in wanted)
+        ]
     bits = tuple(int(part) for part in args.bits.split("x"))
     shapes = SHAPES
     if args.shapes:
