@@ -62,10 +62,12 @@ VARIANTS = [
     ("query rotation, whole rows per program", {"query_rotation_cols": 0}, 1.0),
     ("query rotation, 64 columns per program", {"query_rotation_cols": 64}, 1.0),
     ("query rotation, 16 columns per program", {"query_rotation_cols": 16}, 1.0),
-    # The split merge reading 2 or 4 splits per step instead of one (merge_chunk; untimed when
-    # written). Batch 1 runs 32-64 splits per pair: --shapes 1x4096,1x16384,1x65536 shows it.
-    ("merge reading 2 splits per step", {"merge_chunk": 2}, 1.0),
-    ("merge reading 4 splits per step", {"merge_chunk": 4}, 1.0),
+    # Ordinary launches instead of programmatic dependent ones (pdl 0): the attention after
+    # rotate=True's query rotation and the merge after the attention each wait for the whole
+    # launch before them to drain.
+    ("no programmatic launches", {"pdl": 0}, 1.0),
+    ("no programmatic launches, merge launch always", {"pdl": 0, "merge_in_kernel": 0}, 1.0),
+    ("2 stages, no prefetch", {"num_stages": 2, "prefetch": 0}, 1.0),
     # Software pipelining: with lookup 5 the K bytes, V words and both norms already cross
     # shared memory for tl.dot, so Triton 3.6's pipeliner turns their loads into cp.async
     # copies N - 1 tiles ahead (compiled for sm_90a: 160 registers, no spill, 25-60 KB of

@@ -48,12 +48,12 @@ def compile_decode(
     merge_in_kernel: bool = False,
     unrotate: bool = False,
     rot_cols: int | None = None,
-    merge_chunk: int = 1,
+    num_stages: int = 1,
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
     (``rotate=True``'s launch), ``rot_cols`` columns of the sign matrix at a time (default: the
-    launches'); ``merge_chunk``: splits the merge reads per step."""
+    launches'); ``num_stages``: Triton's software pipelining of the key loop."""
     head_dim, group, num_kv_heads = shape
     layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
@@ -65,7 +65,8 @@ def compile_decode(
         GROUP=group, NUM_KV_HEADS=num_kv_heads, BLOCK_SIZE=16, D=head_dim, BLOCK_M=16,
         BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
-        MERGE_IN_KERNEL=merge_in_kernel, MERGE_CHUNK=merge_chunk,
+        WAIT_PRIOR=False, LAUNCH_DEPENDENTS=False,
+        MERGE_IN_KERNEL=merge_in_kernel,
         LOOKUP=lookup, UNROTATE=unrotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
@@ -93,10 +94,11 @@ def compile_decode(
         constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()},
         attrs={(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned},
     )
-    options = {"num_warps": num_warps, "num_stages": 1}
+    options = {"num_warps": num_warps, "num_stages": num_stages}
     if maxnreg:
         options["maxnreg"] = maxnreg  # Triton writes it into the PTX, where ptxas reads it
-    report, lines = _sass(triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options))
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    report, lines = _sass(compiled)
     labels = {
         m.group(1): i
         for i, line in enumerate(lines)
@@ -114,7 +116,10 @@ def compile_decode(
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
-        "rot_cols": constants["ROT_COLS"], "merge_chunk": merge_chunk,
+        "rot_cols": constants["ROT_COLS"], "num_stages": num_stages,
+        "shared_memory_bytes": compiled.metadata.shared,
+        # Loads the pipeliner turned into cp.async copies into shared memory (num_stages > 1).
+        "async_copies": compiled.asm["ttgir"].count("async_copy_global_to_local"),
         **_resources(report, lines),
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
@@ -248,8 +253,7 @@ def main() -> None:
         *(compile_decode(4, 4, n, w, 6, None, default["prefetch"]) for n, w in ((32, 1), (64, 2))),
         # The kernel that merges its splits, rotating the output back or not (rotate=True's
         # launch at short splits), for Llama-3-8B's and Gemma-2-9B's shapes; head_dim 256 with
-        # the whole sign matrix, 64 and 32 columns of it at a time (_rotation_cols); last, the
-        # merge reading 4 splits per step (merge_chunk 4).
+        # the whole sign matrix, 64 and 32 columns of it at a time (_rotation_cols).
         *(
             compile_decode(
                 4,
@@ -263,18 +267,32 @@ def main() -> None:
                 merge_in_kernel=True,
                 unrotate=unrotate,
                 rot_cols=cols,
-                merge_chunk=chunk,
             )
-            for shape, unrotate, cols, chunk in (
-                ((128, 4, 8), False, None, 1),
-                ((128, 4, 8), True, None, 1),
-                ((256, 2, 8), False, None, 1),
-                ((256, 2, 8), True, 256, 1),
-                ((256, 2, 8), True, 64, 1),
-                ((256, 2, 8), True, None, 1),
-                ((128, 4, 8), False, None, 4),
-                ((128, 4, 8), True, None, 4),
+            for shape, unrotate, cols in (
+                ((128, 4, 8), False, None),
+                ((128, 4, 8), True, None),
+                ((256, 2, 8), False, None),
+                ((256, 2, 8), True, 256),
+                ((256, 2, 8), True, 64),
+                ((256, 2, 8), True, None),
             )
+        ),
+        # Software pipelining (the sweep's "N stages" rows): the loads lookup 5 stages in
+        # shared memory become cp.async copies N - 1 tiles ahead, with or without the L2
+        # prefetch.
+        *(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["lookup"],
+                default["maxnreg"],
+                prefetch,
+                num_stages=stages,
+            )
+            for stages in (2, 3, 4)
+            for prefetch in (0, 1)
         ),
         # Gemma-2's shape uncapped: lookup 5's loop spills at 160 registers there.
         compile_decode(
@@ -297,7 +315,8 @@ def main() -> None:
             f"tile {row['block_n']} x {row['num_warps']} warps, "
             f"lookup {row['lookup']}, prefetch {row['prefetch']}, cap {row['maxnreg']}, "
             f"merge in kernel {row['merge_in_kernel']}, unrotate {row['unrotate']} "
-            f"({row['rot_cols']} columns), merge chunk {row['merge_chunk']}: "
+            f"({row['rot_cols']} columns), {row['num_stages']} stages "
+            f"({row['async_copies']} cp.async, {row['shared_memory_bytes']} B shared): "
             f"{row['spill_store_bytes']} spill bytes, "
             f"{row['registers']} registers, {row['loop_instructions_per_thread']} loop "
             f"instructions per thread, {row['warp_instructions_per_token_and_kv_head']:.1f} "

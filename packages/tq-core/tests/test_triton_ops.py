@@ -189,49 +189,6 @@ def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
     assert relative_error(outputs[4][0], expected) < TOLERANCE[torch.float32]
 
 
-@pytest.mark.parametrize(("merge_chunk", "num_splits"), [(2, 3), (4, 70), (16, 5)])
-@pytest.mark.parametrize("merge_in_kernel", [0, 1 << 20])
-def test_merge_reading_several_splits_per_step_equals_one_at_a_time(
-    merge_chunk, num_splits, merge_in_kernel, generator, monkeypatch
-):
-    """merge_chunk: the split merge (in the attention kernel or its own launch) reading several
-    splits per step gives the one-split-at-a-time merge's output up to fp32 summation order,
-    with a last step past the split count, more splits than one read of the maxima (70), a
-    chunk above its register cap (16 -> 8 at head_dim 64) and a padding sequence."""
-    batch, dev = _batch(CODECS[0], [70, 0, 33], 2, 16, generator)
-    query = torch.randn(3, 1, 4, 64, generator=generator).to(DEVICE)
-    args = (query, dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.125)
-    decode = {**triton_attention.TUNING["decode"], "merge_in_kernel": merge_in_kernel}
-    outputs = []
-    for chunk in (0, merge_chunk):
-        tuning = {**decode, "merge_chunk": chunk}
-        monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
-        out = torch.full(query.shape, float("nan"), device=DEVICE)
-        triton_attention.decode_attention(*args, out=out, num_splits=num_splits)
-        outputs.append(out.cpu())
-    assert not outputs[1].isnan().any()
-    assert relative_error(outputs[1], outputs[0]) < 1e-6
-    expected = reference.decode_attention(
-        query.cpu(), batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.125
-    )
-    assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
-    counts = triton_attention._BUFFERS[("split counts", query.device, torch.int32)]
-    assert torch.count_nonzero(counts).item() == 0
-
-
-def test_merge_chunk_is_a_power_of_two_within_its_register_cap():
-    """What the launches compile: 1 (the serial merge) unless asked, the request rounded down
-    to a power of two, at most 8,192 partial values per step."""
-    chunk = triton_attention._merge_chunk
-    assert chunk({}, 16, 128) == 1
-    assert chunk({"merge_chunk": 1}, 16, 128) == 1
-    assert chunk({"merge_chunk": 3}, 16, 128) == 2
-    assert chunk({"merge_chunk": 4}, 16, 128) == 4
-    assert chunk({"merge_chunk": 64}, 16, 128) == 4
-    assert chunk({"merge_chunk": 64}, 16, 64) == 8
-    assert chunk({"merge_chunk": 64}, 32, 256) == 1
-
-
 @pytest.mark.skipif(not ON_GPU, reason="inline PTX: Triton's interpreter cannot run it")
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, generator, monkeypatch):
@@ -281,6 +238,58 @@ def test_prefetch_changes_no_result(codec_spec, sliding_window, generator, monke
     assert not outputs[0].isnan().any()
     for other in outputs[1:]:
         assert torch.equal(other, outputs[0])
+
+
+@pytest.mark.skipif(not ON_GPU, reason="programmatic dependent launch: a CUDA GPU")
+@pytest.mark.parametrize("rotate", [True, False])
+@pytest.mark.parametrize("merge_in_kernel", [0, 1 << 20])
+def test_programmatic_launches_change_no_result_eager_or_in_a_graph(
+    rotate, merge_in_kernel, generator, monkeypatch
+):
+    """The attention launched programmatically after the query rotation, and the merge after
+    the attention (``pdl`` 1), give bit-identical output to ordinary launches, eagerly and
+    replayed from a CUDA graph on new queries (a padding sequence, split-K, both merges)."""
+    batch, dev = _batch((128, 4, 4, "float32"), [700, 0, 129, 33], 2, 16, generator)
+    first_query = torch.randn(4, 1, 8, 128, generator=generator).to(DEVICE, torch.bfloat16)
+    query = first_query.clone()
+    args = (dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
+    outputs = {}
+    for pdl in (0, 1):
+        query.copy_(first_query)
+        tuning = {**triton_attention.TUNING["decode"], "pdl": pdl}
+        tuning["merge_in_kernel"] = merge_in_kernel
+        monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
+        out = torch.full(query.shape, float("nan"), device=DEVICE, dtype=query.dtype)
+
+        def call(out=out):
+            triton_attention.decode_attention(query, *args, out=out, num_splits=5, rotate=rotate)
+
+        call()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            call()
+        eager = out.clone()
+        query.copy_(torch.randn_like(query))
+        graph.replay()
+        torch.cuda.synchronize()
+        replayed = out.clone()
+        call()
+        assert torch.equal(replayed, out)
+        outputs[pdl] = (eager, replayed)
+    assert not outputs[1][0].isnan().any()
+    assert torch.equal(outputs[1][0], outputs[0][0])
+
+
+def test_programmatic_launches_only_on_a_compiled_hopper_launch(monkeypatch):
+    """The interpreter and non-CUDA devices never launch programmatically; ``pdl`` 0 turns it
+    off everywhere."""
+    decode = triton_attention.TUNING["decode"]
+    assert not triton_attention._programmatic_launches(decode, torch.device("cpu"))
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
+    assert not triton_attention._programmatic_launches(decode, torch.device("cuda"))
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
+    assert not triton_attention._programmatic_launches({**decode, "pdl": 0}, torch.device("cuda"))
+    assert triton_attention._pdl_option(False) == {}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 from torch.nn.attention.bias import causal_lower_right
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
@@ -100,8 +101,8 @@ def _attention_kernel(
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_IN_KERNEL: tl.constexpr, MERGE_CHUNK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
-    HAS_WINDOW: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
@@ -140,6 +141,10 @@ def _attention_kernel(
     else:
         tile = tl.program_id(2)
         split = 0
+    if LAUNCH_DEPENDENTS:
+        # The merge launch may start now: its programs wait (gdc_wait) for this grid to
+        # finish, and it launches only once every program here has started.
+        gdc_launch_dependents()
     rows = tl.arange(0, BLOCK_M)
     dims = tl.arange(0, D)
     heads = kv_head * GROUP + rows % GROUP
@@ -157,7 +162,10 @@ def _attention_kernel(
     row_ok = (rows < TOKENS_PER_TILE * GROUP) & (token < query_len)
     out_off = (start + token).to(tl.int64) * stride_or + heads * stride_oh
     if seq == num_seqs:
-        # Rows past the last sequence are padding (a CUDA-graph batch): defined zeros.
+        # Rows past the last sequence are padding (a CUDA-graph batch): defined zeros, written
+        # after the launch before has finished, as every other output.
+        if WAIT_PRIOR:
+            gdc_wait()
         zeros = tl.zeros([BLOCK_M, D], dtype=out_ptr.dtype.element_ty)
         tl.store(out_ptr + out_off[:, None] + dims[None, :], zeros, mask=row_ok[:, None])
         return
@@ -167,17 +175,6 @@ def _attention_kernel(
     seq_len = tl.load(seq_lens_ptr + seq)
     context = seq_len - query_len  # keys before the first new token
     query_pos = context + token
-    q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
-    even = 2 * tl.arange(0, HALF)
-    if K_PAIRS:
-        q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
-        q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
-        q_a = q_a.to(K_DOT)
-        q_b = q_b.to(K_DOT)
-    else:
-        q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
-        q_a = q_a.to(K_DOT)
-        q_b = q_a
     # Output columns of each accumulator part (parts c, d: V_QUADS only).
     out_dims_c = 4 * tl.arange(0, QUARTER) + 2
     out_dims_d = out_dims_c + 1
@@ -222,6 +219,21 @@ def _attention_kernel(
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
     if PREFETCH > 0:
         tile_pages = _page_bases(table_row, key_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N)
+    if WAIT_PRIOR:
+        # Launched programmatically after the query rotation (rotate=True): everything above
+        # overlapped its tail; the rotated queries are read only once it has finished.
+        gdc_wait()
+    q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
+    even = 2 * tl.arange(0, HALF)
+    if K_PAIRS:
+        q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
+        q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
+        q_a = q_a.to(K_DOT)
+        q_b = q_b.to(K_DOT)
+    else:
+        q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
+        q_a = q_a.to(K_DOT)
+        q_b = q_a
     for tile_start in range(key_start, key_end, BLOCK_N):
         pos = tile_start + tl.arange(0, BLOCK_N)
         pos_ok = pos < key_end
@@ -359,7 +371,7 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_CHUNK,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
@@ -401,9 +413,12 @@ def _attention_kernel(
 def _rotate_queries_kernel(
     q_ptr, out_ptr, signs_ptr, stride_qr, stride_qh, num_heads, inv_sqrt_d,
     HEADS: tl.constexpr, D: tl.constexpr, ROT_COLS: tl.constexpr,
+    LAUNCH_DEPENDENTS: tl.constexpr,
 ):  # fmt: skip
     """R q for every head of one query row (program 0), ROT_COLS of its columns (program 1),
     into float32 rows [heads, D]."""
+    if LAUNCH_DEPENDENTS:
+        gdc_launch_dependents()  # the attention launch's prologue overlaps this grid
     row = tl.program_id(0)
     heads = tl.arange(0, HEADS)
     dims = tl.arange(0, D)
@@ -419,47 +434,11 @@ def _rotate_queries_kernel(
 
 
 @triton.jit
-def _merge_split_chunks(
-    partial_acc_ptr, partial_stats_ptr, num_splits, first, rows, dims, row_ok,
-    D: tl.constexpr, BLOCK_M: tl.constexpr, CHUNK: tl.constexpr,
-):  # fmt: skip
-    """(sum_s 2^(m_s - M) acc_s, sum_s 2^(m_s - M) l_s) with CHUNK splits read per step: the
-    running maxima of up to 64 splits in one load, then [CHUNK, BLOCK_M, D] partials at a time."""
-    STATS: tl.constexpr = 64
-    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for base in range(0, num_splits, STATS):
-        split = base + tl.arange(0, STATS)
-        ok = (split < num_splits)[:, None] & row_ok[None, :]
-        stats = partial_stats_ptr + ((first + split) * 2)[:, None] * BLOCK_M + rows[None, :]
-        m = tl.load(stats, mask=ok, other=float("-inf"), cache_modifier=".cg")
-        m_max = tl.maximum(m_max, tl.max(m, axis=0))
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for base in range(0, num_splits, CHUNK):
-        split = base + tl.arange(0, CHUNK)
-        part = first + split
-        ok = (split < num_splits)[:, None] & row_ok[None, :]
-        stats = partial_stats_ptr + (part * 2)[:, None] * BLOCK_M + rows[None, :]
-        m_split = tl.load(stats, mask=ok, other=0.0, cache_modifier=".cg")
-        l_split = tl.load(stats + BLOCK_M, mask=ok, other=0.0, cache_modifier=".cg")
-        weight = tl.where(ok, tl.exp2(m_split - m_use[None, :]), 0.0)
-        total += tl.sum(weight * l_split, axis=0)
-        offsets = (part[:, None, None] * BLOCK_M + rows[None, :, None]) * D + dims[None, None, :]
-        partial = tl.load(
-            partial_acc_ptr + offsets, mask=ok[:, :, None], other=0.0, cache_modifier=".cg"
-        )
-        acc += tl.sum(weight[:, :, None] * partial, axis=0)
-    return acc, total
-
-
-@triton.jit
 def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    MERGE_CHUNK: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
@@ -467,42 +446,34 @@ def _merge_splits(
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
     row_ok = rows < UNIFORM_Q * GROUP  # the rows the splits wrote
-    if MERGE_CHUNK > 1:
-        # MERGE_CHUNK splits per step: each read waits on L2, so one split at a time makes the
-        # merge a chain of 2 x num_splits round trips (64 splits per pair at batch 1).
-        acc, total = _merge_split_chunks(
-            partial_acc_ptr, partial_stats_ptr, num_splits, first, rows, dims, row_ok, D,
-            BLOCK_M, MERGE_CHUNK,
+    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for split in range(num_splits):
+        stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
+        m_max = tl.maximum(
+            m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        )
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for split in range(num_splits):
+        part = first + split
+        m_split = tl.load(
+            partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
         )  # fmt: skip
-    else:
-        m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        for split in range(num_splits):
-            stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
-            m_max = tl.maximum(
-                m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-            )
-        m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        for split in range(num_splits):
-            part = first + split
-            m_split = tl.load(
-                partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
-                cache_modifier=".cg",
-            )  # fmt: skip
-            weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
-            l_split = tl.load(
-                partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
-                cache_modifier=".cg",
-            )  # fmt: skip
-            total += weight * l_split
-            partial = tl.load(
-                partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
-                mask=row_ok[:, None],
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            acc += weight[:, None] * partial
+        weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
+        l_split = tl.load(
+            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        total += weight * l_split
+        partial = tl.load(
+            partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
@@ -527,13 +498,15 @@ def _merge_splits_kernel(
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    MERGE_CHUNK: tl.constexpr,
+    WAIT_PRIOR: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
+    if WAIT_PRIOR:
+        gdc_wait()  # launched programmatically: the partials are complete only after this
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_CHUNK,
+        UNIFORM_Q, UNROTATE, ROT_COLS,
     )  # fmt: skip
 
 
@@ -662,12 +635,11 @@ TUNING = {
     # head_dim 128, each with a quarter of the tensor-core chain: 0.6-1.4 us less per call than
     # whole rows at 1-32 x 1-4K (0.0117 ms against 0.0123 at 1 x 1K, 0.0438 against 0.0452 at
     # 8 x 4K), 64 and 16 columns within 0.4 us of it (decode-levers-rotate-h200-909d2ab).
+    # pdl 1: on Hopper and later, the attention launch after rotate=True's query rotation and
+    # the split-merge launch after the attention are programmatic dependent launches
+    # (_programmatic_launches): each one's prologue overlaps the tail of the launch before.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
-    # merge_chunk 0: the split merge reads one split at a time, a chain of L2 round trips as
-    # long as the split count (64 per pair at batch 1, where tq is slowest against bf16: 0.60x
-    # at 1 x 16K, kernels-decode-h200-fec6f7d); N > 1 reads N splits per step (_merge_chunk).
-    # Untimed, so opt-in: TQ_TRITON_TUNING=decode.merge_chunk=4.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -687,7 +659,7 @@ TUNING = {
         "prefetch": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
-        "merge_chunk": 0,
+        "pdl": 1,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -763,16 +735,21 @@ def _merges_in_kernel(tuning: dict, block_table, layout: CacheLayout, num_splits
     return triton.cdiv(tiles, num_splits) <= tuning.get("merge_in_kernel", 0)
 
 
-def _merge_chunk(tuning: dict, block_m: int, head_dim: int) -> int:
-    """Splits the merge reads per step (1: one at a time, the serial loop): ``merge_chunk``
-    rounded down to a power of two and capped so that a step's [chunk, block_m, head_dim]
-    float32 partials are at most 8,192 values (64 registers a thread at 4 warps; 4 splits at
-    Llama-3-8B's group of 4 and head_dim 128)."""
-    wanted = tuning.get("merge_chunk", 0)
-    if wanted <= 1:
-        return 1
-    cap = max(1, 8192 // (block_m * head_dim))
-    return min(1 << (wanted.bit_length() - 1), cap)
+def _programmatic_launches(tuning: dict, device: torch.device) -> bool:
+    """Whether decode's second and third launches (attention after the query rotation, the
+    split merge after the attention) are programmatic dependent launches: each starts while the
+    one before it drains, its programs' prologue overlapping that tail, and waits
+    (``gdc_wait``) before reading what it produced. Only our own launches precede them, so
+    nothing else can be read early. Hopper and later, compiled kernels only (``pdl`` 1)."""
+    if _INTERPRETED or device.type != "cuda" or not tuning.get("pdl", 0):
+        return False
+    return torch.cuda.get_device_capability(device)[0] >= 9
+
+
+def _pdl_option(enabled: bool) -> dict:
+    """The launch option of a programmatic dependent launch, only when used (the interpreter
+    knows no such option)."""
+    return {"launch_pdl": True} if enabled else {}
 
 
 def _prefetch(tuning: dict) -> int:
@@ -783,10 +760,11 @@ def _prefetch(tuning: dict) -> int:
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
-    tuning, unrotate=False,
+    tuning, unrotate=False, after_rotation=False,
 ):  # fmt: skip
     """``unrotate``: rotate the output back to the model's domain (the query rows arrive
-    rotated)."""
+    rotated). ``after_rotation``: the launch just before this one rotated the queries
+    (:func:`_rotated_queries`), so the attention may launch programmatically after it."""
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
@@ -801,7 +779,9 @@ def _launch(
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
     merge_in_kernel = num_splits > 1 and _merges_in_kernel(tuning, block_table, layout, num_splits)
-    merge_chunk = _merge_chunk(tuning, block_m, layout.head_dim)
+    merge_launch = num_splits > 1 and not merge_in_kernel
+    programmatic = _programmatic_launches(tuning, device)
+    attention_pdl = programmatic and after_rotation
     # One int32 per (sequence, KV head) for the in-kernel merge: each split counts itself in
     # and the last one resets the count, so the buffer is all zeros between calls.
     counters = _kept_buffer(
@@ -821,17 +801,19 @@ def _launch(
         UNROTATE=unrotate, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
-        MERGE_IN_KERNEL=merge_in_kernel, MERGE_CHUNK=merge_chunk,
+        MERGE_IN_KERNEL=merge_in_kernel,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
+        WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
-        num_stages=tuning["num_stages"], **limits,
+        num_stages=tuning["num_stages"], **limits, **_pdl_option(attention_pdl),
     )  # fmt: skip
-    if num_splits > 1 and not merge_in_kernel:
+    if merge_launch:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
-            ROT_COLS=_rotation_cols(layout.head_dim), MERGE_CHUNK=merge_chunk,
+            ROT_COLS=_rotation_cols(layout.head_dim), WAIT_PRIOR=programmatic,
+            **_pdl_option(programmatic),
         )  # fmt: skip
 
 
@@ -885,7 +867,7 @@ def decode_attention(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
-        num_splits=splits, tuning=TUNING["decode"], unrotate=rotate,
+        num_splits=splits, tuning=TUNING["decode"], unrotate=rotate, after_rotation=rotate,
     )  # fmt: skip
     return result
 
@@ -909,6 +891,7 @@ def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Ten
     _rotate_queries_kernel[(rows, head_dim // cols)](
         query_rows, rotated, signs, query_rows.stride(0), query_rows.stride(1), heads,
         head_dim**-0.5, HEADS=max(16, triton.next_power_of_2(heads)), D=head_dim, ROT_COLS=cols,
+        LAUNCH_DEPENDENTS=_programmatic_launches(TUNING["decode"], device),
     )  # fmt: skip
     return rotated
 
