@@ -40,13 +40,13 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
     # The default: K's packed bytes and V's 16-bit words staged for tl.dot, pure lookups with
-    # the codebook as immediates (lookup 5), 160 registers; splits of at most 4 key tiles merged
-    # by the last of them inside the attention kernel, longer ones by a second launch.
+    # the codebook as immediates (lookup 5), 160 registers, 3 pipeline stages; splits of at
+    # most 4 key tiles merged by the last of them inside the attention kernel, longer ones by
+    # a second launch.
     ("default (lookup 5)", {}, 1.0),
     # Either merge everywhere (decode-levers-h200-0e40444 timed both at every shape).
     ("lookup 5, merge launch always", {"merge_in_kernel": 0}, 1.0),
     ("lookup 5, merge in kernel always", {"merge_in_kernel": 1 << 20}, 1.0),
-    ("lookup 5, no prefetch", {"prefetch": 0}, 1.0),
     # The fp16 tiles staged, magnitudes permuted from registers (lookup 2) at the 128 registers
     # it ran best at.
     ("prmt, fp16 tiles staged, 128 registers", {"lookup": 2, "maxnreg": 128}, 1.0),
@@ -67,19 +67,18 @@ VARIANTS = [
     # launch before them to drain.
     ("no programmatic launches", {"pdl": 0}, 1.0),
     ("no programmatic launches, merge launch always", {"pdl": 0, "merge_in_kernel": 0}, 1.0),
-    ("2 stages, no prefetch", {"num_stages": 2, "prefetch": 0}, 1.0),
-    # Software pipelining: with lookup 5 the K bytes, V words and both norms already cross
-    # shared memory for tl.dot, so Triton 3.6's pipeliner turns their loads into cp.async
-    # copies N - 1 tiles ahead (compiled for sm_90a: 160 registers, no spill, 25-60 KB of
-    # shared memory per program for 2-4 stages; static_cost.py). Until now one stage: each
-    # tile's loads went out only when the previous tile's arithmetic was done.
+    # Software pipelining: with lookup 5 the K bytes, V words and both norms cross shared
+    # memory for tl.dot, so Triton 3.6's pipeliner turns their loads into cp.async copies
+    # N - 1 tiles ahead (compiled for sm_90a: 160 registers, no spill, 25-60 KB of shared
+    # memory per program for 2-4 stages; static_cost.py). The default since 3 stages without
+    # the L2 prefetch ran 2-4% faster at 16-32K than the one-stage, prefetching launch before
+    # it (decode-levers-stages-h200-1c7c887, decode-levers-pdl-*-h200-2b53720).
+    ("1 stage, L2 prefetch (the launch before)", {"num_stages": 1, "prefetch": 1}, 1.0),
+    ("1 stage, no prefetch", {"num_stages": 1}, 1.0),
     ("2 stages", {"num_stages": 2}, 1.0),
-    ("3 stages", {"num_stages": 3}, 1.0),
     ("4 stages", {"num_stages": 4}, 1.0),
-    ("3 stages, no prefetch", {"num_stages": 3, "prefetch": 0}, 1.0),
-    ("3 stages, 64-token tiles", {"num_stages": 3, "block_n": 64}, 1.0),
-    ("4 stages, 64-token tiles", {"num_stages": 4, "block_n": 64}, 1.0),
-    ("3 stages, splits x2", {"num_stages": 3}, 2.0),
+    ("3 stages, L2 prefetch", {"prefetch": 1}, 1.0),
+    ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

@@ -228,7 +228,8 @@ def test_prefetch_changes_no_result(codec_spec, sliding_window, generator, monke
     args = (dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
     outputs = []
     for prefetch in (0, 1, 2):
-        tuning = {**triton_attention.TUNING["decode"], "prefetch": prefetch}
+        tuning = {**triton_attention.TUNING["decode"]}
+        tuning.update({k: prefetch for k in tuning if k.endswith("prefetch")})
         monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
         out = torch.full(query.shape, float("nan"), device=DEVICE)
         triton_attention.decode_attention(

@@ -647,7 +647,7 @@ TUNING = {
     "decode": {
         "block_n": 128,
         "num_warps": 4,
-        "num_stages": 1,
+        "num_stages": 3,
         "lookup": 5,
         "maxnreg": 160,
         "wide_lookup": 2,
@@ -656,7 +656,13 @@ TUNING = {
         "small_head_maxnreg": 128,
         "large_head_maxnreg": 0,
         "query_rotation_cols": 32,
-        "prefetch": 1,
+        "prefetch": 0,
+        "small_head_prefetch": 1,
+        "large_head_prefetch": 1,
+        "wide_prefetch": 1,
+        "small_head_num_stages": 1,
+        "large_head_num_stages": 1,
+        "wide_num_stages": 1,
         "programs_per_sm": 8,
         "merge_in_kernel": 4,
         "pdl": 1,
@@ -752,9 +758,10 @@ def _pdl_option(enabled: bool) -> dict:
     return {"launch_pdl": True} if enabled else {}
 
 
-def _prefetch(tuning: dict) -> int:
-    """The prefetch to compile: inline PTX, which Triton's interpreter cannot run."""
-    return 0 if _INTERPRETED else tuning.get("prefetch", 0)
+def _prefetch(tuning: dict, layout: CacheLayout) -> int:
+    """The prefetch to compile (see :func:`_setting`): inline PTX, which Triton's interpreter
+    cannot run."""
+    return 0 if _INTERPRETED else _setting(tuning, layout, "prefetch") or 0
 
 
 def _launch(
@@ -799,13 +806,13 @@ def _launch(
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
         UNROTATE=unrotate, **_nibble_constants(layout, lookup),
-        PREFETCH=_prefetch(tuning),
+        PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         MERGE_IN_KERNEL=merge_in_kernel,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
         **_kernel_constants(layout), num_warps=tuning["num_warps"],
-        num_stages=tuning["num_stages"], **limits, **_pdl_option(attention_pdl),
+        num_stages=_setting(tuning, layout, "num_stages"), **limits, **_pdl_option(attention_pdl),
     )  # fmt: skip
     if merge_launch:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
