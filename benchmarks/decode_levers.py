@@ -79,6 +79,11 @@ VARIANTS = [
     ("4 stages", {"num_stages": 4}, 1.0),
     ("3 stages, L2 prefetch", {"prefetch": 1}, 1.0),
     ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
+    # The copies bypass registers: at a 128-register cap the 3-stage loop spills 8 bytes
+    # (96 with one stage), so four programs fit a multiprocessor instead of three.
+    ("3 stages, 128 registers", {"maxnreg": 128}, 1.0),
+    ("3 stages, 128 registers, splits x1.33", {"maxnreg": 128}, 4 / 3),
+    ("4 stages, 128 registers", {"maxnreg": 128, "num_stages": 4}, 1.0),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224
