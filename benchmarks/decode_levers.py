@@ -62,28 +62,28 @@ VARIANTS = [
     ("query rotation, whole rows per program", {"query_rotation_cols": 0}, 1.0),
     ("query rotation, 64 columns per program", {"query_rotation_cols": 64}, 1.0),
     ("query rotation, 16 columns per program", {"query_rotation_cols": 16}, 1.0),
-    # Ordinary launches instead of programmatic dependent ones (pdl 0): the attention after
-    # rotate=True's query rotation and the merge after the attention each wait for the whole
-    # launch before them to drain.
-    ("no programmatic launches", {"pdl": 0}, 1.0),
-    ("no programmatic launches, merge launch always", {"pdl": 0, "merge_in_kernel": 0}, 1.0),
+    # Programmatic dependent launches (pdl 1, opt-in): the attention after rotate=True's query
+    # rotation and the merge after the attention start while the launch before drains.
+    ("programmatic launches", {"pdl": 1}, 1.0),
+    ("programmatic launches, merge launch always", {"pdl": 1, "merge_in_kernel": 0}, 1.0),
     # Software pipelining: with lookup 5 the K bytes, V words and both norms cross shared
     # memory for tl.dot, so Triton 3.6's pipeliner turns their loads into cp.async copies
-    # N - 1 tiles ahead (compiled for sm_90a: 160 registers, no spill, 25-60 KB of shared
-    # memory per program for 2-4 stages; static_cost.py). The default since 3 stages without
-    # the L2 prefetch ran 2-4% faster at 16-32K than the one-stage, prefetching launch before
-    # it (decode-levers-stages-h200-1c7c887, decode-levers-pdl-*-h200-2b53720).
-    ("1 stage, L2 prefetch (the launch before)", {"num_stages": 1, "prefetch": 1}, 1.0),
-    ("1 stage, no prefetch", {"num_stages": 1}, 1.0),
+    # N - 1 tiles ahead, which bypass registers (compiled for sm_90a: 8 spilled bytes at 128
+    # registers against 96 with one stage; static_cost.py). The default (3 stages at 128
+    # registers, no prefetch) since it ran 2-11% faster at 16-32K than the one-stage,
+    # prefetching launch at 160 registers before it (decode-levers-regs-h200-5fee6fa).
+    (
+        "1 stage, L2 prefetch, 160 registers (the launch before)",
+        {"num_stages": 1, "prefetch": 1, "maxnreg": 160},
+        1.0,
+    ),
+    ("1 stage, no prefetch, 160 registers", {"num_stages": 1, "maxnreg": 160}, 1.0),
+    ("3 stages, 160 registers", {"maxnreg": 160}, 1.0),
     ("2 stages", {"num_stages": 2}, 1.0),
     ("4 stages", {"num_stages": 4}, 1.0),
     ("3 stages, L2 prefetch", {"prefetch": 1}, 1.0),
     ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
-    # The copies bypass registers: at a 128-register cap the 3-stage loop spills 8 bytes
-    # (96 with one stage), so four programs fit a multiprocessor instead of three.
-    ("3 stages, 128 registers", {"maxnreg": 128}, 1.0),
-    ("3 stages, 128 registers, splits x1.33", {"maxnreg": 128}, 4 / 3),
-    ("4 stages, 128 registers", {"maxnreg": 128, "num_stages": 4}, 1.0),
+    ("3 stages, splits x1.33", {}, 4 / 3),
 ]
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224

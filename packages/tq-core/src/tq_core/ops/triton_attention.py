@@ -594,7 +594,21 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
 # Launch settings, per op. Kept in one dict so the benchmark's tuning mode can try others.
 TUNING = {
     # From the tune suites on an H200 (benchmarks/results/kernels-tune-h200*.json) and the
-    # compiler's register report: more stages only add registers to these gather-bound loops.
+    # compiler's register report.
+    # num_stages 3 (with prefetch 0 and maxnreg 128) where lookup 5 runs: its K bytes, V
+    # words and norms already cross shared memory for tl.dot, so Triton 3.6's pipeliner turns
+    # their loads into cp.async copies two tiles ahead, which bypass registers: the loop spills
+    # 8 bytes at 128 registers (96 with one stage; static-cost-sm90a JSON), four programs fit a
+    # multiprocessor instead of three, and the L2 prefetch only adds instructions. On an H200,
+    # 3 stages at 128 registers against the one-stage, prefetching launch at 160: 1 x 16K
+    # 0.0348 ms against 0.0389, 8 x 16K 0.1020 against 0.1063, 32 x 32K 0.6610 against 0.6979,
+    # 128 x 32K 2.552 against 2.667, 8 x 1K 0.0129 against 0.0135
+    # (decode-levers-regs-h200-5fee6fa; 2 and 4 stages, 64-token tiles and 3 stages with the
+    # prefetch were slower or no faster there and in decode-levers-stages-h200-1c7c887).
+    # Lookup 2 (head_dim below 128, wide fields) pipelines in registers, not shared memory:
+    # SmolLM2's shape ran 3-8% slower in 3 stages (kernels-decode-extra-h200-1d0d68c), so
+    # small_head_* and wide_* keep one stage and the prefetch; head_dim above 128 (lookup 5
+    # uncapped) 1-4% faster at batch 8-32 in 3 stages (same file).
     # lookup: how 4-bit codes become centroids. 0 reads a table through L1 (any device, the
     # interpreter included); 2 permutes bytes of magnitudes held in registers (GPU: 1.5x faster
     # decode than 0, benchmarks/results/decode-levers-*.json); 3 is 2 with the packed bytes
@@ -611,12 +625,12 @@ TUNING = {
     # multiprocessor as 160) against 5's 1,403 (static-cost-sm90a-*.json), yet within 1% of 5 at
     # 16-32K on an H200 (decode-levers-h200-7b3c6b5: the kernel waits on latency), so
     # opt-in (TQ_TRITON_TUNING=decode.lookup=6,decode.maxnreg=0). The interpreter always gets 0.
-    # maxnreg: 160 is what lookup 5 needs without spilling; lookup 2 ran best at 128 (four
-    # programs per multiprocessor instead of three, 8-14% at 8-128 x 16-32K on an H100,
-    # decode-levers-h100-b70155a.json).
-    # prefetch 1: the next key tile's lines into L2 during the current tile (1.01-1.04x at
-    # 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K count (1.02-1.04x over 4
-    # at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
+    # maxnreg: with one stage, 160 is what lookup 5 needs without spilling; lookup 2 ran best
+    # at 128 (four programs per multiprocessor instead of three, 8-14% at 8-128 x 16-32K on an
+    # H100, decode-levers-h100-b70155a.json).
+    # prefetch 1 (one-stage launches): the next key tile's lines into L2 during the current
+    # tile (1.01-1.04x at 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K
+    # count (1.02-1.04x over 4 at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
     # small_head_*: head_dim below 128 (SmolLM2's 64) keeps the launch every 4-bit layout had
     # before lookup 5 (lookup 2 at 128 registers). Lookup 5's 128-token tile there spills 852
     # bytes at 160 registers and its [16, 16] value products repeat across the 4 warps: 99.6
@@ -635,9 +649,12 @@ TUNING = {
     # head_dim 128, each with a quarter of the tensor-core chain: 0.6-1.4 us less per call than
     # whole rows at 1-32 x 1-4K (0.0117 ms against 0.0123 at 1 x 1K, 0.0438 against 0.0452 at
     # 8 x 4K), 64 and 16 columns within 0.4 us of it (decode-levers-rotate-h200-909d2ab).
-    # pdl 1: on Hopper and later, the attention launch after rotate=True's query rotation and
-    # the split-merge launch after the attention are programmatic dependent launches
-    # (_programmatic_launches): each one's prologue overlaps the tail of the launch before.
+    # pdl 0: with 1, on Hopper and later, the attention launch after rotate=True's query
+    # rotation and the split-merge launch after the attention are programmatic dependent
+    # launches (_programmatic_launches), each one's prologue overlapping the tail of the launch
+    # before. Timed with rotate=True on an H200 in two calls: 0.3-0.8 us less per call at 1 x 1K,
+    # 1 x 4K, 8 x 4K and 32 x 1K, 1.3 us more at 8 x 1K both times, 1% either way at 16-32K
+    # (decode-levers-pdl-*-h200-2b53720, decode-levers-rotate-h200-1d0d68c). Opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
@@ -649,7 +666,7 @@ TUNING = {
         "num_warps": 4,
         "num_stages": 3,
         "lookup": 5,
-        "maxnreg": 160,
+        "maxnreg": 128,
         "wide_lookup": 2,
         "wide_maxnreg": 0,
         "small_head_lookup": 2,
