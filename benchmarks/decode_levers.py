@@ -54,6 +54,10 @@ VARIANTS = [
     # instructions uncapped (168 registers) against 1,403 (static-cost JSON), the same time
     # within 1% at 8-128 x 16-32K (decode-levers-h200-7b3c6b5).
     ("lookup 6 (words loaded), no register cap", {"lookup": 6, "maxnreg": 0}, 1.0),
+    # At the 3-stage default's 128 registers: 1,388 loop instructions (12 bytes spilled)
+    # against lookup 5's 1,453; ncu at 8 x 16K found the default waiting on the math pipe
+    # (ncu-stalls-default-h200-3a72d06).
+    ("lookup 6 (words loaded), 128 registers", {"lookup": 6}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
     ("lookup 5, splits x2", {}, 2.0),
     # With --rotate: the query rotation launch's output columns per program (0: whole rows; 32,
