@@ -33,7 +33,7 @@ _POINTERS = {
     "split_counts_ptr": "*i32",
 }  # fmt: skip
 SHARED = ("STS", "LDS")  # STS*, LDS*, LDSM* (ldmatrix), STSM*
-_SASS_OP = re.compile(r"/\*[0-9a-f]{4}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
+_SASS_OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 
 
 def compile_decode(

@@ -25,7 +25,9 @@ from tq_core.ops import triton_layout, validation
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # Launch settings from the tune suite on an H200 (benchmarks/results/kernels-tune-h200*.json;
 # loading the rotation matrix once for several row blocks measured slower, 0.91 vs 0.73 ms).
-TUNING = {"block_rows": 16, "num_warps": 2}
+# chunk: rotated columns per tensor-core product (a [head_dim, chunk] slice of the sign matrix
+# in registers at a time).
+TUNING = {"block_rows": 16, "num_warps": 2, "chunk": 64}
 
 
 @triton.jit
@@ -214,7 +216,8 @@ def store(
         triton_layout.centroids(layout, "value", device),
         triton_layout.boundaries(layout, "value", device),
         kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim),
-        H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim, CHUNK=64,
+        H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
+        CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction),
         **triton_layout.field_constants(layout, "key", "K_"),
