@@ -23,11 +23,16 @@ from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
-# Launch settings from the tune suite on an H200 (benchmarks/results/kernels-tune-h200*.json;
+# Launch settings from the tune suites on an H200 (benchmarks/results/kernels-tune-h200*.json;
 # loading the rotation matrix once for several row blocks measured slower, 0.91 vs 0.73 ms).
 # chunk: rotated columns per tensor-core product (a [head_dim, chunk] slice of the sign matrix
-# in registers at a time).
-TUNING = {"block_rows": 16, "num_warps": 2, "chunk": 64}
+# in registers at a time). Every program reads the whole sign matrix through L1 (32 KB at
+# head_dim 128, 8x its 16 rows of bf16 input), and ncu found the kernel L1-bound (L1/TEX 72% of
+# its peak, DRAM 8%; decode-levers/ncu-store-65536-h200-19d1ffa.txt), so 64 rows per program
+# (4 warps, 32 columns per product to stay at 156 registers): 0.5729 ms for 65,536 tokens
+# against 0.6510 for 16 rows / 2 warps / 64 columns, 0.0253 against 0.0247 for 2,048
+# (kernels-tune-store-h200-19d1ffa).
+TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32}
 
 
 @triton.jit
