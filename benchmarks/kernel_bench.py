@@ -519,18 +519,29 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
 def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     saved = dict(triton_store.TUNING)
     rows = []
-    # (rows per program, warps, columns per rotation product). Compiled for sm_90a: 64 columns
-    # at 16 rows and 2 warps take 167 registers (6 programs per multiprocessor), 32 columns
-    # 128 (8 programs) for 4% more instructions.
-    settings = [(16, 2, 64), (16, 2, 32), (16, 2, 16), (32, 4, 32), (64, 4, 32), (32, 2, 32)]
-    for block_rows, num_warps, chunk in settings:
-        triton_store.TUNING.update(block_rows=block_rows, num_warps=num_warps, chunk=chunk)
+    # (rows per program, warps, columns per rotation product, butterflies). Compiled for
+    # sm_90a: 64 columns at 16 rows and 2 warps take 167 registers (6 programs per
+    # multiprocessor), 32 columns 128 (8 programs) for 4% more instructions; 64 rows / 4 warps /
+    # 32 columns (the default since) 156. The butterflies (fwht 1) read no matrix but take
+    # 1.5-1.6x the instructions per row (168 registers at 16-32 rows, 255 and 20 bytes spilled
+    # at 64).
+    settings = [
+        (16, 2, 64, 0), (64, 4, 32, 0), (32, 2, 32, 0),
+        (16, 2, 32, 1), (32, 4, 32, 1), (64, 4, 32, 1),
+    ]  # fmt: skip
+    for block_rows, num_warps, chunk, fwht in settings:
+        triton_store.TUNING.update(
+            block_rows=block_rows, num_warps=num_warps, chunk=chunk, fwht=fwht
+        )
         try:
             row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
         except Exception as error:  # a setting that fails to compile is skipped
             print(f"  store {block_rows}/{num_warps}: {type(error).__name__} {str(error)[:80]}")
             continue
-        row["impl"] = f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} chunk={chunk}"
+        row["impl"] = (
+            f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} chunk={chunk}"
+            + (" butterflies" if fwht else "")
+        )
         print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
         rows.append(row)
     triton_store.TUNING.update(saved)

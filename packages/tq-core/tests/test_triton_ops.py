@@ -53,6 +53,28 @@ def _batch(codec_spec, seq_lens, num_kv_heads, block_size, generator):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("codec_spec", CODECS)
 def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
+    _check_store_against_the_reference(codec_spec, dtype, generator)
+
+
+@pytest.mark.parametrize(
+    ("codec_spec", "dtype"),
+    [
+        ((128, 4, 4, "float32"), torch.bfloat16),
+        ((64, 8, 2, "float16"), torch.float32),
+        ((64, 16, 4, "float32"), torch.float16),
+        ((256, 3, 5, "float32"), torch.bfloat16),
+    ],
+)
+def test_store_with_butterflies_writes_the_reference_bytes(
+    codec_spec, dtype, generator, monkeypatch
+):
+    """fwht 1: the rotation as Walsh-Hadamard butterflies in fp32 instead of the sign matrix
+    on tensor cores writes the reference's bytes (head_dim 64, 128, 256; a raw bf16 layer)."""
+    monkeypatch.setitem(triton_store.TUNING, "fwht", 1)
+    _check_store_against_the_reference(codec_spec, dtype, generator)
+
+
+def _check_store_against_the_reference(codec_spec, dtype, generator):
     head_dim, k_bits, v_bits, norm_dtype = codec_spec
     codec = TQCodec(head_dim, k_bits, v_bits, norm_dtype=norm_dtype)
     layout = codec.cache_layout(num_kv_heads=3, block_size=16)

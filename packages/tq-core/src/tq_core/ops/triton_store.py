@@ -21,6 +21,7 @@ import triton.language as tl
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
+from tq_core.rotation import hadamard_signs
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # Launch settings from the tune suites on an H200 (benchmarks/results/kernels-tune-h200*.json;
@@ -32,7 +33,12 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # (4 warps, 32 columns per product to stay at 156 registers): 0.5729 ms for 65,536 tokens
 # against 0.6510 for 16 rows / 2 warps / 64 columns, 0.0253 against 0.0247 for 2,048
 # (kernels-tune-store-h200-19d1ffa).
-TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32}
+# fwht 1: rotate with butterflies in registers instead of the matrix (_walsh_hadamard: alone,
+# 64 rows x 128 dimensions at 4 warps compile for sm_90a to 1,120 instructions with 96 warp
+# shuffles and no matrix load; inside the store, quantizing and packing whole rows after it,
+# 1.5-1.6x the matrix path's instructions per row, 168 registers at 16-32 rows). Untimed, so
+# opt-in; `kernel_bench.py --suite tune --only tune_store` times it.
+TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0}
 
 
 @triton.jit
@@ -80,12 +86,25 @@ def _quantize(unit, bound_ptr, BITS: tl.constexpr):
 
 
 @triton.jit
+def _walsh_hadamard(x, ROWS: tl.constexpr, D: tl.constexpr, LOG_D: tl.constexpr):
+    """H x for every row of x [ROWS, D] (unnormalized, fp32): stage s adds and subtracts the
+    two halves of each block of D >> s entries, moved next to each other by a reshape and a
+    permute so tl.split / tl.join pair them (the compiler's warp shuffles and layout changes,
+    no matrix)."""
+    for stage in tl.static_range(LOG_D):
+        y = tl.permute(tl.reshape(x, [ROWS, 1 << stage, 2, D >> (stage + 1)]), (0, 1, 3, 2))
+        a, b = tl.split(y)
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, D])
+    return x
+
+
+@triton.jit
 def _encode_rows(
-    x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, cent_ptr, bound_ptr,
+    x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, cent_ptr, bound_ptr,
     stride_page, num_rows, inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -108,20 +127,34 @@ def _encode_rows(
     norm = tl.sqrt(tl.sum(x * x, axis=1))
     inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
     unit_x = x * inv_norm[:, None]
-    x_hi = unit_x.to(tl.float16)
-    rest = unit_x - x_hi.to(tl.float32)
-    x_mid = rest.to(tl.float16)
-    x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
     quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    for chunk in tl.static_range(D // CHUNK):
-        cols = chunk * CHUNK + tl.arange(0, CHUNK)
-        matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
-        y = tl.dot(x_hi, matrix)
-        if X_PARTS > 1:
-            y += tl.dot(x_mid, matrix)
-        if X_PARTS > 2:
-            y += tl.dot(x_lo, matrix)
-        unit = y * inv_sqrt_d
+    if FWHT:
+        # The rotation H diag(signs) / sqrt(D) as butterflies in fp32: no [D, D] matrix read
+        # per program (the matrix path is L1-bound on it), every column in one pass.
+        signs = tl.load(signs_ptr + dims)
+        rotated = _walsh_hadamard(unit_x * signs[None, :], BLOCK_T, D, LOG_D) * inv_sqrt_d
+        x_hi = unit_x.to(tl.float16)  # unused
+        x_mid = x_hi
+        x_lo = x_hi
+    else:
+        rotated = unit_x  # unused
+        x_hi = unit_x.to(tl.float16)
+        rest = unit_x - x_hi.to(tl.float32)
+        x_mid = rest.to(tl.float16)
+        x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
+    COLS: tl.constexpr = D if FWHT else CHUNK
+    for chunk in tl.static_range(D // COLS):
+        cols = chunk * COLS + tl.arange(0, COLS)
+        if FWHT:
+            unit = rotated
+        else:
+            matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+            y = tl.dot(x_hi, matrix)
+            if X_PARTS > 1:
+                y += tl.dot(x_mid, matrix)
+            if X_PARTS > 2:
+                y += tl.dot(x_lo, matrix)
+            unit = y * inv_sqrt_d
         if BITS == 16:
             raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
                 tl.pointer_type(tl.bfloat16)
@@ -132,13 +165,13 @@ def _encode_rows(
             codes = _quantize(unit, bound_ptr, BITS)
             centroid = tl.load(cent_ptr + codes)
             quantized_sq += tl.sum(centroid * centroid, axis=1)
-            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                             P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
             if P1_W > 0:
-                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                                 P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
             if P2_W > 0:
-                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, CHUNK,
+                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                                 P2_OFF, P2_W, P2_SHIFT)  # fmt: skip
     if BITS != 16:
         stored = norm
@@ -155,10 +188,11 @@ def _encode_rows(
 @triton.jit
 def _store_kernel(
     key_ptr, value_ptr, stride_kt, stride_kh, stride_vt, stride_vh, cache_ptr, slot_ptr,
-    rot_ptr, k_cent_ptr, k_bound_ptr, v_cent_ptr, v_bound_ptr, stride_page, num_rows, inv_sqrt_d,
+    rot_ptr, signs_ptr, k_cent_ptr, k_bound_ptr, v_cent_ptr, v_bound_ptr, stride_page, num_rows,
+    inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    K_BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -171,16 +205,18 @@ def _store_kernel(
 ):  # fmt: skip
     if tl.program_id(1) == 0:
         _encode_rows(
-            key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, k_cent_ptr, k_bound_ptr,
-            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS,
-            NORM_CORRECTION, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W, K_P1_SHIFT,
+            key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
+            k_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
+            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT,
+            K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
         )  # fmt: skip
     else:
         _encode_rows(
-            value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, v_cent_ptr, v_bound_ptr,
-            stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS,
-            NORM_CORRECTION, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W, V_P1_SHIFT,
+            value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
+            v_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
+            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT,
+            V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
 
@@ -216,6 +252,7 @@ def store(
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
         triton_layout.sign_hadamard(head_dim, layout.codec.seed, device),
+        hadamard_signs(head_dim, layout.codec.seed, device),
         triton_layout.centroids(layout, "key", device),
         triton_layout.boundaries(layout, "key", device),
         triton_layout.centroids(layout, "value", device),
@@ -224,7 +261,8 @@ def store(
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
-        NORM_CORRECTION=int(layout.codec.norm_correction),
+        NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=bool(TUNING.get("fwht")),
+        LOG_D=head_dim.bit_length() - 1,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
