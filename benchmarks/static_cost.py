@@ -25,7 +25,7 @@ from triton.compiler import ASTSource
 
 from tq_core import TQCodec
 from tq_core.cli.provenance import environment_record
-from tq_core.ops import triton_attention, triton_decompress, triton_layout
+from tq_core.ops import triton_attention, triton_decompress, triton_layout, triton_store
 
 _POINTERS = {
     "q_ptr": "*bf16", "out_ptr": "*bf16", "cache_ptr": "*u8", "block_table_ptr": "*i32",
@@ -195,6 +195,49 @@ def compile_decompress(register_lookup: bool, unrotate: bool) -> dict:
     }  # fmt: skip
 
 
+def compile_store(block_rows: int, num_warps: int, chunk: int, fwht: bool) -> dict:
+    """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
+    program, warps, columns per rotation product, and the rotation as butterflies (``fwht``)
+    instead of the sign matrix. Instructions per row count both of the kernel's branches (K
+    and V), as every program compiles both."""
+    layout = TQCodec(128, 4, 4).cache_layout(8, 16)
+    kernel = triton_store._store_kernel
+    constants = dict(
+        H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
+        NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
+        **triton_layout.field_constants(layout, "key", "K_"),
+        **triton_layout.field_constants(layout, "value", "V_"),
+    )  # fmt: skip
+    pointers = {"key_ptr": "*bf16", "value_ptr": "*bf16", "cache_ptr": "*u8",
+                "slot_ptr": "*i64", "rot_ptr": "*fp16"}  # fmt: skip
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name.endswith("_ptr"):
+            signature[name] = pointers.get(name, "*fp32")
+        else:
+            signature[name] = "fp32" if name == "inv_sqrt_d" else "i32"
+    aligned = [n for n in kernel.arg_names if n in signature and signature[n].startswith("*")]
+    aligned += [n for n in kernel.arg_names if n.startswith("stride")]
+    source = ASTSource(
+        kernel,
+        signature,
+        constexprs={(kernel.arg_names.index(k),): v for k, v in constants.items()},
+        attrs={(kernel.arg_names.index(n),): [["tt.divisibility", 16]] for n in aligned},
+    )
+    options = {"num_warps": num_warps}
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
+    resources = _resources(*_sass(compiled))
+    return {
+        "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
+        "fwht": fwht, **resources,
+        "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
+        "warp_instructions_per_row": resources["kernel_instructions"] * num_warps / block_rows,
+        "shared_memory_bytes": compiled.metadata.shared,
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="path of the JSON to write")
@@ -309,6 +352,14 @@ def main() -> None:
     decompress = [
         compile_decompress(lookup, back) for lookup in (True, False) for back in (False, True)
     ]
+    # The tune suite's store settings (kernel_bench.tune_store_rows).
+    store = [
+        compile_store(rows_, warps, chunk, fwht)
+        for rows_, warps, chunk, fwht in (
+            (16, 2, 64, False), (16, 2, 32, False), (64, 4, 32, False), (32, 2, 32, False),
+            (16, 2, 32, True), (32, 4, 32, True), (64, 4, 32, True),
+        )
+    ]  # fmt: skip
     for row in rows:
         print(
             f"head_dim {row['head_dim']} K{row['k_bits']}V{row['v_bits']} "
@@ -328,8 +379,15 @@ def main() -> None:
             f"{row['registers']} registers, {row['kernel_instructions']} instructions, "
             f"{row['kernel_memory_and_mma_ops']}"
         )
+    for row in store:
+        print(
+            f"store, {row['block_rows']} rows x {row['num_warps']} warps, {row['chunk']} "
+            f"columns, butterflies {row['fwht']}: {row['registers']} registers, "
+            f"{row['spill_store_bytes']} spill bytes, {row['kernel_instructions']} instructions, "
+            f"{row['warp_instructions_per_row']:.0f} warp-instructions per row"
+        )
     record = {
-        "target": "sm_90a", "rows": rows, "decompress": decompress,
+        "target": "sm_90a", "rows": rows, "decompress": decompress, "store": store,
         "environment": environment_record(),
     }  # fmt: skip
     path = pathlib.Path(args.out)

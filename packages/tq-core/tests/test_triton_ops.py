@@ -211,6 +211,7 @@ def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
     assert relative_error(outputs[4][0], expected) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="inline PTX: Triton's interpreter cannot run it")
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, generator, monkeypatch):
@@ -237,6 +238,7 @@ def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, genera
     assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="inline PTX: Triton's interpreter cannot run it")
 @pytest.mark.parametrize("codec_spec", [(128, 4, 4, "float16"), (64, 8, 3, "float32")])
 @pytest.mark.parametrize("sliding_window", [None, 40])
@@ -263,6 +265,7 @@ def test_prefetch_changes_no_result(codec_spec, sliding_window, generator, monke
         assert torch.equal(other, outputs[0])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not ON_GPU, reason="programmatic dependent launch: a CUDA GPU")
 @pytest.mark.parametrize("rotate", [True, False])
 @pytest.mark.parametrize("merge_in_kernel", [0, 1 << 20])
@@ -291,27 +294,33 @@ def test_programmatic_launches_change_no_result_eager_or_in_a_graph(
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             call()
-        eager = out.clone()
+        outputs[pdl] = out.clone()
         query.copy_(torch.randn_like(query))
         graph.replay()
         torch.cuda.synchronize()
         replayed = out.clone()
         call()
         assert torch.equal(replayed, out)
-        outputs[pdl] = (eager, replayed)
-    assert not outputs[1][0].isnan().any()
-    assert torch.equal(outputs[1][0], outputs[0][0])
+    assert not outputs[1].isnan().any()
+    assert torch.equal(outputs[1], outputs[0])
 
 
 def test_programmatic_launches_only_on_a_compiled_hopper_launch(monkeypatch):
-    """The interpreter and non-CUDA devices never launch programmatically; ``pdl`` 0 turns it
-    off everywhere."""
-    decode = triton_attention.TUNING["decode"]
-    assert not triton_attention._programmatic_launches(decode, torch.device("cpu"))
-    monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
-    assert not triton_attention._programmatic_launches(decode, torch.device("cuda"))
+    """Only a compiled launch on a CUDA device of compute capability 9 or more launches
+    programmatically, and only when ``pdl`` asks for it."""
+    wanted = {**triton_attention.TUNING["decode"], "pdl": 1}
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(triton_attention, "_compute_capability", lambda device: (9, 0))
     monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
-    assert not triton_attention._programmatic_launches({**decode, "pdl": 0}, torch.device("cuda"))
+    assert triton_attention._programmatic_launches(wanted, cuda)
+    assert not triton_attention._programmatic_launches({**wanted, "pdl": 0}, cuda)
+    assert not triton_attention._programmatic_launches(wanted, torch.device("cpu"))
+    monkeypatch.setattr(triton_attention, "_compute_capability", lambda device: (8, 9))
+    assert not triton_attention._programmatic_launches(wanted, cuda)
+    monkeypatch.setattr(triton_attention, "_compute_capability", lambda device: (9, 0))
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
+    assert not triton_attention._programmatic_launches(wanted, cuda)
+    assert triton_attention._pdl_option(True) == {"launch_pdl": True}
     assert triton_attention._pdl_option(False) == {}
 
 

@@ -764,7 +764,12 @@ def _programmatic_launches(tuning: dict, device: torch.device) -> bool:
     nothing else can be read early. Hopper and later, compiled kernels only (``pdl`` 1)."""
     if _INTERPRETED or device.type != "cuda" or not tuning.get("pdl", 0):
         return False
-    return torch.cuda.get_device_capability(device)[0] >= 9
+    return _compute_capability(device)[0] >= 9
+
+
+@functools.cache
+def _compute_capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 def _pdl_option(enabled: bool) -> dict:

@@ -133,11 +133,7 @@ def _encode_rows(
         # per program (the matrix path is L1-bound on it), every column in one pass.
         signs = tl.load(signs_ptr + dims)
         rotated = _walsh_hadamard(unit_x * signs[None, :], BLOCK_T, D, LOG_D) * inv_sqrt_d
-        x_hi = unit_x.to(tl.float16)  # unused
-        x_mid = x_hi
-        x_lo = x_hi
     else:
-        rotated = unit_x  # unused
         x_hi = unit_x.to(tl.float16)
         rest = unit_x - x_hi.to(tl.float32)
         x_mid = rest.to(tl.float16)
