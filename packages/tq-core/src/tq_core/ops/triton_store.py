@@ -30,14 +30,15 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # in registers at a time). Every program reads the whole sign matrix through L1 (32 KB at
 # head_dim 128, 8x its 16 rows of bf16 input), and ncu found the kernel L1-bound (L1/TEX 72% of
 # its peak, DRAM 8%; decode-levers/ncu-store-65536-h200-19d1ffa.txt), so 64 rows per program
-# (4 warps, 32 columns per product to stay at 156 registers): 0.5729 ms for 65,536 tokens
+# (4 warps, 32 columns per product: 156 registers, static-cost-sm90a-c5ea5ce's store rows):
+# 0.5729 ms for 65,536 tokens
 # against 0.6510 for 16 rows / 2 warps / 64 columns, 0.0253 against 0.0247 for 2,048
 # (kernels-tune-store-h200-19d1ffa).
-# fwht 1: rotate with butterflies in registers instead of the matrix (_walsh_hadamard: alone,
-# 64 rows x 128 dimensions at 4 warps compile for sm_90a to 1,120 instructions with 96 warp
-# shuffles and no matrix load; inside the store, quantizing and packing whole rows after it,
-# 1.5-1.6x the matrix path's instructions per row, 168 registers at 16-32 rows). Untimed, so
-# opt-in; `kernel_bench.py --suite tune --only tune_store` times it.
+# fwht 1: rotate with butterflies in registers instead of the matrix (_walsh_hadamard), then
+# quantize and pack whole rows: compiled for sm_90a it reads no matrix but takes 1.5-1.7x the
+# matrix path's instructions per row at the same rows and warps (168 registers at 16-32 rows;
+# static-cost-sm90a-c5ea5ce's store rows). Untimed, so opt-in; `kernel_bench.py --suite tune
+# --only tune_store` times it.
 TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0}
 
 
