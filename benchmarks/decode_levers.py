@@ -20,6 +20,7 @@ where vLLM is importable: the bf16 decode vLLM serves with). Writes ``<out>.json
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import pathlib
 import sys
@@ -89,6 +90,78 @@ VARIANTS = [
     ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
     ("3 stages, splits x1.33", {}, 4 / 3),
 ]
+# A ceiling, not a kernel: the 4-bit lookup replaced by the cheapest conversion there is, each
+# nibble n read as the fp16 value n (OR into 1024's exponent, subtract 1024; 11-12 instructions
+# per 8 codes against the codebook permutes' 20-24 plus the immediates ptxas copies in). Its
+# outputs are wrong on purpose (max |diff| says so); its time says what decode could gain if
+# the codebook were affine in the code (a uniform quantizer, or centroids the query absorbs).
+_AFFINE_PAIRS_PROBE = """{
+.reg .b32 t, u, k;
+mov.b32 k, 0x64006400;
+prmt.b32 t, $4, 0, 0x4140;
+prmt.b32 u, $4, 0, 0x4342;
+lop3.b32 $0, t, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $1, u, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, t, 4;
+shr.u32 u, u, 4;
+lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $3, u, 0x000F000F, 0x64006400, 0xEA;
+sub.f16x2 $0, $0, k;
+sub.f16x2 $1, $1, k;
+sub.f16x2 $2, $2, k;
+sub.f16x2 $3, $3, k;
+}"""
+_AFFINE_QUADS_PROBE = """{
+.reg .b32 t, k;
+mov.b32 k, 0x64006400;
+lop3.b32 $0, $4, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, $4, 4;
+lop3.b32 $1, t, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, $4, 8;
+lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, $4, 12;
+lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
+sub.f16x2 $0, $0, k;
+sub.f16x2 $1, $1, k;
+sub.f16x2 $2, $2, k;
+sub.f16x2 $3, $3, k;
+}"""
+PROBES = {
+    "probe: affine nibbles (wrong values, lookup cost only)": (
+        _AFFINE_PAIRS_PROBE,
+        _AFFINE_QUADS_PROBE,
+    ),
+}
+
+
+@contextlib.contextmanager
+def _probed(name: str):
+    """The attention kernel given probe ``name``'s asm in place of lookup 5's, if it is one."""
+    saved = triton_attention._nibble_constants
+    if name in PROBES:
+        pairs, quads = PROBES[name]
+
+        def probe_constants(layout, lookup):
+            constants = saved(layout, lookup)
+            if lookup == 5:
+                constants.update(NIBBLE_PAIRS=pairs, NIBBLE_QUADS=quads)
+            return constants
+
+        triton_attention._nibble_constants = probe_constants
+    try:
+        yield
+    finally:
+        triton_attention._nibble_constants = saved
+
+
+# The probes --only names (none by default).
+WANTED_PROBES: list[str] = []
+
+
+# --splits N,M,...: the default launch again at these explicit split counts (rows "N splits"),
+# to see where the split-count rule leaves a partial last wave of programs.
+EXPLICIT_SPLITS: list[int] = []
+
 # Fields wider than 4 bits read their table through L1 and spill at the 4-bit 128-register cap
 # (sm_90a: 656 bytes for K8V4, 2,044 loop instructions; none and 1,777 uncapped at 224
 # registers), so their launches are uncapped (TUNING's wide_maxnreg 0); `--bits 8x4` times
@@ -129,6 +202,9 @@ def lever_rows(
     layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context, bits)
     label = f"tq K{bits[0]}V{bits[1]}" + (" rotate=True" if ROTATE else "")
     variants = VARIANTS if bits == (4, 4) else WIDE_FIELD_VARIANTS
+    variants = variants + [(f"{count} splits", {}, count) for count in EXPLICIT_SPLITS]
+    if bits == (4, 4):
+        variants = variants + [(name, {}, 1.0) for name in WANTED_PROBES]
     out = torch.empty_like(queries[0])
     default = dict(triton_attention.TUNING["decode"])
     _run(layout, caches, block_table, seq_lens, queries, out, 0, None)
@@ -137,18 +213,20 @@ def lever_rows(
     rows = []
     for name, overrides, factor in variants:
         triton_attention.TUNING["decode"] = {**default, **overrides}
-        # The split count the variant's own TUNING picks, times the factor.
+        # The split count the variant's own TUNING picks, times the factor (an int: that count).
         base_splits = _default_splits(layout, batch, block_table)
-        splits = max(1, min(64, round(base_splits * factor)))
+        splits = factor if isinstance(factor, int) else round(base_splits * factor)
+        splits = max(1, min(64, splits))
         try:
-            _run(layout, caches, block_table, seq_lens, queries, out, 0, splits)
-            error = (out.float() - expected).abs().max().item()
-            inputs = (layout, caches, block_table, seq_lens, queries, out)
-            calls = [
-                (lambda i=i, s=splits, inputs=inputs: _run(*inputs, i, s))
-                for i in range(len(caches))
-            ]
-            ms, how = kernels.time_calls(calls)
+            with _probed(name):
+                _run(layout, caches, block_table, seq_lens, queries, out, 0, splits)
+                error = (out.float() - expected).abs().max().item()
+                inputs = (layout, caches, block_table, seq_lens, queries, out)
+                calls = [
+                    (lambda i=i, s=splits, inputs=inputs: _run(*inputs, i, s))
+                    for i in range(len(caches))
+                ]
+                ms, how = kernels.time_calls(calls)
         except Exception as failure:  # a setting that fails to compile is reported, not fatal
             print(f"  {name}: {type(failure).__name__} {str(failure)[:120]}", flush=True)
             rows.append({**base, "impl": f"{label} {name}", "error": str(failure)[:300]})
@@ -205,6 +283,9 @@ def main() -> None:
     parser.add_argument(
         "--only", help="comma list: time only the variants whose name contains one of these"
     )
+    parser.add_argument(
+        "--splits", help="comma list of split counts: the default launch timed at each too"
+    )
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
@@ -215,6 +296,8 @@ def main() -> None:
     args = parser.parse_args()
     global ROTATE
     ROTATE = args.rotate
+    if args.splits:
+        EXPLICIT_SPLITS.extend(int(part) for part in args.splits.split(","))
     if args.ncu_target:
         ncu_target(args.ncu_target, args.lookup, args.splits_factor, args.prefetch, args.tuning)
         return
@@ -224,6 +307,7 @@ def main() -> None:
         VARIANTS = [
             v for v in VARIANTS if v[0].startswith("default") or any(w in v[0] for w in wanted)
         ]
+        WANTED_PROBES.extend(name for name in PROBES if any(w in name for w in wanted))
     bits = tuple(int(part) for part in args.bits.split("x"))
     shapes = SHAPES
     if args.shapes:
