@@ -37,8 +37,10 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # fwht 1: rotate with butterflies in registers instead of the matrix (_walsh_hadamard), then
 # quantize and pack whole rows: compiled for sm_90a it reads no matrix but takes 1.5-1.7x the
 # matrix path's instructions per row at the same rows and warps (168 registers at 16-32 rows;
-# static-cost-sm90a-c5ea5ce's store rows). Untimed, so opt-in; `kernel_bench.py --suite tune
-# --only tune_store` times it.
+# static-cost-sm90a-c5ea5ce's store rows). Timed on an H200, slower at every setting tried:
+# 65,536 tokens 0.6385-0.8349 ms against the matrix path's 0.5705, 2,048 tokens 0.0253-0.0403
+# against 0.0250 (kernels-tune-store-h200-b3d9045), so opt-in: the L1 traffic it saves comes
+# back as instructions.
 TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0}
 
 
