@@ -538,8 +538,8 @@ def _kept_buffer(
 
 def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) -> int:
     """Splits of the key range per (sequence, KV head): enough programs to fill the GPU
-    (``programs_per_sm`` per multiprocessor) and none longer than ``max_split_tiles`` key
-    tiles, at most one per key tile of the longest sequence
+    (``programs_per_sm`` per multiprocessor; with at least one pair per multiprocessor, none
+    longer than ``max_split_tiles`` key tiles), at most one per key tile of the longest sequence
     the block table can hold, and two tiles per split once that still leaves a program per
     multiprocessor: a one-tile split pays its fixed work (query, partial result, merge) for
     little KV (8 x 1K: 1.07x bf16 with two tiles, 0.99x with one; 1 x 1K: 0.78x with two,
@@ -551,9 +551,12 @@ def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) ->
     multiprocessors = _multiprocessors(device)
     tiles = max_tokens // tuning["block_n"]
     splits = triton.cdiv(tuning["programs_per_sm"] * multiprocessors, programs)
-    # Long sequences: splits of at most max_split_tiles tiles even when the GPU is already full,
-    # so the last programs to start are short and the work evens out across multiprocessors.
-    splits = min(max(splits, triton.cdiv(tiles, tuning["max_split_tiles"])), tiles, 64)
+    if programs >= multiprocessors:
+        # Many (sequence, KV head) pairs: splits of at most max_split_tiles tiles, so the last
+        # programs to start are short and the work evens out across multiprocessors. (With
+        # fewer pairs the rule above already gives 16+ splits; more only add a partial wave.)
+        splits = max(splits, triton.cdiv(tiles, tuning["max_split_tiles"]))
+    splits = min(splits, tiles, 64)
     if programs * min(splits, tiles // 2) >= multiprocessors:
         splits = min(splits, tiles // 2)
     return max(1, splits)
@@ -635,11 +638,14 @@ TUNING = {
     # prefetch 1 (one-stage launches): the next key tile's lines into L2 during the current
     # tile (1.01-1.04x at 16-32K; L1, 2, is the same); programs_per_sm 8 sizes the split-K
     # count (1.02-1.04x over 4 at 32-128 x 16-32K): decode-levers-h200-c83cc80 and -b26e280.
-    # max_split_tiles 24: where 8 programs per multiprocessor already fill the GPU, long
-    # sequences are still cut into splits of at most 24 key tiles (3,072 tokens). Timed at
-    # explicit split counts on an H200 (decode-levers-splits-h200-b3d9045): 32 x 32K 0.6540 ms
-    # at 12 splits against 0.6661 at the 5 the programs alone gave, 128 x 32K 2.467 at 12
-    # against 2.592 at 2; 8 and 16 splits in between; 8-32 x 16K within 1% of 8-17 splits.
+    # max_split_tiles 24: with at least one (sequence, KV head) pair per multiprocessor, long
+    # sequences are cut into splits of at most 24 key tiles (3,072 tokens) even though 8
+    # programs per multiprocessor are already there. Timed at explicit split counts on an H200
+    # (decode-levers-splits-h200-b3d9045): 32 x 32K 0.6540 ms at 12 splits against 0.6661 at
+    # the 5 the programs alone gave, 128 x 32K 2.467 at 12 against 2.592 at 2; 8-32 x 16K within
+    # 1% of 8-17 splits. In the suite (kernels-decode-h200-34dffc2) 128 x 16K 1.54x bf16 from
+    # 1.49x, 128 x 32K 1.56x from 1.49x, 32 x 64K 1.49x from 1.43x; but 8 x 64K (64 pairs) ran
+    # 5% slower at 22 splits than at 17, hence the pair condition.
     # small_head_*: head_dim below 128 (SmolLM2's 64) keeps the launch every 4-bit layout had
     # before lookup 5 (lookup 2 at 128 registers). Lookup 5's 128-token tile there spills 852
     # bytes at 160 registers and its [16, 16] value products repeat across the 4 warps: 99.6
