@@ -156,12 +156,24 @@ def _sign_magnitude_asm(quads: bool) -> str:
     return "{" + immediates + _SIGN_MAGNITUDE_PERMUTES + epilogue + "}"
 
 
+# The affine probes without the subtractions: each nibble n read as the fp16 value 1024 + n and
+# fed to tl.dot as is (one OR per two codes). A uniform codebook could decode this way: the
+# offset is a per-row correction after the product (1031.5 times the query's sum for scores,
+# times the weights' sum for the output) and the step folds into the norms.
+_RAW_PAIRS_PROBE = "\n".join(
+    line for line in _AFFINE_PAIRS_PROBE.splitlines() if "sub.f16x2" not in line
+)
+_RAW_QUADS_PROBE = "\n".join(
+    line for line in _AFFINE_QUADS_PROBE.splitlines() if "sub.f16x2" not in line
+)
+
 # name: (K's byte-pair asm, V's 16-bit-word asm); None keeps lookup 5's.
 PROBES = {
     "probe: affine nibbles (wrong values, lookup cost only)": (
         _AFFINE_PAIRS_PROBE,
         _AFFINE_QUADS_PROBE,
     ),
+    "probe: affine nibbles as 1024 + n (wrong values)": (_RAW_PAIRS_PROBE, _RAW_QUADS_PROBE),
     "probe: affine key nibbles only (wrong values)": (_AFFINE_PAIRS_PROBE, None),
     "probe: affine value nibbles only (wrong values)": (None, _AFFINE_QUADS_PROBE),
     "probe: sign-magnitude code order (wrong values)": ("sign-magnitude", "sign-magnitude"),
