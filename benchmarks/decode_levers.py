@@ -32,6 +32,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import kernel_bench as kernels
 
+from tq_core import TQCodec
 from tq_core.cli.provenance import environment_record
 from tq_core.ops import triton_attention, triton_layout
 
@@ -227,8 +228,18 @@ WIDE_FIELD_VARIANTS = [
 ]
 
 
+# --codebooks K,V: read the same pages with these codebooks (e.g. lloyd-max,uniform).
+CODEBOOKS = ("lloyd-max", "lloyd-max")
+
+
 def _setup(batch: int, context: int, bits: tuple[int, int] = (4, 4)):
-    return kernels.decode_inputs("llama3-8b", batch, context, bits)
+    layout, *rest = kernels.decode_inputs("llama3-8b", batch, context, bits)
+    if CODEBOOKS != ("lloyd-max", "lloyd-max"):
+        codec = TQCodec(
+            layout.head_dim, *bits, key_codebook=CODEBOOKS[0], value_codebook=CODEBOOKS[1]
+        )
+        layout = codec.cache_layout(layout.num_kv_heads, layout.block_size)
+    return (layout, *rest)
 
 
 # --rotate: every variant takes the query and returns the output in the model's domain, the
@@ -254,6 +265,8 @@ def lever_rows(
 ) -> list[dict]:
     layout, packed, caches, block_table, seq_lens, queries = _setup(batch, context, bits)
     label = f"tq K{bits[0]}V{bits[1]}" + (" rotate=True" if ROTATE else "")
+    if CODEBOOKS != ("lloyd-max", "lloyd-max"):
+        label += f" codebooks {CODEBOOKS[0]},{CODEBOOKS[1]}"
     variants = VARIANTS if bits == (4, 4) else WIDE_FIELD_VARIANTS
     variants = variants + [(f"{count} splits", {}, count) for count in EXPLICIT_SPLITS]
     if bits == (4, 4):
@@ -339,6 +352,7 @@ def main() -> None:
     parser.add_argument(
         "--splits", help="comma list of split counts: the default launch timed at each too"
     )
+    parser.add_argument("--codebooks", help="K,V codebooks, e.g. lloyd-max,uniform")
     parser.add_argument("--ncu-target", help="BATCHxCONTEXT: run one configuration and exit")
     parser.add_argument("--lookup", type=int, help="with --ncu-target (default: TUNING's)")
     parser.add_argument("--splits-factor", type=float, default=1.0, help="with --ncu-target")
@@ -347,8 +361,10 @@ def main() -> None:
         "--tuning", default="", help="with --ncu-target: e.g. decode.lookup=6,decode.maxnreg=0"
     )
     args = parser.parse_args()
-    global ROTATE
+    global ROTATE, CODEBOOKS
     ROTATE = args.rotate
+    if args.codebooks:
+        CODEBOOKS = tuple(part.strip() for part in args.codebooks.split(","))
     if args.splits:
         EXPLICIT_SPLITS.extend(int(part) for part in args.splits.split(","))
     if args.ncu_target:

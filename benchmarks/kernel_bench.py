@@ -181,6 +181,16 @@ def decode_inputs(model, batch, context, bits):
     return layout, packed, caches, block_table, seq_lens, queries
 
 
+# (label, key codebook, value codebook, rotations) of the K4V4 rows read with the uniform
+# codebook: 4-bit fields then decode without a table (docs/kernels.md).
+UNIFORM_VARIANTS = [
+    ("uniform V", "lloyd-max", "uniform", "none"),
+    ("uniform V rotate=True", "lloyd-max", "uniform", "fused"),
+    ("uniform K+V", "uniform", "uniform", "none"),
+    ("uniform K+V rotate=True", "uniform", "uniform", "fused"),
+]
+
+
 def decode_rows(
     model, batch, context, bits, copy_gbps, *, with_bf16=True, with_rotations=True
 ) -> list[dict]:
@@ -192,9 +202,10 @@ def decode_rows(
     copies = len(caches)
     out = torch.empty_like(queries[0])
 
-    def ours(i, rotations):
+    def ours(i, rotations, layout=layout):
         """rotations: "none" (query pre-rotated), "torch" (two GEMMs around the op) or
-        "fused" (rotate=True: inside the kernels). Adapters need one of the last two."""
+        "fused" (rotate=True: inside the kernels). Adapters need one of the last two.
+        ``layout``: the same bytes read with other codebooks (UNIFORM_VARIANTS)."""
 
         def call():
             q = rotate(queries[i], 0) if rotations == "torch" else queries[i]
@@ -218,6 +229,17 @@ def decode_rows(
     for name, rotations in variants[: 3 if with_rotations else 1]:
         ms, how = time_calls([ours(i, rotations) for i in range(copies)])
         rows.append({**base, "impl": name, "bits": label, "ms": ms, "timing": how, "bytes": packed})
+    if with_rotations and bits == (4, 4):
+        # The same pages read with the uniform codebook (the kernels' affine 4-bit path).
+        for tag, key_codebook, value_codebook, rotations in UNIFORM_VARIANTS:
+            uniform = TQCodec(
+                head_dim, *bits, key_codebook=key_codebook, value_codebook=value_codebook
+            ).cache_layout(num_kv, BLOCK_SIZE)
+            ms, how = time_calls([ours(i, rotations, uniform) for i in range(copies)])
+            rows.append({
+                **base, "impl": f"tq {label} {tag}", "bits": label, "ms": ms, "timing": how,
+                "bytes": packed, "key_codebook": key_codebook, "value_codebook": value_codebook,
+            })  # fmt: skip
     caches.clear()  # free the copies before the bf16 tensors arrive
     if with_bf16:
         rows += bf16_decode_rows(base, num_q, num_kv, head_dim, batch, context)

@@ -49,13 +49,17 @@ def compile_decode(
     unrotate: bool = False,
     rot_cols: int | None = None,
     num_stages: int = 1,
+    codebooks: tuple[str, str] = ("lloyd-max", "lloyd-max"),
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
     (``rotate=True``'s launch), ``rot_cols`` columns of the sign matrix at a time (default: the
     launches'); ``num_stages``: Triton's software pipelining of the key loop."""
     head_dim, group, num_kv_heads = shape
-    layout = TQCodec(head_dim, k_bits, v_bits).cache_layout(num_kv_heads, 16)
+    codec = TQCodec(
+        head_dim, k_bits, v_bits, key_codebook=codebooks[0], value_codebook=codebooks[1]
+    )
+    layout = codec.cache_layout(num_kv_heads, 16)
     # 4-bit fields read int32 nibble-pair tables, others float32 centroids.
     tables = {
         "k_cent_ptr": "*i32" if k_bits == 4 else "*fp32",

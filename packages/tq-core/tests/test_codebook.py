@@ -7,7 +7,12 @@ import torch
 
 from conftest import random_unit_vectors
 from tq_core import TQCodec
-from tq_core.codebook import coordinate_density_grid, lloyd_max_centroids
+from tq_core.codebook import (
+    coordinate_density_grid,
+    expected_unit_mse,
+    lloyd_max_centroids,
+    uniform_levels,
+)
 
 # Lloyd-Max optimum per unit vector in the large-d limit (Gaussian marginal), the issue's table.
 LLOYD_MAX_LIMIT = {1: 0.3634, 2: 0.1175, 3: 0.03454, 4: 0.009497}
@@ -98,3 +103,45 @@ def test_unit_mse_shrinks_about_fourfold_per_bit(generator):
     ratios = [mses[i] / mses[i + 1] for i in range(7)]
     assert all(2.5 < ratio < 4.5 for ratio in ratios), ratios
     assert torch.isfinite(torch.tensor(mses)).all()
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("bits", [3, 4, 5])
+def test_uniform_levels_are_evenly_spaced_symmetric_and_mse_optimal(head_dim, bits):
+    levels = uniform_levels(head_dim, bits)
+    steps = np.diff(levels)
+    np.testing.assert_allclose(steps, steps[0], rtol=1e-12)
+    np.testing.assert_allclose(levels, -levels[::-1], atol=1e-15)
+    # Against the fp64 MSE on the density grid: any other spacing of the same shape is worse.
+    points, weights = coordinate_density_grid(head_dim)
+
+    def mse(scale):
+        scaled = levels * scale
+        nearest = scaled[np.searchsorted((scaled[:-1] + scaled[1:]) / 2, points)]
+        return float(np.sum(weights * (points - nearest) ** 2))
+
+    best = mse(1.0)
+    assert all(mse(scale) > best for scale in (0.98, 0.995, 1.005, 1.02))
+    # Lloyd-Max is the optimum over all codebooks, so evenly spaced levels cost more MSE.
+    assert expected_unit_mse(head_dim, bits, "uniform") > expected_unit_mse(head_dim, bits)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_uniform_codec_decodes_to_the_nearest_even_level(head_dim, generator):
+    """The codec with the uniform codebook against fp64 math: rotate, then the nearest level
+    step * (n - 7.5) of each coordinate of the unit vector, times the norm."""
+    from tq_core.rotation import rotation_matrix
+
+    codec = TQCodec(head_dim, 4, 4, norm_correction=False, value_codebook="uniform")
+    x = torch.randn(500, head_dim, generator=generator, dtype=torch.float64) * 2 + 0.3
+    decoded = codec.decode_values(codec.encode_values(x.float())).double()
+    rotation = rotation_matrix(head_dim, codec.seed, "cpu", torch.float64)
+    y = x @ rotation  # R x (rotation_matrix is R^T)
+    norm = y.norm(dim=-1, keepdim=True)
+    levels = torch.tensor(uniform_levels(head_dim, 4))
+    nearest = levels[(y / norm - levels[:, None, None]).abs().argmin(dim=0)]
+    expected = (nearest * norm) @ rotation.T
+    # float32 codec arithmetic: a coordinate within rounding of a boundary may round the other
+    # way, so compare vectors, allowing one in a hundred to differ.
+    close = ((decoded - expected).abs() <= 1e-4 * norm).all(dim=-1)
+    assert close.float().mean().item() >= 0.99

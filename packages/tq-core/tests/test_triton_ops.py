@@ -38,11 +38,27 @@ CODECS = [
     (64, 16, 4, "float32"),
     (256, 4, 8, "float32"),
 ]
+# With the uniform codebook (a fifth and sixth entry: K's and V's): 4-bit fields then take the
+# kernels' affine path (nibbles as 1024 + n, no table); wider ones read the uniform table.
+UNIFORM_CODECS = [
+    (64, 4, 4, "float32", "uniform", "uniform"),
+    (128, 4, 4, "float16", "lloyd-max", "uniform"),
+    (128, 4, 8, "float32", "uniform", "lloyd-max"),
+    (64, 3, 5, "float32", "uniform", "uniform"),
+]
+
+
+def _codec(codec_spec) -> TQCodec:
+    head_dim, k_bits, v_bits, norm_dtype = codec_spec[:4]
+    key_codebook, value_codebook = codec_spec[4:] or ("lloyd-max", "lloyd-max")
+    return TQCodec(
+        head_dim, k_bits, v_bits, norm_dtype=norm_dtype, key_codebook=key_codebook,
+        value_codebook=value_codebook,
+    )  # fmt: skip
 
 
 def _batch(codec_spec, seq_lens, num_kv_heads, block_size, generator):
-    head_dim, k_bits, v_bits, norm_dtype = codec_spec
-    codec = TQCodec(head_dim, k_bits, v_bits, norm_dtype=norm_dtype)
+    codec = _codec(codec_spec)
     batch = build_paged_batch(codec, seq_lens, num_kv_heads, block_size, generator)
     on_device = {
         name: getattr(batch, name).to(DEVICE) for name in ("kv_cache", "block_table", "seq_lens")
@@ -51,7 +67,7 @@ def _batch(codec_spec, seq_lens, num_kv_heads, block_size, generator):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("codec_spec", CODECS)
+@pytest.mark.parametrize("codec_spec", CODECS + UNIFORM_CODECS)
 def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
@@ -75,8 +91,8 @@ def test_store_with_butterflies_writes_the_reference_bytes(
 
 
 def _check_store_against_the_reference(codec_spec, dtype, generator):
-    head_dim, k_bits, v_bits, norm_dtype = codec_spec
-    codec = TQCodec(head_dim, k_bits, v_bits, norm_dtype=norm_dtype)
+    head_dim, norm_dtype = codec_spec[0], codec_spec[3]
+    codec = _codec(codec_spec)
     layout = codec.cache_layout(num_kv_heads=3, block_size=16)
     num_tokens, num_blocks = 45, 5
     key = (torch.randn(num_tokens, 3, head_dim, generator=generator) * 3 + 0.5).to(dtype)
@@ -143,7 +159,7 @@ def _check_store_against_the_reference(codec_spec, dtype, generator):
     ("num_q_heads", "num_kv_heads", "num_query_tokens", "num_splits"),
     [(4, 2, 1, 1), (4, 2, 1, 3), (9, 3, 3, 2), (8, 8, 1, 4), (4, 1, 8, 2)],
 )
-@pytest.mark.parametrize("codec_spec", CODECS)
+@pytest.mark.parametrize("codec_spec", CODECS + UNIFORM_CODECS)
 def test_decode_matches_the_reference(
     codec_spec, num_q_heads, num_kv_heads, num_query_tokens, num_splits, generator
 ):
@@ -348,7 +364,9 @@ def test_decode_window_softcap_and_half_queries(
 
 
 @pytest.mark.parametrize("num_splits", [1, 3])
-@pytest.mark.parametrize("codec_spec", [CODECS[0], CODECS[1], CODECS[5], CODECS[6]])
+@pytest.mark.parametrize(
+    "codec_spec", [CODECS[0], CODECS[1], CODECS[5], CODECS[6], UNIFORM_CODECS[1]]
+)
 def test_decode_rotates_query_and_output_inside_the_kernel(codec_spec, num_splits, generator):
     """rotate=True takes the query in the original domain and returns the output there: the
     same as rotating outside and calling the reference (the ops' contract)."""
@@ -376,6 +394,8 @@ def test_decode_rotates_query_and_output_inside_the_kernel(codec_spec, num_split
         (CODECS[2], 2, 2, None, 20.0),
         (CODECS[5], 4, 1, 40, 30.0),
         (CODECS[6], 8, 4, None, None),
+        (UNIFORM_CODECS[0], 4, 2, None, 20.0),
+        (UNIFORM_CODECS[1], 8, 2, 25, None),
     ],
 )
 def test_prefill_matches_the_reference(
@@ -620,7 +640,7 @@ def test_every_op_captures_in_a_cuda_graph_and_replays_like_eager(generator):
 
 @pytest.mark.parametrize("unrotate", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("codec_spec", CODECS)
+@pytest.mark.parametrize("codec_spec", CODECS + UNIFORM_CODECS)
 def test_gather_kv_decompresses_like_the_reference(codec_spec, dtype, unrotate, generator):
     from tq_core.ops import triton_decompress
 

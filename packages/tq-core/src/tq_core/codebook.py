@@ -1,4 +1,9 @@
-"""Lloyd-Max codebooks for one coordinate of a uniformly random unit vector in d dimensions.
+"""Codebooks for one coordinate of a uniformly random unit vector in d dimensions.
+
+Two kinds. ``lloyd-max`` (the default): the MSE-optimal levels. ``uniform``: evenly spaced
+levels step * (n - (2**bits - 1) / 2), the step MSE-optimal for the same density; 4-bit codes
+then decode with one OR per two codes instead of a table lookup (decode attention's faster path,
+docs/kernels.md), for about 1.2x the coordinate MSE.
 
 After the random rotation, each coordinate t of a unit vector follows the density
 f(t) ~ (1 - t^2)^((d-3)/2) on [-1, 1] whatever the input was, so one codebook per
@@ -16,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from tq_core.config import SUPPORTED_BITS, check_bits
+from tq_core.config import CODEBOOKS, SUPPORTED_BITS, check_bits, check_codebook
 
 # Grid of the density. Beyond 12 standard deviations (1/sqrt(d) each) the mass is < 1e-30.
 _GRID_POINTS = 1 << 18
@@ -62,35 +67,77 @@ def _lloyd_max_fp64(head_dim: int, bits: int) -> np.ndarray:
     return centroids
 
 
+def _coordinate_mse(points: np.ndarray, weights: np.ndarray, levels: np.ndarray) -> float:
+    nearest = levels[np.searchsorted((levels[:-1] + levels[1:]) / 2, points)]
+    return float(np.sum(weights * (points - nearest) ** 2))
+
+
+@functools.cache
+def uniform_step(head_dim: int, bits: int) -> float:
+    """The MSE-optimal spacing of ``2**bits`` evenly spaced levels centred on 0 (fp64), found
+    by a golden-section search between 0.01 and 2 standard deviations (the MSE is unimodal in
+    the step: granular error grows with it, overload error shrinks)."""
+    points, weights = coordinate_density_grid(head_dim)
+    offsets = np.arange(1 << bits) - ((1 << bits) - 1) / 2
+    sigma = 1 / math.sqrt(head_dim)
+    low, high = 0.01 * sigma, 2.0 * sigma
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    mse_a = _coordinate_mse(points, weights, a * offsets)
+    mse_b = _coordinate_mse(points, weights, b * offsets)
+    while high - low > 1e-9 * sigma:
+        if mse_a <= mse_b:
+            high, b, mse_b = b, a, mse_a
+            a = high - ratio * (high - low)
+            mse_a = _coordinate_mse(points, weights, a * offsets)
+        else:
+            low, a, mse_a = a, b, mse_b
+            b = low + ratio * (high - low)
+            mse_b = _coordinate_mse(points, weights, b * offsets)
+    return (low + high) / 2
+
+
+def uniform_levels(head_dim: int, bits: int) -> np.ndarray:
+    """Sorted fp64 levels step * (n - (2**bits - 1) / 2), n = 0 .. 2**bits - 1."""
+    check_bits("bits", bits)
+    offsets = np.arange(1 << bits) - ((1 << bits) - 1) / 2
+    return uniform_step(head_dim, bits) * offsets
+
+
 def lloyd_max_centroids(head_dim: int, bits: int) -> np.ndarray:
     """Sorted fp64 centroids [2**bits] in unit-vector coordinate units."""
     check_bits("bits", bits)
     return _lloyd_max_fp64(head_dim, bits).copy()
 
 
-def expected_unit_mse(head_dim: int, bits: int) -> float:
+def levels(head_dim: int, bits: int, codebook: str = "lloyd-max") -> np.ndarray:
+    """The sorted fp64 levels of ``codebook`` (one of CODEBOOKS)."""
+    check_codebook("codebook", codebook)
+    if codebook == "uniform":
+        return uniform_levels(head_dim, bits)
+    return lloyd_max_centroids(head_dim, bits)
+
+
+def expected_unit_mse(head_dim: int, bits: int, codebook: str = "lloyd-max") -> float:
     """E ||u - Q(u)||^2 for a random unit vector u: head_dim times the per-coordinate MSE."""
     points, weights = coordinate_density_grid(head_dim)
-    centroids = _lloyd_max_fp64(head_dim, bits)
-    boundaries = (centroids[:-1] + centroids[1:]) / 2
-    nearest = centroids[np.searchsorted(boundaries, points)]
-    return float(head_dim * np.sum(weights * (points - nearest) ** 2))
+    return head_dim * _coordinate_mse(points, weights, levels(head_dim, bits, codebook))
 
 
-_ON_DEVICE: dict[tuple[int, int, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
+_ON_DEVICE: dict[tuple[int, int, str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
 
 
 def codebook_tensors(
-    head_dim: int, bits: int, device: torch.device | str = "cpu"
+    head_dim: int, bits: int, device: torch.device | str = "cpu", codebook: str = "lloyd-max"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(centroids float32 [2**bits], boundaries float32 [2**bits - 1]) on ``device``.
 
     Quantizing is ``torch.bucketize(t, boundaries)``: the index of the nearest centroid.
     """
     device = torch.device(device)
-    key = (head_dim, bits, device)
+    key = (head_dim, bits, codebook, device)
     if key not in _ON_DEVICE:
-        centroids = lloyd_max_centroids(head_dim, bits)
+        centroids = levels(head_dim, bits, codebook)
         boundaries = (centroids[:-1] + centroids[1:]) / 2
         _ON_DEVICE[key] = (
             torch.tensor(centroids, dtype=torch.float32, device=device),
@@ -100,9 +147,13 @@ def codebook_tensors(
 
 
 __all__ = [
+    "CODEBOOKS",
     "SUPPORTED_BITS",
     "codebook_tensors",
     "coordinate_density_grid",
     "expected_unit_mse",
+    "levels",
     "lloyd_max_centroids",
+    "uniform_levels",
+    "uniform_step",
 ]

@@ -55,6 +55,8 @@ class TQCodec:
         seed: int = 0,
         norm_correction: bool = True,
         key_qjl: bool = False,
+        key_codebook: str = "lloyd-max",
+        value_codebook: str = "lloyd-max",
     ) -> None:
         check_bits("k_bits", k_bits, allow_uncompressed=True)
         check_bits("v_bits", v_bits, allow_uncompressed=True)
@@ -64,8 +66,8 @@ class TQCodec:
         self.head_dim = head_dim
         self.seed = seed
         self.norm_correction = norm_correction
-        self.key_format = VectorFormat(head_dim, k_bits, norm_dtype, key_qjl)
-        self.value_format = VectorFormat(head_dim, v_bits, norm_dtype, False)
+        self.key_format = VectorFormat(head_dim, k_bits, norm_dtype, key_qjl, key_codebook)
+        self.value_format = VectorFormat(head_dim, v_bits, norm_dtype, False, value_codebook)
 
     @classmethod
     def from_config(
@@ -84,6 +86,8 @@ class TQCodec:
             seed=config.seed,
             norm_correction=config.norm_correction,
             key_qjl=config.key_qjl,
+            key_codebook=config.key_codebook,
+            value_codebook=config.value_codebook,
         )
 
     def __repr__(self) -> str:
@@ -91,7 +95,8 @@ class TQCodec:
             f"TQCodec(head_dim={self.head_dim}, k_bits={self.key_format.bits}, "
             f"v_bits={self.value_format.bits}, norm_dtype={self.key_format.norm_dtype!r}, "
             f"seed={self.seed}, norm_correction={self.norm_correction}, "
-            f"key_qjl={self.key_format.qjl})"
+            f"key_qjl={self.key_format.qjl}, key_codebook={self.key_format.codebook!r}, "
+            f"value_codebook={self.value_format.codebook!r})"
         )
 
     @property
@@ -136,7 +141,9 @@ class TQCodec:
         rotated = rotate(x.to(torch.float32), self.seed)
         if not fmt.compressed:
             return {"raw": _bytes_of(rotated.to(torch.bfloat16))}
-        centroids, boundaries = codebook_tensors(self.head_dim, fmt.mse_bits, x.device)
+        centroids, boundaries = codebook_tensors(
+            self.head_dim, fmt.mse_bits, x.device, fmt.codebook
+        )
         norm = rotated.norm(dim=-1, keepdim=True)
         unit = rotated / norm.clamp_min(torch.finfo(torch.float32).tiny)
         codes = torch.bucketize(unit, boundaries).to(torch.uint8)
@@ -161,7 +168,7 @@ class TQCodec:
             return _from_bytes(fields["raw"], torch.bfloat16).to(torch.float32)
         planes = [fields[field.name] for field in fmt.fields if field.name.startswith("plane")]
         codes = unpack_codes(planes, fmt.mse_bits)
-        centroids, _ = codebook_tensors(self.head_dim, fmt.mse_bits, codes.device)
+        centroids, _ = codebook_tensors(self.head_dim, fmt.mse_bits, codes.device, fmt.codebook)
         norm_dtype = _NORM_TORCH_DTYPES[fmt.norm_dtype]
         norm = _from_bytes(fields["norm"], norm_dtype).to(torch.float32)
         decoded = centroids[codes.long()] * norm

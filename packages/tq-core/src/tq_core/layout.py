@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from tq_core.config import UNCOMPRESSED_BITS, check_bits, check_head_dim
+from tq_core.config import UNCOMPRESSED_BITS, check_bits, check_codebook, check_head_dim
 from tq_core.errors import TQConfigError
 from tq_core.packing import plane_widths
 
@@ -49,9 +49,11 @@ class VectorFormat:
     bits: int
     norm_dtype: str = "float32"
     qjl: bool = False
+    codebook: str = "lloyd-max"  # how codes map to coordinates (codebook.py); no extra bytes
 
     def __post_init__(self) -> None:
         check_head_dim(self.head_dim)
+        check_codebook("codebook", self.codebook)
         check_bits("bits", self.bits, allow_uncompressed=True)
         if self.norm_dtype not in NORM_BYTES:
             raise TQConfigError(f"norm_dtype={self.norm_dtype!r}; choose float32 or float16")
@@ -162,6 +164,8 @@ class CacheLayout:
             "v_bits": self.value_format.bits,
             "norm_dtype": self.key_format.norm_dtype,
             "key_qjl": self.key_format.qjl,
+            "key_codebook": self.key_format.codebook,
+            "value_codebook": self.value_format.codebook,
             "key_bytes": self.key_bytes,
             "value_bytes": self.value_bytes,
             "page_bytes": self.page_bytes,

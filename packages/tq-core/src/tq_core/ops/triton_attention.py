@@ -105,8 +105,8 @@ def _attention_kernel(
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
-    NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr,
-    PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
+    NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr, AFFINE_PAIRS: tl.constexpr,
+    AFFINE_QUADS: tl.constexpr, PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -116,6 +116,7 @@ def _attention_kernel(
     V_P1_OFF: tl.constexpr, V_P1_W: tl.constexpr, V_P1_SHIFT: tl.constexpr,
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
+    K_AFFINE: tl.constexpr, V_AFFINE: tl.constexpr, K_STEP: tl.constexpr, V_STEP: tl.constexpr,
 ):  # fmt: skip
     # Centroids and softmax weights fit fp16 (11-bit mantissa) better than bf16. Raw bf16 layers
     # (an uncompressed layer of the policy) multiply in fp32: their range may exceed fp16, and
@@ -130,7 +131,13 @@ def _attention_kernel(
     V_PAIRS: tl.constexpr = V_BITS == 4
     # lookup 5: 4-bit values read as 16-bit words, each giving dimensions 4j .. 4j + 3, so the
     # P.V product (contracting over tokens) can stage packed words, not fp16, for tl.dot.
-    V_QUADS: tl.constexpr = V_PAIRS and (LOOKUP == 5 or LOOKUP == 6)
+    V_QUADS: tl.constexpr = V_PAIRS and (LOOKUP == 5 or LOOKUP == 6 or V_AFFINE)
+    # K_AFFINE / V_AFFINE: a 4-bit field with the uniform codebook, level n = STEP * (n - 7.5).
+    # Its nibbles go to tl.dot as the fp16 values 1024 + n (an OR into 1024's exponent: no
+    # table, no permutes; inline PTX when compiled, LOOKUP > 0); the 1031.5 offset comes off
+    # each product row afterwards (the query's sum for scores, the weights' sum for the output)
+    # and STEP rides on the norms.
+    AFFINE_OFFSET: tl.constexpr = 1031.5
     HALF: tl.constexpr = D // 2
     QUARTER: tl.constexpr = D // 4
     seq = tl.program_id(0)
@@ -208,12 +215,19 @@ def _attention_kernel(
 
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    if (LOOKUP == 2 or LOOKUP == 4) and (K_PAIRS or V_PAIRS):
-        # One 4-bit codebook per head_dim: K's and V's magnitudes are the same words.
-        lut_ptr = k_cent_ptr if K_PAIRS else v_cent_ptr
+    # V_AFFINE: the fp16 weights' sum per row, from tl.dot with a ones tile (exact products,
+    # the same fp32 accumulation as the output's, and cheaper than converting the weights back).
+    weight_sums = tl.zeros([BLOCK_M, 16], dtype=tl.float32)
+    ones = tl.full([BLOCK_N, 16], 1.0, dtype=tl.float16)
+    # The register lookups serve every 4-bit field but an affine one: K's and V's Lloyd-Max
+    # magnitudes are the same words (one codebook per head_dim).
+    K_TABLE: tl.constexpr = K_PAIRS and not K_AFFINE
+    V_TABLE: tl.constexpr = V_PAIRS and not V_AFFINE
+    if (LOOKUP == 2 or LOOKUP == 4) and (K_TABLE or V_TABLE):
+        lut_ptr = k_cent_ptr if K_TABLE else v_cent_ptr
         lut = nibble_magnitude_words(lut_ptr)
-    elif LOOKUP == 6 and (K_PAIRS or V_PAIRS):
-        lut = codebook_words(k_cent_ptr if K_PAIRS else v_cent_ptr)
+    elif LOOKUP == 6 and (K_TABLE or V_TABLE):
+        lut = codebook_words(k_cent_ptr if K_TABLE else v_cent_ptr)
     else:
         lut = (0, 0, 0, 0, 0)
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
@@ -230,6 +244,11 @@ def _attention_kernel(
         q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
         q_a = q_a.to(K_DOT)
         q_b = q_b.to(K_DOT)
+        if K_AFFINE:
+            # What 1024 + n adds to q . level, per row, from the fp16 query tl.dot sees.
+            q_offset = AFFINE_OFFSET * (
+                tl.sum(q_a.to(tl.float32), axis=1) + tl.sum(q_b.to(tl.float32), axis=1)
+            )
     else:
         q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
         q_a = q_a.to(K_DOT)
@@ -254,10 +273,20 @@ def _attention_kernel(
             cache_ptr, tile_pages, tile_start, key_end, kv_head, BLOCK_SIZE, BLOCK_N, D,
             K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W, K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16,
             V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W, V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
-            K_PAIRS and LOOKUP == 3, V_QUADS,
+            K_PAIRS and LOOKUP == 3 and not K_AFFINE, V_QUADS,
         )  # fmt: skip
         if K_PAIRS:
-            if LOOKUP == 3:  # k0 is [bytes, tokens]
+            if K_AFFINE:
+                if LOOKUP > 0:
+                    # Transposed as bytes into a pure asm: tl.dot's layout change moves onto
+                    # the bytes, as for lookup 5.
+                    k_a, k_b = nibble_pairs_pure(tl.trans(k0), AFFINE_PAIRS)
+                else:
+                    k_t = tl.trans(k0).to(tl.uint16)
+                    k_a = ((k_t & 0xF) | 0x6400).to(tl.float16, bitcast=True)
+                    k_b = ((k_t >> 4) | 0x6400).to(tl.float16, bitcast=True)
+                scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a)) - q_offset[:, None]
+            elif LOOKUP == 3:  # k0 is [bytes, tokens]
                 k_a = nibble_centroids(k0, NIBBLE_LOW)
                 k_b = nibble_centroids(k0, NIBBLE_HIGH)
                 scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a))
@@ -287,6 +316,8 @@ def _attention_kernel(
                 K_P2_W, K_P2_SHIFT, K_DOT, LOOKUP,
             )  # fmt: skip
             scores = tl.dot(q_a, tl.trans(k))
+        if K_AFFINE:
+            k_norm = k_norm * K_STEP
         if HAS_SOFTCAP:
             scores = scores * (k_norm * scale)[None, :]
             # softcap * tanh(s / softcap), with tanh from exp (no libdevice in the interpreter).
@@ -304,8 +335,24 @@ def _attention_kernel(
         alpha = tl.exp2(m_i - m_use)
         p = tl.exp2(scores - m_use[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
+        if V_AFFINE:
+            v_norm = v_norm * V_STEP
         weights = (p * v_norm[None, :]).to(V_DOT)
-        if V_QUADS:
+        if V_AFFINE:
+            # Per 16-bit word: nibble 0 is dimension 4j, 1 is 4j + 1, and so on.
+            if LOOKUP > 0:
+                v_a, v_b, v_c, v_d = nibble_quads(v0, AFFINE_QUADS)
+            else:
+                v_a = ((v0 & 0xF) | 0x6400).to(tl.float16, bitcast=True)
+                v_b = (((v0 >> 4) & 0xF) | 0x6400).to(tl.float16, bitcast=True)
+                v_c = (((v0 >> 8) & 0xF) | 0x6400).to(tl.float16, bitcast=True)
+                v_d = ((v0 >> 12) | 0x6400).to(tl.float16, bitcast=True)
+            weight_sums = tl.dot(weights, ones, weight_sums * alpha[:, None])
+            acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
+            acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
+            acc_c = tl.dot(weights, v_c, acc_c * alpha[:, None])
+            acc_d = tl.dot(weights, v_d, acc_d * alpha[:, None])
+        elif V_QUADS:
             if LOOKUP == 6:
                 v_a, v_b, v_c, v_d = nibble_quads_operands(v0, lut, NIBBLE_QUADS)
             else:
@@ -343,6 +390,14 @@ def _attention_kernel(
             )  # fmt: skip
             tile_pages = next_pages
 
+    if V_AFFINE:
+        # The weights' sum times 1031.5 is what the 1024 + n values added to every column
+        # (the ones tile's columns are equal: max picks one, exactly).
+        shift = AFFINE_OFFSET * tl.max(weight_sums, axis=1)[:, None]
+        acc_a -= shift
+        acc_b -= shift
+        acc_c -= shift
+        acc_d -= shift
     if SPLIT:
         # Only the rows that hold queries: a decode token's GQA group often fills a quarter of
         # the tile, and at short context these partials cost as much traffic as the KV bytes.
@@ -575,6 +630,10 @@ def _rotation_cols(head_dim: int) -> int:
 def _kernel_constants(layout: CacheLayout) -> dict:
     return {
         "ROT_COLS": _rotation_cols(layout.head_dim),
+        "K_AFFINE": triton_layout.affine_nibbles(layout, "key"),
+        "V_AFFINE": triton_layout.affine_nibbles(layout, "value"),
+        "K_STEP": triton_layout.uniform_step(layout, "key"),
+        "V_STEP": triton_layout.uniform_step(layout, "value"),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     }
@@ -586,6 +645,10 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
         fmt.compressed and fmt.mse_bits == 4 for fmt in (layout.key_format, layout.value_format)
     )
     constants = {"NIBBLE_LOW": "", "NIBBLE_HIGH": "", "NIBBLE_PAIRS": "", "NIBBLE_QUADS": ""}
+    # Uniform 4-bit fields: the affine conversion's PTX wherever a compiled lookup runs.
+    affine = lookup > 0
+    constants["AFFINE_PAIRS"] = triton_layout.AFFINE_PAIRS_ASM if affine else ""
+    constants["AFFINE_QUADS"] = triton_layout.AFFINE_QUADS_ASM if affine else ""
     if four_bit and lookup in (3, 4):
         constants["NIBBLE_LOW"] = triton_layout.nibble_asm(layout.head_dim, high=False)
         constants["NIBBLE_HIGH"] = triton_layout.nibble_asm(layout.head_dim, high=True)

@@ -100,9 +100,12 @@ def gather_kv(
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, kv_cache.device)
     for tensor, buffer in (("key", out[0]), ("value", out[1])):
         constants = triton_layout.field_constants(layout, tensor, "")
+        # The permutes' immediates are the Lloyd-Max codebook; a uniform field reads its table.
+        fmt = layout.key_format if tensor == "key" else layout.value_format
         register_lookup = (
-            constants["BITS"] == 4 and bool(TUNING["register_lookup"]) and not INTERPRETED
-        )
+            constants["BITS"] == 4 and fmt.codebook == "lloyd-max"
+            and bool(TUNING["register_lookup"]) and not INTERPRETED
+        )  # fmt: skip
         pairs = triton_layout.nibble_group_asm(layout.head_dim, False) if register_lookup else ""
         _decompress_kernel[grid](
             kv_cache, block_ids, triton_layout.centroids(layout, tensor, kv_cache.device), signs,

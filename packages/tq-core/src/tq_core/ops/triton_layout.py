@@ -54,7 +54,8 @@ def _tables(layout: CacheLayout, tensor: str, device) -> tuple[torch.Tensor, tor
     """(centroids, boundaries) float32 of K or V; for a raw bf16 layer, which reads no table,
     the 1-bit tables stand in (cached like every table: nothing is allocated per call)."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
-    return codebook_tensors(layout.head_dim, fmt.mse_bits if fmt.compressed else 1, device)
+    bits = fmt.mse_bits if fmt.compressed else 1
+    return codebook_tensors(layout.head_dim, bits, device, fmt.codebook)
 
 
 def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
@@ -62,10 +63,12 @@ def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.T
     return _tables(layout, tensor, device)[0]
 
 
-_PAIR_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
+_PAIR_TABLES: dict[tuple[int, str, torch.device], torch.Tensor] = {}
 
 
-def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
+def nibble_pair_table(
+    head_dim: int, device: torch.device, codebook: str = "lloyd-max"
+) -> torch.Tensor:
     """int32 [261]: entry b < 256 packs the fp16 centroids of both 4-bit codes of byte b (low
     nibble in the low half), so a kernel dequantizes two coordinates with one table load.
 
@@ -73,9 +76,9 @@ def nibble_pair_table(head_dim: int, device: torch.device) -> torch.Tensor:
     symmetric (c[15 - i] = -c[i]), so the eight magnitudes m[j] = c[8 + j] are enough; 256 and
     257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes; 260 is 0x8000.
     """
-    key = (head_dim, torch.device(device))
+    key = (head_dim, codebook, torch.device(device))
     if key not in _PAIR_TABLES:
-        half = codebook_tensors(head_dim, 4, "cpu")[0].to(torch.float16)
+        half = codebook_tensors(head_dim, 4, "cpu", codebook)[0].to(torch.float16)
         if not torch.equal(half, -half.flip(0)):
             raise TQConfigError(f"the 4-bit codebook for head_dim {head_dim} is not symmetric")
         bits = half.view(torch.int16).to(torch.int32) & 0xFFFF
@@ -197,8 +200,52 @@ def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
     centroids otherwise."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
     if fmt.compressed and fmt.mse_bits == 4:
-        return nibble_pair_table(layout.head_dim, device)
+        return nibble_pair_table(layout.head_dim, device, fmt.codebook)
     return centroids(layout, tensor, device)
+
+
+# The uniform codebook's 4-bit conversion (GPU: inline PTX): each nibble n becomes the fp16
+# value 1024 + n by an OR into 1024's bit pattern, two codes per instruction; the kernels
+# remove the offset per row after the product. Same operands and outputs as the Lloyd-Max
+# permutes (triton_common.nibble_pairs_pure and nibble_quads), so the packed bytes still reach
+# shared memory for tl.dot. Pairs: bytes (0, 1) and (2, 3) of $4 spread to 16-bit lanes, then
+# the low nibbles ($0, $1) and high ($2, $3). Quads: nibble p of both 16-bit words into $p.
+AFFINE_PAIRS_ASM = """{
+.reg .b32 t, u;
+prmt.b32 t, $4, 0, 0x4140;
+prmt.b32 u, $4, 0, 0x4342;
+lop3.b32 $0, t, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $1, u, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, t, 4;
+shr.u32 u, u, 4;
+lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
+lop3.b32 $3, u, 0x000F000F, 0x64006400, 0xEA;
+}"""
+AFFINE_QUADS_ASM = """{
+.reg .b32 t;
+lop3.b32 $0, $4, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, $4, 4;
+lop3.b32 $1, t, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, $4, 8;
+lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
+shr.u32 t, $4, 12;
+lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
+}"""
+
+
+def affine_nibbles(layout: CacheLayout, tensor: str) -> bool:
+    """Whether K or V is a 4-bit field with the uniform codebook, whose codes the kernels turn
+    into fp16 1024 + n with one OR per two codes (no table): level n is step * (n - 7.5)."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    return fmt.compressed and fmt.mse_bits == 4 and fmt.codebook == "uniform"
+
+
+def uniform_step(layout: CacheLayout, tensor: str) -> float:
+    """The level spacing of an affine field (1.0 otherwise), as the float32 table has it."""
+    if not affine_nibbles(layout, tensor):
+        return 1.0
+    table = centroids(layout, tensor, "cpu")
+    return float(table[8] - table[7])
 
 
 def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
