@@ -96,37 +96,18 @@ VARIANTS = [
 # per 8 codes against the codebook permutes' 20-24 plus the immediates ptxas copies in). Its
 # outputs are wrong on purpose (max |diff| says so); its time says what decode could gain if
 # the codebook were affine in the code (a uniform quantizer, or centroids the query absorbs).
-_AFFINE_PAIRS_PROBE = """{
-.reg .b32 t, u, k;
+_SUBTRACT_1024 = """
+.reg .b32 k;
 mov.b32 k, 0x64006400;
-prmt.b32 t, $4, 0, 0x4140;
-prmt.b32 u, $4, 0, 0x4342;
-lop3.b32 $0, t, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 $1, u, 0x000F000F, 0x64006400, 0xEA;
-shr.u32 t, t, 4;
-shr.u32 u, u, 4;
-lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
-lop3.b32 $3, u, 0x000F000F, 0x64006400, 0xEA;
 sub.f16x2 $0, $0, k;
 sub.f16x2 $1, $1, k;
 sub.f16x2 $2, $2, k;
 sub.f16x2 $3, $3, k;
 }"""
-_AFFINE_QUADS_PROBE = """{
-.reg .b32 t, k;
-mov.b32 k, 0x64006400;
-lop3.b32 $0, $4, 0x000F000F, 0x64006400, 0xEA;
-shr.u32 t, $4, 4;
-lop3.b32 $1, t, 0x000F000F, 0x64006400, 0xEA;
-shr.u32 t, $4, 8;
-lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
-shr.u32 t, $4, 12;
-lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
-sub.f16x2 $0, $0, k;
-sub.f16x2 $1, $1, k;
-sub.f16x2 $2, $2, k;
-sub.f16x2 $3, $3, k;
-}"""
+# The uniform codebook's conversion (triton_layout.AFFINE_*_ASM, which the kernel runs for
+# uniform 4-bit fields), then the 1024 taken off each value.
+_AFFINE_PAIRS_PROBE = triton_layout.AFFINE_PAIRS_ASM.rstrip("}") + _SUBTRACT_1024
+_AFFINE_QUADS_PROBE = triton_layout.AFFINE_QUADS_ASM.rstrip("}") + _SUBTRACT_1024
 # Codes stored sign and magnitude (bit 3 the sign, bits 0-2 the magnitude's index) instead of
 # in codebook order: lookup 5's permutes without the 5 instructions per 8 codes that find the
 # magnitude's index of a negative code. Also a ceiling: the cache holds codebook order, so the
@@ -158,15 +139,11 @@ def _sign_magnitude_asm(quads: bool) -> str:
 
 
 # The affine probes without the subtractions: each nibble n read as the fp16 value 1024 + n and
-# fed to tl.dot as is (one OR per two codes). A uniform codebook could decode this way: the
-# offset is a per-row correction after the product (1031.5 times the query's sum for scores,
-# times the weights' sum for the output) and the step folds into the norms.
-_RAW_PAIRS_PROBE = "\n".join(
-    line for line in _AFFINE_PAIRS_PROBE.splitlines() if "sub.f16x2" not in line
-)
-_RAW_QUADS_PROBE = "\n".join(
-    line for line in _AFFINE_QUADS_PROBE.splitlines() if "sub.f16x2" not in line
-)
+# fed to tl.dot as is (one OR per two codes). The uniform codebook decodes this way (measured
+# here at 26b6983, before it existed): the offset is a per-row correction after the product and
+# the step folds into the norms.
+_RAW_PAIRS_PROBE = triton_layout.AFFINE_PAIRS_ASM
+_RAW_QUADS_PROBE = triton_layout.AFFINE_QUADS_ASM
 
 # name: (K's byte-pair asm, V's 16-bit-word asm); None keeps lookup 5's.
 PROBES = {

@@ -33,8 +33,14 @@ def test_quality_configs_take_levers_in_any_order_and_refuse_unknown_ones():
     assert configs[1].label == "K4V4+qjl+first1+last2"
     assert configs[1].options == {
         "k_bits": 4, "v_bits": 4, "key_qjl": True, "skip_first_layers": 1, "skip_last_layers": 2,
+        "key_codebook": "lloyd-max", "value_codebook": "lloyd-max",
     }  # fmt: skip
-    for bad in ("K4V4+middle1", "K4V4first1", "K4V4+qjlx", "+qjl"):
+    uniform = parse_quality_configs("K4V4+uniform,K4V4+UniformV,K8V4+uniformk+last1")
+    assert [(c.key_codebook, c.value_codebook) for c in uniform] == [
+        ("uniform", "uniform"), ("lloyd-max", "uniform"), ("uniform", "lloyd-max"),
+    ]  # fmt: skip
+    assert [c.label for c in uniform] == ["K4V4+uniform", "K4V4+uniformv", "K8V4+uniformk+last1"]
+    for bad in ("K4V4+middle1", "K4V4first1", "K4V4+qjlx", "+qjl", "K4V4+uniformx"):
         with pytest.raises(TQConfigError, match="not understood"):
             parse_quality_configs(bad)
     with pytest.raises(TQConfigError, match="k_bits=1 cannot carry a QJL residual"):

@@ -35,19 +35,27 @@ def parse_bit_configs(text: str) -> list[tuple[int, int, bool]]:
 @dataclass(frozen=True)
 class QualityConfig:
     """One config for `tq eval`: bit widths and the quality levers (QJL keys, boundary layers
-    kept uncompressed). ``options`` are the matching ``TQConfig`` keyword arguments."""
+    kept uncompressed, the uniform codebook for keys and / or values). ``options`` are the
+    matching ``TQConfig`` keyword arguments."""
 
     k_bits: int
     v_bits: int
     key_qjl: bool = False
     skip_first_layers: int = 0
     skip_last_layers: int = 0
+    key_codebook: str = "lloyd-max"
+    value_codebook: str = "lloyd-max"
 
     @property
     def label(self) -> str:
+        uniform_k = self.key_codebook == "uniform"
+        uniform_v = self.value_codebook == "uniform"
         return (
             f"K{self.k_bits}V{self.v_bits}"
             + ("+qjl" if self.key_qjl else "")
+            + ("+uniform" if uniform_k and uniform_v else "")
+            + ("+uniformk" if uniform_k and not uniform_v else "")
+            + ("+uniformv" if uniform_v and not uniform_k else "")
             + (f"+first{self.skip_first_layers}" if self.skip_first_layers else "")
             + (f"+last{self.skip_last_layers}" if self.skip_last_layers else "")
         )
@@ -57,17 +65,20 @@ class QualityConfig:
         return {
             "k_bits": self.k_bits, "v_bits": self.v_bits, "key_qjl": self.key_qjl,
             "skip_first_layers": self.skip_first_layers,
-            "skip_last_layers": self.skip_last_layers,
+            "skip_last_layers": self.skip_last_layers, "key_codebook": self.key_codebook,
+            "value_codebook": self.value_codebook,
         }  # fmt: skip
 
 
-_LEVER = re.compile(r"\+(qjl|first(\d+)|last(\d+))", re.IGNORECASE)
+_LEVER = re.compile(r"\+(qjl|uniform[kv]?|first(\d+)|last(\d+))", re.IGNORECASE)
 
 
 def parse_quality_configs(text: str) -> list[QualityConfig]:
     """``"K4V4,K4V4+first1+last1,K5V4+qjl"`` -> QualityConfigs. ``+qjl``: keys spend one of
     their bits on a QJL residual sketch; ``+firstN`` / ``+lastN``: the first / last N layers
-    stay uncompressed (bf16), where errors are said to hurt most."""
+    stay uncompressed (bf16), where errors are said to hurt most; ``+uniform`` / ``+uniformk``
+    / ``+uniformv``: evenly spaced levels for keys and values / keys / values (4-bit fields
+    then decode faster on GPUs, docs/kernels.md)."""
     configs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         head = re.match(r"^K(\d+)V(\d+)", item, re.IGNORECASE)
@@ -75,7 +86,8 @@ def parse_quality_configs(text: str) -> list[QualityConfig]:
         rebuilt = (head.group(0) if head else "") + "".join("+" + lever[0] for lever in levers)
         if not head or rebuilt.lower() != item.lower():
             raise TQConfigError(
-                f"config {item!r} is not understood; write e.g. K4V4, K4V4+qjl or K4V4+first1+last1"
+                f"config {item!r} is not understood; write e.g. K4V4, K4V4+qjl, K4V4+uniformv "
+                "or K4V4+first1+last1"
             )
         k_bits = check_bits("k_bits", int(head.group(1)))
         v_bits = check_bits("v_bits", int(head.group(2)))
@@ -85,7 +97,11 @@ def parse_quality_configs(text: str) -> list[QualityConfig]:
             check_qjl_bits(k_bits)
         first = sum(int(lever[1]) for lever in levers if lever[1])
         last = sum(int(lever[2]) for lever in levers if lever[2])
-        configs.append(QualityConfig(k_bits, v_bits, key_qjl, first, last))
+        key_codebook = "uniform" if {"uniform", "uniformk"} & set(names) else "lloyd-max"
+        value_codebook = "uniform" if {"uniform", "uniformv"} & set(names) else "lloyd-max"
+        configs.append(
+            QualityConfig(k_bits, v_bits, key_qjl, first, last, key_codebook, value_codebook)
+        )
     if not configs:
         raise TQConfigError("no configs given; write e.g. K4V4,K6V4")
     return configs
