@@ -1,7 +1,8 @@
 """The inline PTX of the GPU's register lookup, run instruction by instruction on the CPU.
 
 Triton's interpreter cannot run inline PTX, so CI would otherwise never execute the asm the GPU
-kernels use to turn 4-bit codes into centroids. This interprets the asm text itself (the few
+kernels use to turn 4-bit codes into centroids (or, for the uniform codebook, into fp16
+1024 + n). This interprets the asm text itself (the few
 PTX instructions it uses, with their documented semantics) for every byte value in every byte
 position, and compares its fp16 outputs with the codebook.
 """
@@ -34,6 +35,15 @@ def _prmt(a: int, b: int, selector: int) -> int:
         if nibble & 8:
             byte = 0xFF if byte & 0x80 else 0
         result |= byte << (8 * i)
+    return result
+
+
+def _lop3(a: int, b: int, c: int, table: int) -> int:
+    """PTX lop3.b32: each result bit is bit (4 a_i + 2 b_i + c_i) of the 8-bit ``table``."""
+    result = 0
+    for i in range(32):
+        index = 4 * ((a >> i) & 1) + 2 * ((b >> i) & 1) + ((c >> i) & 1)
+        result |= ((table >> index) & 1) << i
     return result
 
 
@@ -73,6 +83,8 @@ def run_ptx(asm: str, registers: dict[str, int]) -> dict[str, int]:
             out = x[0] * x[1]
         elif op == "prmt.b32":
             out = _prmt(*x)
+        elif op == "lop3.b32":
+            out = _lop3(*x)
         else:
             raise AssertionError(f"PTX instruction not modelled here: {line}")
         regs[dest] = out & MASK
@@ -167,3 +179,27 @@ def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim, words):
         for p in range(4):
             expected = [codebook[nibbles[p]], codebook[nibbles[4 + p]]]
             assert _halves(out[f"${p}"]) == expected, (hex(word), p)
+
+
+def test_affine_pair_asm_gives_1024_plus_both_nibbles_of_every_byte():
+    """The uniform codebook's K conversion: 4 bytes in $4 -> low nibbles of bytes (0, 1), (2, 3)
+    as fp16 1024 + n in $0, $1, high nibbles in $2, $3 (1024 is 0x6400; n fills the mantissa's
+    low bits exactly)."""
+    for word in _words():
+        out = run_ptx(triton_layout.AFFINE_PAIRS_ASM, {"$4": word})
+        nibbles = _nibbles(word)
+        assert _halves(out["$0"], out["$1"]) == [0x6400 | n for n in nibbles[0::2]], hex(word)
+        assert _halves(out["$2"], out["$3"]) == [0x6400 | n for n in nibbles[1::2]], hex(word)
+    assert torch.tensor([0x6400 | 15], dtype=torch.int16).view(torch.float16).item() == 1039.0
+
+
+def test_affine_quad_asm_gives_1024_plus_nibble_p_of_both_16_bit_words():
+    """The uniform codebook's V conversion: output p is 1024 + nibble p of the low word and of
+    the high word of $4."""
+    for word in _words():
+        out = run_ptx(triton_layout.AFFINE_QUADS_ASM, {"$4": word})
+        nibbles = _nibbles(word)
+        for p in range(4):
+            assert _halves(out[f"${p}"]) == [0x6400 | nibbles[p], 0x6400 | nibbles[4 + p]], (
+                hex(word), p,
+            )  # fmt: skip
