@@ -74,7 +74,7 @@ def compile_decode(
         LOOKUP=lookup, UNROTATE=unrotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
-        **triton_attention._kernel_constants(layout),
+        **triton_attention._kernel_constants(layout, lookup),
     )  # fmt: skip
     if rot_cols:
         constants["ROT_COLS"] = rot_cols

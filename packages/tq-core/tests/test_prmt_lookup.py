@@ -97,8 +97,8 @@ def _words() -> list[int]:
     return [b * 0x01010101 for b in range(256)] + [int(w) for w in rng.integers(0, 2**32, 256)]
 
 
-def _fp16_bits(head_dim: int) -> list[int]:
-    centroids = codebook_tensors(head_dim, 4, "cpu")[0].to(torch.float16)
+def _fp16_bits(head_dim: int, codebook: str = "lloyd-max") -> list[int]:
+    centroids = codebook_tensors(head_dim, 4, "cpu", codebook)[0].to(torch.float16)
     return [int(v) & 0xFFFF for v in centroids.view(torch.int16).tolist()]
 
 
@@ -116,11 +116,15 @@ def _halves(*registers: int) -> list[int]:
     return [half for r in registers for half in (r & 0xFFFF, r >> 16)]
 
 
+@pytest.mark.parametrize("kind", ["lloyd-max", "uniform"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_pair_asm_gives_the_codebook_for_both_nibbles_of_every_byte(head_dim):
+def test_pair_asm_gives_the_codebook_for_both_nibbles_of_every_byte(head_dim, kind):
+    """Lookup 2's permutes over the register words of either codebook (a uniform field below
+    lookup 5 reads its own table's words)."""
     asm = triton_common._PRMT_PAIRS.value
-    table = [w & MASK for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    codebook = _fp16_bits(head_dim)
+    words = triton_layout.nibble_pair_table(head_dim, "cpu", kind)[256:].tolist()
+    table = [w & MASK for w in words]
+    codebook = _fp16_bits(head_dim, kind)
     # Each table argument arrives as 4 packed copies: $5-$8, $9-$12, ... (arg-major).
     words = {f"${5 + 4 * arg + copy}": table[arg] for arg in range(5) for copy in range(4)}
     for word in _words():

@@ -735,3 +735,26 @@ def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped
     assert triton_attention._register_cap(large_tuning, layout) == expected
     monkeypatch.setattr(triton_attention, "_INTERPRETED", True)
     assert triton_attention._lookup(tuning, layout) == 0
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "k_bits", "codebooks", "lookup", "affine"),
+    [
+        (128, 4, ("uniform", "uniform"), 5, (True, True)),  # lookup 5: the affine path
+        (128, 4, ("lloyd-max", "uniform"), 5, (False, True)),
+        (64, 4, ("uniform", "uniform"), 2, (False, False)),  # small heads: lookup 2's words
+        (64, 4, ("lloyd-max", "uniform"), 0, (False, False)),  # two codebooks: L1 tables
+        (128, 8, ("lloyd-max", "uniform"), 2, (False, False)),  # wide: one 4-bit field
+    ],
+)
+def test_uniform_fields_take_the_affine_path_only_where_lookup_5_runs(
+    head_dim, k_bits, codebooks, lookup, affine, monkeypatch
+):
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
+    codec = TQCodec(head_dim, k_bits, 4, key_codebook=codebooks[0], value_codebook=codebooks[1])
+    layout = codec.cache_layout(8, 16)
+    tuning = triton_attention.TUNING["decode"]
+    assert triton_attention._lookup(tuning, layout) == lookup
+    setting = triton_attention._setting(tuning, layout, "lookup")
+    constants = triton_attention._kernel_constants(layout, setting)
+    assert (constants["K_AFFINE"], constants["V_AFFINE"]) == affine

@@ -627,11 +627,17 @@ def _rotation_cols(head_dim: int) -> int:
     return head_dim if head_dim <= 128 else 8192 // head_dim
 
 
-def _kernel_constants(layout: CacheLayout) -> dict:
+def _kernel_constants(layout: CacheLayout, lookup: int) -> dict:
+    """``lookup``: the launch's lookup setting (before the interpreter's 0). Uniform 4-bit fields
+    take the affine path where lookup 5 or 6 runs: in that path's layout (K's bytes transposed,
+    V's 16-bit words) it ran 1.2-1.4x faster than the Lloyd-Max permutes at head_dim 128 and
+    256, but 2.8-3.3x slower at head_dim 64 under the small-head launch (lookup 2, one stage:
+    kernels-decode-smollm2-gemma-h200-6620f6c), which therefore keeps the table lookup."""
+    affine = lookup >= 5
     return {
         "ROT_COLS": _rotation_cols(layout.head_dim),
-        "K_AFFINE": triton_layout.affine_nibbles(layout, "key"),
-        "V_AFFINE": triton_layout.affine_nibbles(layout, "value"),
+        "K_AFFINE": affine and triton_layout.affine_nibbles(layout, "key"),
+        "V_AFFINE": affine and triton_layout.affine_nibbles(layout, "value"),
         "K_STEP": triton_layout.uniform_step(layout, "key"),
         "V_STEP": triton_layout.uniform_step(layout, "value"),
         **triton_layout.field_constants(layout, "key", "K_"),
@@ -814,8 +820,22 @@ def _setting(tuning: dict, layout: CacheLayout, name: str):
 
 
 def _lookup(tuning: dict, layout: CacheLayout) -> int:
-    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter."""
-    return 0 if _INTERPRETED else _setting(tuning, layout, "lookup")
+    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter. Below lookup
+    5 a uniform 4-bit field is read through a table: lookups 3 and 4 hold the Lloyd-Max
+    codebook as immediates, and lookup 2 one set of register words for K and V, so those fall
+    back to 0 (each field's own table through L1) unless lookup 2 serves one codebook."""
+    if _INTERPRETED:
+        return 0
+    lookup = _setting(tuning, layout, "lookup")
+    if 0 < lookup < 5:
+        four_bit = [
+            fmt.codebook
+            for fmt in (layout.key_format, layout.value_format)
+            if fmt.compressed and fmt.mse_bits == 4
+        ]
+        if "uniform" in four_bit and (lookup != 2 or len(set(four_bit)) > 1):
+            return 0
+    return lookup
 
 
 def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
@@ -910,7 +930,8 @@ def _launch(
         MERGE_IN_KERNEL=merge_in_kernel,
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
-        **_kernel_constants(layout), num_warps=tuning["num_warps"],
+        **_kernel_constants(layout, _setting(tuning, layout, "lookup")),
+        num_warps=tuning["num_warps"],
         num_stages=_setting(tuning, layout, "num_stages"), **limits, **_pdl_option(attention_pdl),
     )  # fmt: skip
     if merge_launch:
