@@ -4,14 +4,16 @@ evenly spaced levels, on SmolLM2 on this CPU.
     python benchmarks/uniform_codebook_quality.py \
         --out benchmarks/results/uniform-codebook-smollm2-cpu
 
-Why: decode's 4-bit lookup (byte permutes over the codebook's magnitudes) is about a quarter of
-the kernel's time. With levels that are affine in the code, c[n] = step * (n - 7.5), a nibble
-becomes an fp16 value with one OR into 1024's exponent and one subtraction, and the step folds
-into the norm; on an H200 that probe ran decode 1.31-1.38x faster (decode-levers-probes-h200-*).
-This measures the other side of that trade: the same `tq eval` perplexity (teacher-forced,
-stdlib docstrings, key centering on), first with the Lloyd-Max codebooks, then with every 4-bit
-codebook replaced by the MSE-optimal uniform one for the same coordinate density. K4V8 isolates
-the keys, K8V4 the values. Writes ``<out>.json`` and ``<out>.txt``.
+Why: decode's 4-bit Lloyd-Max lookup (byte permutes over the codebook's magnitudes) is about a
+quarter of the kernel's time. The uniform codebook (``codebook.uniform_levels``, TQConfig's
+``key_codebook`` / ``value_codebook``) has levels affine in the code, so the kernel reads a
+nibble as fp16 1024 + n with one OR per two codes; on an H200 K4V4 decode at head_dim 128 ran
+1.15-1.19x faster with uniform values and 1.30-1.41x with both
+(kernels-decode-llama-h200-6ad2e20). This measures the other side of that trade: the same
+`tq eval` perplexity (teacher-forced, stdlib docstrings, key centering on), first with the
+Lloyd-Max codebooks, then with every 4-bit codebook uniform. K4V8 isolates the keys, K8V4 the
+values. (`tq eval --bits K4V4+uniformv,...` measures any config the same way.) Writes
+``<out>.json`` and ``<out>.txt``.
 """
 
 from __future__ import annotations
@@ -27,39 +29,14 @@ import numpy as np
 from tq_core import codebook
 from tq_core.cli.provenance import environment_record
 
-LEVELS = 16
-
-
-def uniform_levels(head_dim: int, bits: int = 4) -> np.ndarray:
-    """step * (n - (2**bits - 1) / 2), step chosen to minimize the coordinate MSE (fp64)."""
-    points, weights = codebook.coordinate_density_grid(head_dim)
-    offsets = np.arange(1 << bits) - ((1 << bits) - 1) / 2
-    sigma = 1 / np.sqrt(head_dim)
-
-    def mse(step: float) -> float:
-        levels = step * offsets
-        nearest = levels[np.searchsorted((levels[:-1] + levels[1:]) / 2, points)]
-        return float(np.sum(weights * (points - nearest) ** 2))
-
-    steps = np.linspace(0.05, 1.0, 400) * sigma
-    best = steps[int(np.argmin([mse(s) for s in steps]))]
-    fine = np.linspace(best - steps[1] + steps[0], best + steps[1] - steps[0], 200)
-    best = fine[int(np.argmin([mse(s) for s in fine]))]
-    return best * offsets
-
-
-def unit_mse(head_dim: int, levels: np.ndarray) -> float:
-    points, weights = codebook.coordinate_density_grid(head_dim)
-    nearest = levels[np.searchsorted((levels[:-1] + levels[1:]) / 2, points)]
-    return float(head_dim * np.sum(weights * (points - nearest) ** 2))
-
 
 def use_uniform_4bit() -> None:
-    """Every 4-bit codebook becomes the uniform one from here on (codec, reference, kernels)."""
+    """Every 4-bit codebook becomes the uniform one from here on (codec, reference, kernels), as
+    if every config asked for ``key_codebook`` and ``value_codebook = "uniform"``."""
     lloyd_max = codebook._lloyd_max_fp64
 
     def levels(head_dim: int, bits: int) -> np.ndarray:
-        return uniform_levels(head_dim, bits) if bits == 4 else lloyd_max(head_dim, bits)
+        return codebook.uniform_levels(head_dim, bits) if bits == 4 else lloyd_max(head_dim, bits)
 
     codebook._lloyd_max_fp64 = levels
     codebook._ON_DEVICE.clear()
@@ -86,8 +63,8 @@ def main() -> None:
     chunks = harness.chunked_ids(tokenizer, text, args.tokens, args.chunk)
     configs = [(c.label, c.options) for c in parse_quality_configs(args.bits)]
     mse = {
-        "lloyd_max": unit_mse(head_dim, codebook._lloyd_max_fp64(head_dim, 4)),
-        "uniform": unit_mse(head_dim, uniform_levels(head_dim)),
+        "lloyd_max": codebook.expected_unit_mse(head_dim, 4),
+        "uniform": codebook.expected_unit_mse(head_dim, 4, "uniform"),
     }
     rows = {"lloyd_max": harness.evaluate(model, chunks, configs, _progress_bar, False, True)}
     use_uniform_4bit()
