@@ -244,7 +244,13 @@ def uniform_step(layout: CacheLayout, tensor: str) -> float:
     """The level spacing of an affine field (1.0 otherwise), as the float32 table has it."""
     if not affine_nibbles(layout, tensor):
         return 1.0
-    table = centroids(layout, tensor, "cpu")
+    return _uniform_4bit_step(layout.head_dim)
+
+
+@functools.cache
+def _uniform_4bit_step(head_dim: int) -> float:
+    """Read once per head_dim: every decode launch asks (no tensor arithmetic per call)."""
+    table = codebook_tensors(head_dim, 4, "cpu", "uniform")[0]
     return float(table[8] - table[7])
 
 
