@@ -60,6 +60,15 @@ VARIANTS = [
     # against lookup 5's 1,453; ncu at 8 x 16K found the default waiting on the math pipe
     # (ncu-stalls-default-h200-3a72d06).
     ("lookup 6 (words loaded), 128 registers", {"lookup": 6}, 1.0),
+    # Lloyd-Max 4-bit codes on their integer grid (codebook.grid_codes): two byte permutes per
+    # four codes give 1024 + code for tl.dot, the offset comes off after the product, as the
+    # uniform codebook's path does (sm_90a loop: 1,253 instructions at 128 registers against
+    # lookup 5's 1,453; static_cost.py). 8: the same with the code words loaded, not
+    # immediates (1,109 uncapped at 167 registers, 1,249 at 128).
+    ("lookup 7 (Lloyd-Max grid codes)", {"lookup": 7}, 1.0),
+    ("lookup 8 (grid, words loaded), 128 registers", {"lookup": 8}, 1.0),
+    ("lookup 8 (grid, words loaded), no register cap", {"lookup": 8, "maxnreg": 0}, 1.0),
+    ("lookup 7, no register cap", {"lookup": 7, "maxnreg": 0}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
     ("lookup 5, splits x2", {}, 2.0),
     # With --rotate: the query rotation launch's output columns per program (0: whole rows; 32,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from tq_core.codebook import codebook_tensors
+from tq_core.codebook import codebook_tensors, grid_codes
 from tq_core.ops import triton_layout
 
 pytest.importorskip("triton")
@@ -185,25 +185,65 @@ def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim, words):
             assert _halves(out[f"${p}"]) == expected, (hex(word), p)
 
 
-def test_affine_pair_asm_gives_1024_plus_both_nibbles_of_every_byte():
-    """The uniform codebook's K conversion: 4 bytes in $4 -> low nibbles of bytes (0, 1), (2, 3)
-    as fp16 1024 + n in $0, $1, high nibbles in $2, $3 (1024 is 0x6400; n fills the mantissa's
-    low bits exactly)."""
+def _grid_asm(head_dim: int, codebook: str, quads: bool, words: str):
+    """The grid path's asm (codes as immediates) or its operand form (the code words and
+    0x64646464 from nibble_pair_table's entries 277-281, each as ``pack`` copies after $4), and
+    the operands it reads."""
+    if words == "immediates":
+        return _formatted(triton_layout.grid_asm(head_dim, codebook, quads)), {}
+    pack = 2 if quads else 4
+    table = triton_layout.nibble_pair_table(head_dim, "cpu", codebook)[277:282].tolist()
+    operands = {f"${5 + pack * a + c}": table[a] & MASK for a in range(5) for c in range(pack)}
+    return triton_layout.grid_operand_asm(quads), operands
+
+
+_GRID_CASES = [
+    ("uniform", "immediates"), ("lloyd-max", "immediates"), ("lloyd-max", "operands"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("codebook", "words"), _GRID_CASES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_grid_pair_asm_gives_1024_plus_the_code_of_both_nibbles_of_every_byte(
+    head_dim, codebook, words
+):
+    """The integer path's K conversion: 4 bytes in $4 -> low nibbles of bytes (0, 1), (2, 3)
+    as fp16 1024 + code[n] in $0, $1, high nibbles in $2, $3 (1024 is 0x6400; a code below
+    1024 fills the mantissa's low bits exactly)."""
+    codes = grid_codes(head_dim, codebook)[0]
+    asm, operands = _grid_asm(head_dim, codebook, False, words)
     for word in _words():
-        out = run_ptx(triton_layout.AFFINE_PAIRS_ASM, {"$4": word})
+        out = run_ptx(asm, {"$4": word, **operands})
         nibbles = _nibbles(word)
-        assert _halves(out["$0"], out["$1"]) == [0x6400 | n for n in nibbles[0::2]], hex(word)
-        assert _halves(out["$2"], out["$3"]) == [0x6400 | n for n in nibbles[1::2]], hex(word)
-    assert torch.tensor([0x6400 | 15], dtype=torch.int16).view(torch.float16).item() == 1039.0
+        low, high = nibbles[0::2], nibbles[1::2]
+        assert _halves(out["$0"], out["$1"]) == [0x6400 | codes[n] for n in low], hex(word)
+        assert _halves(out["$2"], out["$3"]) == [0x6400 | codes[n] for n in high], hex(word)
 
 
-def test_affine_quad_asm_gives_1024_plus_nibble_p_of_both_16_bit_words():
-    """The uniform codebook's V conversion: output p is 1024 + nibble p of the low word and of
-    the high word of $4."""
+@pytest.mark.parametrize(("codebook", "words"), _GRID_CASES)
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_grid_quad_asm_gives_1024_plus_the_code_of_nibble_p_of_both_16_bit_words(
+    head_dim, codebook, words
+):
+    """The integer path's V conversion: output p is 1024 + code[nibble p] of the low word and
+    of the high word of $4."""
+    codes = grid_codes(head_dim, codebook)[0]
+    asm, operands = _grid_asm(head_dim, codebook, True, words)
     for word in _words():
-        out = run_ptx(triton_layout.AFFINE_QUADS_ASM, {"$4": word})
+        out = run_ptx(asm, {"$4": word, **operands})
         nibbles = _nibbles(word)
         for p in range(4):
-            assert _halves(out[f"${p}"]) == [0x6400 | nibbles[p], 0x6400 | nibbles[4 + p]], (
-                hex(word), p,
-            )  # fmt: skip
+            expected = [0x6400 | codes[nibbles[p]], 0x6400 | codes[nibbles[4 + p]]]
+            assert _halves(out[f"${p}"]) == expected, (hex(word), p)
+
+
+@pytest.mark.parametrize("codebook", ["uniform", "lloyd-max"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_the_fp16_grid_values_less_the_offset_are_the_levels(head_dim, codebook):
+    """What the kernel computes from 1024 + code: (fp16 value - (1024 + offset)) * step, in
+    fp64, is the codebook's float32 level."""
+    codes = grid_codes(head_dim, codebook)[0]
+    fp16 = torch.tensor([0x6400 | c for c in codes], dtype=torch.int16).view(torch.float16)
+    offset, step = triton_layout._grid_offset_step(head_dim, codebook)
+    levels = codebook_tensors(head_dim, 4, "cpu", codebook)[0].double()
+    torch.testing.assert_close((fp16.double() - offset) * step, levels, rtol=1e-6, atol=1e-9)

@@ -5,6 +5,13 @@ levels step * (n - (2**bits - 1) / 2), the step MSE-optimal for the same density
 then decode with one OR per two codes instead of a table lookup (decode attention's faster path,
 docs/kernels.md), for about 1.2x the coordinate MSE.
 
+Every 4-bit codebook lies on an integer grid: level n = step * (code[n] - offset)
+(:func:`grid_codes`), so decode attention turns a code into the exact fp16 integer
+1024 + code[n] and takes the offset off after the product. Uniform codes are n itself; the 4-bit
+Lloyd-Max levels are rounded to a grid of 127 steps (codes 0-127: the kernel's byte permutes
+need every code below 128), which costs about 1% more coordinate MSE than the exact optimum
+(``lloyd_max_centroids``).
+
 After the random rotation, each coordinate t of a unit vector follows the density
 f(t) ~ (1 - t^2)^((d-3)/2) on [-1, 1] whatever the input was, so one codebook per
 (head_dim, bits) serves every model without calibration. Lloyd-Max alternates "boundaries are
@@ -110,11 +117,44 @@ def lloyd_max_centroids(head_dim: int, bits: int) -> np.ndarray:
     return _lloyd_max_fp64(head_dim, bits).copy()
 
 
+# The largest 4-bit Lloyd-Max grid code: 7 bits, so every byte of the kernel's permute tables
+# has its sign bit clear (docs/kernels.md, "4-bit codes as integers").
+GRID_TOP = 127
+
+
+@functools.cache
+def grid_codes(head_dim: int, codebook: str = "lloyd-max") -> tuple[tuple[int, ...], float, float]:
+    """(codes, offset, step) of the 4-bit ``codebook``: level n is step * (codes[n] - offset),
+    codes[n] an integer in 0 .. GRID_TOP. Uniform: (0 .. 15, 7.5, uniform_step). Lloyd-Max: the
+    exact centroids rounded to the grid offset GRID_TOP / 2 whose step gives the least coordinate
+    MSE (searched from the step that puts the outermost centroid on code GRID_TOP down to 15%
+    finer, outer codes then clipped); symmetric, as the centroids are."""
+    check_codebook("codebook", codebook)
+    if codebook == "uniform":
+        return tuple(range(16)), 7.5, uniform_step(head_dim, 4)
+    exact = _lloyd_max_fp64(head_dim, 4)
+    points, weights = coordinate_density_grid(head_dim)
+    offset = GRID_TOP / 2
+    best = None
+    for shrink in np.linspace(0.0, 0.15, 61):
+        step = exact[-1] / offset * (1.0 - shrink)
+        codes = np.clip(np.round(exact / step + offset), 0, GRID_TOP)
+        mse = _coordinate_mse(points, weights, step * (codes - offset))
+        if best is None or mse < best[0]:
+            best = (mse, codes, step)
+    _, codes, step = best
+    return tuple(int(code) for code in codes), offset, float(step)
+
+
 def levels(head_dim: int, bits: int, codebook: str = "lloyd-max") -> np.ndarray:
-    """The sorted fp64 levels of ``codebook`` (one of CODEBOOKS)."""
+    """The sorted fp64 levels of ``codebook`` (one of CODEBOOKS); at 4 bits those of
+    :func:`grid_codes`."""
     check_codebook("codebook", codebook)
     if codebook == "uniform":
         return uniform_levels(head_dim, bits)
+    if bits == 4:
+        codes, offset, step = grid_codes(head_dim, codebook)
+        return step * (np.array(codes, dtype=np.float64) - offset)
     return lloyd_max_centroids(head_dim, bits)
 
 
@@ -152,6 +192,7 @@ __all__ = [
     "codebook_tensors",
     "coordinate_density_grid",
     "expected_unit_mse",
+    "grid_codes",
     "levels",
     "lloyd_max_centroids",
     "uniform_levels",

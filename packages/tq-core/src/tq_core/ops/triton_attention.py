@@ -31,6 +31,8 @@ from tq_core.ops.triton_common import (
     INTERPRETED,
     codebook_words,
     dequantize,
+    grid_values,
+    grid_words,
     load_field,
     nibble_centroids,
     nibble_magnitude_words,
@@ -117,6 +119,7 @@ def _attention_kernel(
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
     K_AFFINE: tl.constexpr, V_AFFINE: tl.constexpr, K_STEP: tl.constexpr, V_STEP: tl.constexpr,
+    K_OFFSET: tl.constexpr, V_OFFSET: tl.constexpr,
 ):  # fmt: skip
     # Centroids and softmax weights fit fp16 (11-bit mantissa) better than bf16. Raw bf16 layers
     # (an uncompressed layer of the policy) multiply in fp32: their range may exceed fp16, and
@@ -132,12 +135,13 @@ def _attention_kernel(
     # lookup 5: 4-bit values read as 16-bit words, each giving dimensions 4j .. 4j + 3, so the
     # P.V product (contracting over tokens) can stage packed words, not fp16, for tl.dot.
     V_QUADS: tl.constexpr = V_PAIRS and (LOOKUP == 5 or LOOKUP == 6 or V_AFFINE)
-    # K_AFFINE / V_AFFINE: a 4-bit field with the uniform codebook, level n = STEP * (n - 7.5).
-    # Its nibbles go to tl.dot as the fp16 values 1024 + n (an OR into 1024's exponent: no
-    # table, no permutes; inline PTX when compiled, LOOKUP > 0); the 1031.5 offset comes off
-    # each product row afterwards (the query's sum for scores, the weights' sum for the output)
-    # and STEP rides on the norms.
-    AFFINE_OFFSET: tl.constexpr = 1031.5
+    # K_AFFINE / V_AFFINE: a 4-bit field read on its integer grid, level n = STEP * (code[n] -
+    # offset) (codebook.grid_codes). Its nibbles go to tl.dot as the fp16 values 1024 + code[n]
+    # (inline PTX when compiled, LOOKUP > 0: an OR per two codes for the uniform codebook, whose
+    # codes are n; two byte permutes per four codes for Lloyd-Max's; the interpreter reads the
+    # codes from the table); K_OFFSET / V_OFFSET (1024 + offset) comes off each product row
+    # afterwards (the query's sum for scores, the weights' sum for the output) and STEP rides
+    # on the norms.
     HALF: tl.constexpr = D // 2
     QUARTER: tl.constexpr = D // 4
     seq = tl.program_id(0)
@@ -228,6 +232,8 @@ def _attention_kernel(
         lut = nibble_magnitude_words(lut_ptr)
     elif LOOKUP == 6 and (K_TABLE or V_TABLE):
         lut = codebook_words(k_cent_ptr if K_TABLE else v_cent_ptr)
+    elif LOOKUP == 8:
+        lut = grid_words(k_cent_ptr if K_AFFINE else v_cent_ptr)
     else:
         lut = (0, 0, 0, 0, 0)
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
@@ -246,7 +252,7 @@ def _attention_kernel(
         q_b = q_b.to(K_DOT)
         if K_AFFINE:
             # What 1024 + n adds to q . level, per row, from the fp16 query tl.dot sees.
-            q_offset = AFFINE_OFFSET * (
+            q_offset = K_OFFSET * (
                 tl.sum(q_a.to(tl.float32), axis=1) + tl.sum(q_b.to(tl.float32), axis=1)
             )
     else:
@@ -277,14 +283,16 @@ def _attention_kernel(
         )  # fmt: skip
         if K_PAIRS:
             if K_AFFINE:
-                if LOOKUP > 0:
+                if LOOKUP == 8:
+                    k_a, k_b = nibble_pairs_operands(tl.trans(k0), lut, AFFINE_PAIRS)
+                elif LOOKUP > 0:
                     # Transposed as bytes into a pure asm: tl.dot's layout change moves onto
                     # the bytes, as for lookup 5.
                     k_a, k_b = nibble_pairs_pure(tl.trans(k0), AFFINE_PAIRS)
                 else:
-                    k_t = tl.trans(k0).to(tl.uint16)
-                    k_a = ((k_t & 0xF) | 0x6400).to(tl.float16, bitcast=True)
-                    k_b = ((k_t >> 4) | 0x6400).to(tl.float16, bitcast=True)
+                    k_t = tl.trans(k0).to(tl.int32)
+                    k_a = grid_values(k_cent_ptr, k_t & 0xF)
+                    k_b = grid_values(k_cent_ptr, k_t >> 4)
                 scores = tl.dot(q_b, k_b, tl.dot(q_a, k_a)) - q_offset[:, None]
             elif LOOKUP == 3:  # k0 is [bytes, tokens]
                 k_a = nibble_centroids(k0, NIBBLE_LOW)
@@ -340,13 +348,16 @@ def _attention_kernel(
         weights = (p * v_norm[None, :]).to(V_DOT)
         if V_AFFINE:
             # Per 16-bit word: nibble 0 is dimension 4j, 1 is 4j + 1, and so on.
-            if LOOKUP > 0:
+            if LOOKUP == 8:
+                v_a, v_b, v_c, v_d = nibble_quads_operands(v0, lut, AFFINE_QUADS)
+            elif LOOKUP > 0:
                 v_a, v_b, v_c, v_d = nibble_quads(v0, AFFINE_QUADS)
             else:
-                v_a = ((v0 & 0xF) | 0x6400).to(tl.float16, bitcast=True)
-                v_b = (((v0 >> 4) & 0xF) | 0x6400).to(tl.float16, bitcast=True)
-                v_c = (((v0 >> 8) & 0xF) | 0x6400).to(tl.float16, bitcast=True)
-                v_d = ((v0 >> 12) | 0x6400).to(tl.float16, bitcast=True)
+                v_w = v0.to(tl.int32)
+                v_a = grid_values(v_cent_ptr, v_w & 0xF)
+                v_b = grid_values(v_cent_ptr, (v_w >> 4) & 0xF)
+                v_c = grid_values(v_cent_ptr, (v_w >> 8) & 0xF)
+                v_d = grid_values(v_cent_ptr, v_w >> 12)
             weight_sums = tl.dot(weights, ones, weight_sums * alpha[:, None])
             acc_a = tl.dot(weights, v_a, acc_a * alpha[:, None])
             acc_b = tl.dot(weights, v_b, acc_b * alpha[:, None])
@@ -391,9 +402,9 @@ def _attention_kernel(
             tile_pages = next_pages
 
     if V_AFFINE:
-        # The weights' sum times 1031.5 is what the 1024 + n values added to every column
-        # (the ones tile's columns are equal: max picks one, exactly).
-        shift = AFFINE_OFFSET * tl.max(weight_sums, axis=1)[:, None]
+        # The weights' sum times V_OFFSET is what the 1024 + code values added to every
+        # column beyond the levels (the ones tile's columns are equal: max picks one, exactly).
+        shift = V_OFFSET * tl.max(weight_sums, axis=1)[:, None]
         acc_a -= shift
         acc_b -= shift
         acc_c -= shift
@@ -627,19 +638,33 @@ def _rotation_cols(head_dim: int) -> int:
     return head_dim if head_dim <= 128 else 8192 // head_dim
 
 
+def _grid_fields(layout: CacheLayout, lookup: int) -> tuple[bool, bool]:
+    """Whether K and V take the integer-grid path (1024 + code into tl.dot) under the launch's
+    lookup setting ``lookup`` (before the interpreter's 0). Uniform 4-bit fields take it where
+    lookup 5 or more runs: in that path's layout (K's bytes transposed, V's 16-bit words) it ran
+    1.2-1.4x faster than the Lloyd-Max permutes at head_dim 128 and 256, but 2.8-3.3x slower at
+    head_dim 64 under the small-head launch (lookup 2, one stage:
+    kernels-decode-smollm2-gemma-h200-6620f6c), which therefore keeps the table lookup.
+    Lloyd-Max 4-bit fields take it under lookup 7 (grid permutes instead of lookup 5's)."""
+    codebooks = ("uniform", "lloyd-max") if lookup >= 7 else ("uniform",) if lookup >= 5 else ()
+    return tuple(
+        triton_layout.grid_nibbles(layout, tensor, codebooks) for tensor in ("key", "value")
+    )
+
+
 def _kernel_constants(layout: CacheLayout, lookup: int) -> dict:
-    """``lookup``: the launch's lookup setting (before the interpreter's 0). Uniform 4-bit fields
-    take the affine path where lookup 5 or 6 runs: in that path's layout (K's bytes transposed,
-    V's 16-bit words) it ran 1.2-1.4x faster than the Lloyd-Max permutes at head_dim 128 and
-    256, but 2.8-3.3x slower at head_dim 64 under the small-head launch (lookup 2, one stage:
-    kernels-decode-smollm2-gemma-h200-6620f6c), which therefore keeps the table lookup."""
-    affine = lookup >= 5
+    """``lookup``: the launch's lookup setting (before the interpreter's 0)."""
+    k_grid, v_grid = _grid_fields(layout, lookup)
+    k_offset, k_step = triton_layout.grid_offset_step(layout, "key")
+    v_offset, v_step = triton_layout.grid_offset_step(layout, "value")
     return {
         "ROT_COLS": _rotation_cols(layout.head_dim),
-        "K_AFFINE": affine and triton_layout.affine_nibbles(layout, "key"),
-        "V_AFFINE": affine and triton_layout.affine_nibbles(layout, "value"),
-        "K_STEP": triton_layout.uniform_step(layout, "key"),
-        "V_STEP": triton_layout.uniform_step(layout, "value"),
+        "K_AFFINE": k_grid,
+        "V_AFFINE": v_grid,
+        "K_STEP": k_step if k_grid else 1.0,
+        "V_STEP": v_step if v_grid else 1.0,
+        "K_OFFSET": k_offset if k_grid else 0.0,
+        "V_OFFSET": v_offset if v_grid else 0.0,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     }
@@ -651,10 +676,20 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
         fmt.compressed and fmt.mse_bits == 4 for fmt in (layout.key_format, layout.value_format)
     )
     constants = {"NIBBLE_LOW": "", "NIBBLE_HIGH": "", "NIBBLE_PAIRS": "", "NIBBLE_QUADS": ""}
-    # Uniform 4-bit fields: the affine conversion's PTX wherever a compiled lookup runs.
-    affine = lookup > 0
-    constants["AFFINE_PAIRS"] = triton_layout.AFFINE_PAIRS_ASM if affine else ""
-    constants["AFFINE_QUADS"] = triton_layout.AFFINE_QUADS_ASM if affine else ""
+    # Grid fields (_grid_fields): their PTX wherever a compiled lookup runs (K's bytes as pairs,
+    # V's words as quads).
+    for name, tensor, quads in (("AFFINE_PAIRS", "key", False), ("AFFINE_QUADS", "value", True)):
+        constants[name] = (
+            (
+                triton_layout.grid_operand_asm(quads)
+                if lookup == 8
+                else triton_layout.grid_asm(
+                    layout.head_dim, triton_layout.field_codebook(layout, tensor), quads
+                )
+            )
+            if lookup > 0 and triton_layout.grid_nibbles(layout, tensor)
+            else ""
+        )
     if four_bit and lookup in (3, 4):
         constants["NIBBLE_LOW"] = triton_layout.nibble_asm(layout.head_dim, high=False)
         constants["NIBBLE_HIGH"] = triton_layout.nibble_asm(layout.head_dim, high=True)

@@ -335,6 +335,24 @@ def codebook_words(table_ptr):
 
 
 @triton.jit
+def grid_words(table_ptr):
+    at = tl.zeros([1, 1], dtype=tl.int32) + 277
+    return (
+        tl.load(table_ptr + at), tl.load(table_ptr + at + 1), tl.load(table_ptr + at + 2),
+        tl.load(table_ptr + at + 3), tl.load(table_ptr + at + 4),
+    )  # fmt: skip
+
+
+@triton.jit
+def grid_values(table_ptr, nibbles):
+    """fp16 1024 + code[n] of int32 4-bit codes ``nibbles``, the grid codes read from entries
+    261-276 of triton_layout.nibble_pair_table: what the integer path's inline PTX computes
+    in registers, for the interpreter (and any launch without inline PTX)."""
+    codes = tl.load(table_ptr + 261 + nibbles)
+    return (codes | 0x6400).to(tl.uint16).to(tl.float16, bitcast=True)
+
+
+@triton.jit
 def nibble_quads(words, ASM: tl.constexpr):
     """fp16 centroids of the 4 nibbles of every 16-bit word of a 4-bit plane (dimensions 4j,
     4j + 1, 4j + 2, 4j + 3 of word j), by one pure asm with the codebook as immediates (GPU

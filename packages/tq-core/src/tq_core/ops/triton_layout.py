@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import functools
 import math
+import re
 
 import torch
 
-from tq_core.codebook import codebook_tensors
+from tq_core.codebook import codebook_tensors, grid_codes
 from tq_core.errors import TQConfigError
 from tq_core.layout import CacheLayout, VectorFormat
 from tq_core.packing import plane_shifts, plane_widths
@@ -69,12 +70,14 @@ _PAIR_TABLES: dict[tuple[int, str, torch.device], torch.Tensor] = {}
 def nibble_pair_table(
     head_dim: int, device: torch.device, codebook: str = "lloyd-max"
 ) -> torch.Tensor:
-    """int32 [261]: entry b < 256 packs the fp16 centroids of both 4-bit codes of byte b (low
+    """int32 [277]: entry b < 256 packs the fp16 centroids of both 4-bit codes of byte b (low
     nibble in the low half), so a kernel dequantizes two coordinates with one table load.
 
     Entries 256-259 hold the same codebook for register lookups (``prmt``): the codebook is
     symmetric (c[15 - i] = -c[i]), so the eight magnitudes m[j] = c[8 + j] are enough; 256 and
     257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes; 260 is 0x8000.
+    Entries 261-276 are the integer grid codes of the 16 levels (codebook.grid_codes), which
+    the attention kernel's integer path reads here where inline PTX cannot run.
     """
     key = (head_dim, codebook, torch.device(device))
     if key not in _PAIR_TABLES:
@@ -91,6 +94,10 @@ def nibble_pair_table(
             for word in range(2)
         ]
         words.append(0x8000)  # byte 1 = the fp16 sign bit's byte, for the sign permute
+        codes = grid_codes(head_dim, codebook)[0]
+        words += codes
+        words += [sum(codes[4 * w + i] << (8 * i) for i in range(4)) for w in range(4)]
+        words.append(0x64646464)
         table = torch.cat([pairs.to(torch.int64), torch.tensor(words, dtype=torch.int64)])
         # int32 storage of the unsigned words (two's complement), exact bit patterns.
         table = torch.where(table >= 2**31, table - 2**32, table)
@@ -204,12 +211,17 @@ def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
     return centroids(layout, tensor, device)
 
 
-# The uniform codebook's 4-bit conversion (GPU: inline PTX): each nibble n becomes the fp16
-# value 1024 + n by an OR into 1024's bit pattern, two codes per instruction; the kernels
-# remove the offset per row after the product. Same operands and outputs as the Lloyd-Max
-# permutes (triton_common.nibble_pairs_pure and nibble_quads), so the packed bytes still reach
-# shared memory for tl.dot. Pairs: bytes (0, 1) and (2, 3) of $4 spread to 16-bit lanes, then
-# the low nibbles ($0, $1) and high ($2, $3). Quads: nibble p of both 16-bit words into $p.
+# 4-bit codes as integers (GPU: inline PTX). Every 4-bit codebook is step * (code[n] - offset)
+# with integer codes (codebook.grid_codes); the kernels feed tl.dot the fp16 value 1024 + code[n]
+# (exact: fp16 steps by 1 from 1024 to 2048) and remove the offset per row after the product
+# (the query's sum for scores, the weights' sum for the output) with the step on the norms.
+# Same operands and outputs as the Lloyd-Max permutes (triton_common.nibble_pairs_pure and
+# nibble_quads), so the packed bytes still reach shared memory for tl.dot. Pairs: the low
+# nibbles of bytes (0, 1) and (2, 3) of $4 into $0, $1, their high nibbles into $2, $3. Quads:
+# nibble p of both 16-bit words of $4 into $p.
+#
+# Uniform codes are n: an OR into 1024's bit pattern, two codes per instruction; bytes (0, 1)
+# and (2, 3) first spread to 16-bit lanes (pairs).
 AFFINE_PAIRS_ASM = """{
 .reg .b32 t, u;
 prmt.b32 t, $4, 0, 0x4140;
@@ -231,27 +243,110 @@ lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
 shr.u32 t, $4, 12;
 lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
 }"""
+# Lloyd-Max grid codes (0-127) by byte permutes: the codes of levels 0-7 are the bytes of
+# words l0, l1, those of levels 8-15 the bytes of h0, h1. ``prmt`` reads a selector nibble's
+# low 3 bits as a byte index and, when bit 3 is set, gives that byte's sign replicated, 0 here
+# (every code is below 128). So with the codes themselves as selectors, prmt(l0, l1) gives the
+# code of every nibble below 8 and 0 for the others; with bit 3 flipped, prmt(h0, h1) the
+# reverse; their OR is every nibble's code: 4 codes per pair of permutes, no index arithmetic
+# (the Lloyd-Max permutes of lookup 5 take 20-24 instructions per 8 codes, these 13-15).
+# Then each code byte goes under the byte 0x64 of c (1024's high byte).
+_GRID_PERMUTES = """
+.reg .b32 x, s, xs, lo, hi, v, v2, c, e, f, l0, l1, h0, h1;
+mov.b32 l0, {l0:#010x};
+mov.b32 l1, {l1:#010x};
+mov.b32 h0, {h0:#010x};
+mov.b32 h1, {h1:#010x};
+mov.b32 c, 0x64646464;
+xor.b32 x, $4, 0x88888888;
+prmt.b32 lo, l0, l1, $4;
+prmt.b32 hi, h0, h1, x;
+or.b32 v, lo, hi;
+shr.u32 s, $4, 16;
+shr.u32 xs, x, 16;
+prmt.b32 lo, l0, l1, s;
+prmt.b32 hi, h0, h1, xs;
+or.b32 v2, lo, hi;
+"""
+# v: the codes of nibbles 0-3 of $4 (bits 0-15) as bytes, v2 those of nibbles 4-7.
+_GRID_PAIRS_EPILOGUE = """
+prmt.b32 $0, v, c, 0x4240;
+prmt.b32 $2, v, c, 0x4341;
+prmt.b32 $1, v2, c, 0x4240;
+prmt.b32 $3, v2, c, 0x4341;
+"""
+_GRID_QUADS_EPILOGUE = """
+prmt.b32 e, v, v2, 0x5140;
+prmt.b32 f, v, v2, 0x7362;
+prmt.b32 $0, e, c, 0x4140;
+prmt.b32 $1, e, c, 0x4342;
+prmt.b32 $2, f, c, 0x4140;
+prmt.b32 $3, f, c, 0x4342;
+"""
 
 
-def affine_nibbles(layout: CacheLayout, tensor: str) -> bool:
-    """Whether K or V is a 4-bit field with the uniform codebook, whose codes the kernels turn
-    into fp16 1024 + n with one OR per two codes (no table): level n is step * (n - 7.5)."""
-    fmt = layout.key_format if tensor == "key" else layout.value_format
-    return fmt.compressed and fmt.mse_bits == 4 and fmt.codebook == "uniform"
-
-
-def uniform_step(layout: CacheLayout, tensor: str) -> float:
-    """The level spacing of an affine field (1.0 otherwise), as the float32 table has it."""
-    if not affine_nibbles(layout, tensor):
-        return 1.0
-    return _uniform_4bit_step(layout.head_dim)
+def grid_operand_asm(quads: bool) -> str:
+    """:func:`grid_asm` for Lloyd-Max codes with the code words l0, l1, h0, h1 and 0x64646464
+    as operands (nibble_pair_table's entries 277-281, lookup 8), each 32-bit operand as
+    ``pack`` copies after the packed bytes or words ($4): ptxas then keeps each word in one
+    register instead of copying an immediate in before every permute (see
+    :func:`nibble_group_operand_asm`)."""
+    pack = 2 if quads else 4
+    epilogue = _GRID_QUADS_EPILOGUE if quads else _GRID_PAIRS_EPILOGUE
+    lines = [line for line in (_GRID_PERMUTES + epilogue).split("\n") if line]
+    lines = [line for line in lines if not line.startswith(("mov.b32", ".reg"))]
+    text = "\n".join([".reg .b32 x, s, xs, lo, hi, v, v2, e, f;", *lines])
+    for i, name in enumerate(("l0", "l1", "h0", "h1", "c")):
+        text = re.sub(rf"\b{name}\b", f"${5 + pack * i}", text)
+    return "{\n" + text + "\n}"
 
 
 @functools.cache
-def _uniform_4bit_step(head_dim: int) -> float:
-    """Read once per head_dim: every decode launch asks (no tensor arithmetic per call)."""
-    table = codebook_tensors(head_dim, 4, "cpu", "uniform")[0]
-    return float(table[8] - table[7])
+def grid_asm(head_dim: int, codebook: str, quads: bool) -> str:
+    """The inline PTX turning 4-bit codes of ``codebook`` into fp16 1024 + code (pairs for
+    K's bytes, quads for V's 16-bit words)."""
+    if codebook == "uniform":
+        return AFFINE_QUADS_ASM if quads else AFFINE_PAIRS_ASM
+    codes = grid_codes(head_dim, codebook)[0]
+    if max(codes) >= 128:
+        raise TQConfigError(f"grid codes {codes} do not fit the 7-bit permutes")
+    words = [sum(codes[4 * word + i] << (8 * i) for i in range(4)) for word in range(4)]
+    prologue = _GRID_PERMUTES.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+    return "{" + prologue + (_GRID_QUADS_EPILOGUE if quads else _GRID_PAIRS_EPILOGUE) + "}"
+
+
+def field_codebook(layout: CacheLayout, tensor: str) -> str:
+    """The codebook name of K or V."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    return fmt.codebook
+
+
+def grid_nibbles(layout: CacheLayout, tensor: str, codebooks=("lloyd-max", "uniform")) -> bool:
+    """Whether K or V is a 4-bit field whose codebook is one of ``codebooks``: the kernels can
+    read its codes as the integers 1024 + code[n] (no fp16 table)."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    return fmt.compressed and fmt.mse_bits == 4 and fmt.codebook in codebooks
+
+
+def affine_nibbles(layout: CacheLayout, tensor: str) -> bool:
+    """Whether K or V is a 4-bit field with the uniform codebook (codes n, one OR per two)."""
+    return grid_nibbles(layout, tensor, ("uniform",))
+
+
+def grid_offset_step(layout: CacheLayout, tensor: str) -> tuple[float, float]:
+    """(1024 + offset, step) of a 4-bit field's grid: what the kernel takes off each product
+    row per unit of the query's or weights' sum, and what rides on the norms. (0.0, 1.0) for
+    any other field."""
+    if not grid_nibbles(layout, tensor):
+        return 0.0, 1.0
+    return _grid_offset_step(layout.head_dim, field_codebook(layout, tensor))
+
+
+@functools.cache
+def _grid_offset_step(head_dim: int, codebook: str) -> tuple[float, float]:
+    """Read once per (head_dim, codebook): every decode launch asks."""
+    _, offset, step = grid_codes(head_dim, codebook)
+    return 1024.0 + offset, float(step)
 
 
 def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
