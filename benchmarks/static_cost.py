@@ -352,6 +352,24 @@ def main() -> None:
             default["prefetch"],
             shape=(256, 2, 8),
         ),
+        # 4-bit codes on their integer grid (lookups 7 and 8: Lloyd-Max codes by byte permutes
+        # to 1024 + code, immediates or loaded words) against lookup 5, 3 stages as the default
+        # launch, capped at 128 registers and uncapped; Gemma-2's shape uncapped.
+        *(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                lookup,
+                cap,
+                num_stages=3,
+                shape=shape,
+            )
+            for shape, caps in (((128, 4, 8), (128, None)), ((256, 2, 8), (None,)))
+            for lookup in (5, 7, 8)
+            for cap in caps
+        ),
     ]
     decompress = [
         compile_decompress(lookup, back) for lookup in (True, False) for back in (False, True)

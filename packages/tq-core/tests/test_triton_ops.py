@@ -233,14 +233,15 @@ def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
 def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, generator, monkeypatch):
     """The ways the kernels turn 4-bit codes into centroids (a table read through L1, byte
     permutes over magnitudes held in registers, before or after the bytes are staged for the
-    dot, for K and V or K only, V as 16-bit words, the codebook as immediates or loaded) give
+    dot, for K and V or K only, V as 16-bit words, the codebook as immediates or loaded; the
+    grid codes 1024 + code by permutes, as immediates or loaded, the offset removed after) give
     the same attention up to the order of the fp32 sums (the tensor-core operand grouping
     differs), and the reference's within the usual tolerance."""
     batch, dev = _batch((head_dim, 4, 4, "float32"), [300, 17, 64], 2, 16, generator)
     query = torch.randn(3, 2, 8, head_dim, generator=generator)
     args = (dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
     outputs = []
-    for lookup in (0, 2, 3, 4, 5, 6):
+    for lookup in (0, 2, 3, 4, 5, 6, 7, 8):
         tuning = {**triton_attention.TUNING["decode"], "lookup": lookup, "maxnreg": None}
         monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
         out = torch.full(query.shape, float("nan"), device=DEVICE)
@@ -740,14 +741,15 @@ def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped
 @pytest.mark.parametrize(
     ("head_dim", "k_bits", "codebooks", "lookup", "affine"),
     [
-        (128, 4, ("uniform", "uniform"), 5, (True, True)),  # lookup 5: the affine path
-        (128, 4, ("lloyd-max", "uniform"), 5, (False, True)),
+        (128, 4, ("uniform", "uniform"), 7, (True, True)),  # lookup 7: the grid path
+        (128, 4, ("lloyd-max", "uniform"), 7, (True, True)),
+        (128, 4, ("lloyd-max", "lloyd-max"), 7, (True, True)),
         (64, 4, ("uniform", "uniform"), 2, (False, False)),  # small heads: lookup 2's words
         (64, 4, ("lloyd-max", "uniform"), 0, (False, False)),  # two codebooks: L1 tables
         (128, 8, ("lloyd-max", "uniform"), 2, (False, False)),  # wide: one 4-bit field
     ],
 )
-def test_uniform_fields_take_the_affine_path_only_where_lookup_5_runs(
+def test_4_bit_fields_take_the_grid_path_where_lookup_7_runs(
     head_dim, k_bits, codebooks, lookup, affine, monkeypatch
 ):
     monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
@@ -758,3 +760,24 @@ def test_uniform_fields_take_the_affine_path_only_where_lookup_5_runs(
     setting = triton_attention._setting(tuning, layout, "lookup")
     constants = triton_attention._kernel_constants(layout, setting)
     assert (constants["K_AFFINE"], constants["V_AFFINE"]) == affine
+
+
+@pytest.mark.parametrize(
+    ("setting", "codebooks", "lookup", "grid"),
+    [
+        (5, ("lloyd-max", "lloyd-max"), 5, (False, False)),  # lookup 5: Lloyd-Max permutes
+        (5, ("lloyd-max", "uniform"), 5, (False, True)),  # ... uniform fields on the grid
+        (8, ("lloyd-max", "lloyd-max"), 8, (True, True)),  # 8: the code words loaded
+        (8, ("uniform", "lloyd-max"), 7, (True, True)),  # ... none to load for a uniform field
+    ],
+)
+def test_the_lookup_setting_decides_which_4_bit_fields_read_their_grid(
+    setting, codebooks, lookup, grid, monkeypatch
+):
+    monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
+    codec = TQCodec(128, 4, 4, key_codebook=codebooks[0], value_codebook=codebooks[1])
+    layout = codec.cache_layout(8, 16)
+    tuning = {**triton_attention.TUNING["decode"], "lookup": setting}
+    assert triton_attention._lookup(tuning, layout) == lookup
+    constants = triton_attention._kernel_constants(layout, setting)
+    assert (constants["K_AFFINE"], constants["V_AFFINE"]) == grid

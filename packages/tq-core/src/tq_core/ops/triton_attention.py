@@ -233,6 +233,7 @@ def _attention_kernel(
     elif LOOKUP == 6 and (K_TABLE or V_TABLE):
         lut = codebook_words(k_cent_ptr if K_TABLE else v_cent_ptr)
     elif LOOKUP == 8:
+        # Lloyd-Max code words (never a uniform field's: _lookup).
         lut = grid_words(k_cent_ptr if K_AFFINE else v_cent_ptr)
     else:
         lut = (0, 0, 0, 0, 0)
@@ -784,7 +785,7 @@ TUNING = {
         "block_n": 128,
         "num_warps": 4,
         "num_stages": 3,
-        "lookup": 5,
+        "lookup": 7,
         "maxnreg": 128,
         "wide_lookup": 2,
         "wide_maxnreg": 0,
@@ -854,8 +855,17 @@ def _setting(tuning: dict, layout: CacheLayout, name: str):
     return tuning.get(prefix + name, tuning.get(name))
 
 
+def _four_bit_codebooks(layout: CacheLayout) -> list[str]:
+    """The codebooks of the layout's 4-bit fields."""
+    return [
+        fmt.codebook
+        for fmt in (layout.key_format, layout.value_format)
+        if fmt.compressed and fmt.mse_bits == 4
+    ]
+
+
 def _lookup(tuning: dict, layout: CacheLayout) -> int:
-    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter. Below lookup
+    """The lookup to compile: inline PTX (2-8) cannot run in Triton's interpreter. Below lookup
     5 a uniform 4-bit field is read through a table: lookups 3 and 4 hold the Lloyd-Max
     codebook as immediates, and lookup 2 one set of register words for K and V, so those fall
     back to 0 (each field's own table through L1) unless lookup 2 serves one codebook."""
@@ -863,13 +873,11 @@ def _lookup(tuning: dict, layout: CacheLayout) -> int:
         return 0
     lookup = _setting(tuning, layout, "lookup")
     if 0 < lookup < 5:
-        four_bit = [
-            fmt.codebook
-            for fmt in (layout.key_format, layout.value_format)
-            if fmt.compressed and fmt.mse_bits == 4
-        ]
+        four_bit = _four_bit_codebooks(layout)
         if "uniform" in four_bit and (lookup != 2 or len(set(four_bit)) > 1):
             return 0
+    if lookup == 8 and "uniform" in _four_bit_codebooks(layout):
+        return 7  # lookup 8 loads one field's Lloyd-Max code words; a uniform field has none
     return lookup
 
 
