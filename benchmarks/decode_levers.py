@@ -41,17 +41,14 @@ SHAPES = [(1, 1024), (8, 1024), (8, 16384), (32, 16384), (32, 32768), (128, 3276
 
 # (name, TUNING["decode"] overrides, factor on the split count)
 VARIANTS = [
-    # The default: K's packed bytes and V's 16-bit words staged for tl.dot, 4-bit codes turned
-    # into fp16 1024 + grid code by pure asm with the codes as immediates (lookup 7), 128
-    # registers, 3 pipeline stages; splits of at most 4 key tiles merged by the last of them
-    # inside the attention kernel, longer ones by a second launch.
-    ("default (lookup 7)", {}, 1.0),
-    # The default before lookup 7: the Lloyd-Max permutes to fp16 centroids (sign and
-    # magnitude, the fp16 table as immediates). sm_90a loop: 1,453 instructions against 1,253.
-    ("permutes to centroids (lookup 5)", {"lookup": 5}, 1.0),
+    # The default: K's packed bytes and V's 16-bit words staged for tl.dot, pure lookups with
+    # the codebook as immediates (lookup 5), 160 registers, 3 pipeline stages; splits of at
+    # most 4 key tiles merged by the last of them inside the attention kernel, longer ones by
+    # a second launch.
+    ("default (lookup 5)", {}, 1.0),
     # Either merge everywhere (decode-levers-h200-0e40444 timed both at every shape).
-    ("lookup 7, merge launch always", {"merge_in_kernel": 0}, 1.0),
-    ("lookup 7, merge in kernel always", {"merge_in_kernel": 1 << 20}, 1.0),
+    ("lookup 5, merge launch always", {"merge_in_kernel": 0}, 1.0),
+    ("lookup 5, merge in kernel always", {"merge_in_kernel": 1 << 20}, 1.0),
     # The fp16 tiles staged, magnitudes permuted from registers (lookup 2) at the 128 registers
     # it ran best at.
     ("prmt, fp16 tiles staged, 128 registers", {"lookup": 2, "maxnreg": 128}, 1.0),
@@ -63,13 +60,8 @@ VARIANTS = [
     # against lookup 5's 1,453; ncu at 8 x 16K found the default waiting on the math pipe
     # (ncu-stalls-default-h200-3a72d06).
     ("lookup 6 (words loaded), 128 registers", {"lookup": 6}, 1.0),
-    # Lookup 7 with the code words loaded, not immediates: 1,109 loop instructions uncapped
-    # (167 registers), 1,249 at 128 (static-cost-sm90a-8ccdd74).
-    ("lookup 8 (grid, words loaded), 128 registers", {"lookup": 8}, 1.0),
-    ("lookup 8 (grid, words loaded), no register cap", {"lookup": 8, "maxnreg": 0}, 1.0),
-    ("lookup 7, no register cap", {"lookup": 7, "maxnreg": 0}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
-    ("lookup 7, splits x2", {}, 2.0),
+    ("lookup 5, splits x2", {}, 2.0),
     # With --rotate: the query rotation launch's output columns per program (0: whole rows; 32,
     # the default, was 0.6-1.4 us faster per call than whole rows at 1-32 x 1-4K:
     # decode-levers-rotate-h200-909d2ab). No effect without --rotate.
@@ -255,8 +247,7 @@ def lever_rows(
     variants = VARIANTS if bits == (4, 4) else WIDE_FIELD_VARIANTS
     variants = variants + [(f"{count} splits", {}, count) for count in EXPLICIT_SPLITS]
     if bits == (4, 4):
-        # The probes replace lookup 5's permutes, so they run under lookup 5.
-        variants = variants + [(name, {"lookup": 5}, 1.0) for name in WANTED_PROBES]
+        variants = variants + [(name, {}, 1.0) for name in WANTED_PROBES]
     out = torch.empty_like(queries[0])
     default = dict(triton_attention.TUNING["decode"])
     _run(layout, caches, block_table, seq_lens, queries, out, 0, None)

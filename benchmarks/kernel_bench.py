@@ -188,6 +188,11 @@ UNIFORM_VARIANTS = [
     ("uniform V rotate=True", "lloyd-max", "uniform", "fused"),
     ("uniform K+V", "uniform", "uniform", "none"),
     ("uniform K+V rotate=True", "uniform", "uniform", "fused"),
+    # The Lloyd-Max grid codebook (lloyd-max-grid): 1024 + code by two byte permutes per four
+    # codes.
+    ("grid K+V", "lloyd-max-grid", "lloyd-max-grid", "none"),
+    ("grid K+V rotate=True", "lloyd-max-grid", "lloyd-max-grid", "fused"),
+    ("grid K, uniform V", "lloyd-max-grid", "uniform", "none"),
 ]
 
 

@@ -120,7 +120,7 @@ def compile_decode(
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
-        "rot_cols": constants["ROT_COLS"], "num_stages": num_stages,
+        "rot_cols": constants["ROT_COLS"], "num_stages": num_stages, "codebooks": list(codebooks),
         "shared_memory_bytes": compiled.metadata.shared,
         # Loads the pipeliner turned into cp.async copies into shared memory (num_stages > 1).
         "async_copies": compiled.asm["ttgir"].count("async_copy_global_to_local"),
@@ -352,22 +352,24 @@ def main() -> None:
             default["prefetch"],
             shape=(256, 2, 8),
         ),
-        # 4-bit codes on their integer grid (lookups 7 and 8: Lloyd-Max codes by byte permutes
-        # to 1024 + code, immediates or loaded words) against lookup 5, 3 stages as the default
-        # launch, capped at 128 registers and uncapped; Gemma-2's shape uncapped.
+        # The default launch (lookup 5, 3 stages) over the three 4-bit codebooks: exact
+        # Lloyd-Max (permutes to fp16 centroids), the Lloyd-Max grid (permutes to 1024 + code),
+        # uniform (an OR to 1024 + n); capped at 128 registers and uncapped; Gemma-2's shape
+        # uncapped.
         *(
             compile_decode(
                 4,
                 4,
                 default["block_n"],
                 default["num_warps"],
-                lookup,
+                default["lookup"],
                 cap,
                 num_stages=3,
                 shape=shape,
+                codebooks=(codebook, codebook),
             )
             for shape, caps in (((128, 4, 8), (128, None)), ((256, 2, 8), (None,)))
-            for lookup in (5, 7, 8)
+            for codebook in ("lloyd-max", "lloyd-max-grid", "uniform")
             for cap in caps
         ),
     ]
@@ -386,7 +388,8 @@ def main() -> None:
         print(
             f"head_dim {row['head_dim']} K{row['k_bits']}V{row['v_bits']} "
             f"tile {row['block_n']} x {row['num_warps']} warps, "
-            f"lookup {row['lookup']}, prefetch {row['prefetch']}, cap {row['maxnreg']}, "
+            f"lookup {row['lookup']} ({'/'.join(row['codebooks'])}), prefetch {row['prefetch']}, "
+            f"cap {row['maxnreg']}, "
             f"merge in kernel {row['merge_in_kernel']}, unrotate {row['unrotate']} "
             f"({row['rot_cols']} columns), {row['num_stages']} stages "
             f"({row['async_copies']} cp.async, {row['shared_memory_bytes']} B shared): "

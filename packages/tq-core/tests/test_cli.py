@@ -40,6 +40,14 @@ def test_quality_configs_take_levers_in_any_order_and_refuse_unknown_ones():
         ("uniform", "uniform"), ("lloyd-max", "uniform"), ("uniform", "lloyd-max"),
     ]  # fmt: skip
     assert [c.label for c in uniform] == ["K4V4+uniform", "K4V4+uniformv", "K8V4+uniformk+last1"]
+    grid = parse_quality_configs("K4V4+grid,K4V4+gridk+uniformv,K6V4+GRIDV")
+    assert [(c.key_codebook, c.value_codebook) for c in grid] == [
+        ("lloyd-max-grid", "lloyd-max-grid"), ("lloyd-max-grid", "uniform"),
+        ("lloyd-max", "lloyd-max-grid"),
+    ]  # fmt: skip
+    assert [parse_quality_configs(c.label)[0] for c in grid] == grid
+    with pytest.raises(TQConfigError, match="two codebooks"):
+        parse_quality_configs("K4V4+grid+uniformk")
     for bad in ("K4V4+middle1", "K4V4first1", "K4V4+qjlx", "+qjl", "K4V4+uniformx"):
         with pytest.raises(TQConfigError, match="not understood"):
             parse_quality_configs(bad)

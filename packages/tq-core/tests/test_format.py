@@ -12,7 +12,7 @@ import torch
 from golden_vectors import compute_golden, golden_key, golden_value
 from hadamard_reference import hadamard_matrix
 from tq_core import FORMAT_VERSION, TQCodec
-from tq_core.codebook import grid_codes, lloyd_max_centroids
+from tq_core.codebook import lloyd_max_centroids
 from tq_core.rotation import hadamard_signs
 
 FORMAT_DOC = pathlib.Path(__file__).resolve().parents[3] / "docs" / "format.md"
@@ -56,12 +56,7 @@ def decode_from_spec(
     norm = float(
         np.frombuffer(data[offset : offset + norm_size].tobytes(), NORM_NUMPY[norm_dtype])[0]
     )
-    if mse_bits == 4:  # the integer grid of version 2
-        grid, offset, step = grid_codes(head_dim)
-        levels = step * (np.array(grid, dtype=np.float64) - offset)
-    else:
-        levels = lloyd_max_centroids(head_dim, mse_bits)
-    rotated = levels[codes] * norm
+    rotated = lloyd_max_centroids(head_dim, mse_bits)[codes] * norm
     if qjl:
         offset += norm_size
         sign_bits = np.unpackbits(data[offset : offset + head_dim // 8], bitorder="little")

@@ -185,59 +185,40 @@ def test_quad_asm_gives_nibble_p_of_both_16_bit_words(head_dim, words):
             assert _halves(out[f"${p}"]) == expected, (hex(word), p)
 
 
-def _grid_asm(head_dim: int, codebook: str, quads: bool, words: str):
-    """The grid path's asm (codes as immediates) or its operand form (the code words and
-    0x64646464 from nibble_pair_table's entries 277-281, each as ``pack`` copies after $4), and
-    the operands it reads."""
-    if words == "immediates":
-        return _formatted(triton_layout.grid_asm(head_dim, codebook, quads)), {}
-    pack = 2 if quads else 4
-    table = triton_layout.nibble_pair_table(head_dim, "cpu", codebook)[277:282].tolist()
-    operands = {f"${5 + pack * a + c}": table[a] & MASK for a in range(5) for c in range(pack)}
-    return triton_layout.grid_operand_asm(quads), operands
-
-
-_GRID_CASES = [
-    ("uniform", "immediates"), ("lloyd-max", "immediates"), ("lloyd-max", "operands"),
-]  # fmt: skip
-
-
-@pytest.mark.parametrize(("codebook", "words"), _GRID_CASES)
+@pytest.mark.parametrize("codebook", ["uniform", "lloyd-max-grid"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_grid_pair_asm_gives_1024_plus_the_code_of_both_nibbles_of_every_byte(
-    head_dim, codebook, words
-):
+def test_grid_pair_asm_gives_1024_plus_the_code_of_both_nibbles_of_every_byte(head_dim, codebook):
     """The integer path's K conversion: 4 bytes in $4 -> low nibbles of bytes (0, 1), (2, 3)
     as fp16 1024 + code[n] in $0, $1, high nibbles in $2, $3 (1024 is 0x6400; a code below
     1024 fills the mantissa's low bits exactly)."""
     codes = grid_codes(head_dim, codebook)[0]
-    asm, operands = _grid_asm(head_dim, codebook, False, words)
+    asm = _formatted(triton_layout.grid_asm(head_dim, codebook, False))
     for word in _words():
-        out = run_ptx(asm, {"$4": word, **operands})
+        out = run_ptx(asm, {"$4": word})
         nibbles = _nibbles(word)
         low, high = nibbles[0::2], nibbles[1::2]
         assert _halves(out["$0"], out["$1"]) == [0x6400 | codes[n] for n in low], hex(word)
         assert _halves(out["$2"], out["$3"]) == [0x6400 | codes[n] for n in high], hex(word)
 
 
-@pytest.mark.parametrize(("codebook", "words"), _GRID_CASES)
+@pytest.mark.parametrize("codebook", ["uniform", "lloyd-max-grid"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_grid_quad_asm_gives_1024_plus_the_code_of_nibble_p_of_both_16_bit_words(
-    head_dim, codebook, words
+    head_dim, codebook
 ):
     """The integer path's V conversion: output p is 1024 + code[nibble p] of the low word and
     of the high word of $4."""
     codes = grid_codes(head_dim, codebook)[0]
-    asm, operands = _grid_asm(head_dim, codebook, True, words)
+    asm = _formatted(triton_layout.grid_asm(head_dim, codebook, True))
     for word in _words():
-        out = run_ptx(asm, {"$4": word, **operands})
+        out = run_ptx(asm, {"$4": word})
         nibbles = _nibbles(word)
         for p in range(4):
             expected = [0x6400 | codes[nibbles[p]], 0x6400 | codes[nibbles[4 + p]]]
             assert _halves(out[f"${p}"]) == expected, (hex(word), p)
 
 
-@pytest.mark.parametrize("codebook", ["uniform", "lloyd-max"])
+@pytest.mark.parametrize("codebook", ["uniform", "lloyd-max-grid"])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_the_fp16_grid_values_less_the_offset_are_the_levels(head_dim, codebook):
     """What the kernel computes from 1024 + code: (fp16 value - (1024 + offset)) * step, in

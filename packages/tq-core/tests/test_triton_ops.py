@@ -38,13 +38,17 @@ CODECS = [
     (64, 16, 4, "float32"),
     (256, 4, 8, "float32"),
 ]
-# With the uniform codebook (a fifth and sixth entry: K's and V's): 4-bit fields then take the
-# kernels' affine path (nibbles as 1024 + n, no table); wider ones read the uniform table.
+# With the uniform or Lloyd-Max grid codebook (a fifth and sixth entry: K's and V's): 4-bit
+# fields then take the kernels' integer path (nibbles as 1024 + code, no fp16 table); wider ones
+# read their table.
 UNIFORM_CODECS = [
     (64, 4, 4, "float32", "uniform", "uniform"),
     (128, 4, 4, "float16", "lloyd-max", "uniform"),
     (128, 4, 8, "float32", "uniform", "lloyd-max"),
     (64, 3, 5, "float32", "uniform", "uniform"),
+    (128, 4, 4, "float32", "lloyd-max-grid", "lloyd-max-grid"),
+    (128, 4, 4, "float16", "lloyd-max-grid", "uniform"),
+    (64, 4, 6, "float32", "lloyd-max-grid", "lloyd-max-grid"),
 ]
 
 
@@ -235,32 +239,23 @@ def test_register_lookup_dequantizes_4_bit_codes_like_the_table(head_dim, genera
     permutes over magnitudes held in registers, before or after the bytes are staged for the
     dot, for K and V or K only, V as 16-bit words, the codebook as immediates or loaded) give
     the same attention up to the order of the fp32 sums (the tensor-core operand grouping
-    differs), and the reference's within the usual tolerance. The grid lookups (7, 8: 1024 +
-    code by permutes, the offset removed after the product) multiply exact levels where the
-    others multiply fp16-rounded ones (about 4e-4 apart), so they match each other closely and
-    the reference within the usual tolerance."""
+    differs), and the reference's within the usual tolerance."""
     batch, dev = _batch((head_dim, 4, 4, "float32"), [300, 17, 64], 2, 16, generator)
     query = torch.randn(3, 2, 8, head_dim, generator=generator)
     args = (dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.1)
-    outputs = {}
-    for lookup in (0, 2, 3, 4, 5, 6, 7, 8):
-        # Every head_dim launches the lookup under test (head_dim 64 has its own setting).
-        tuning = {
-            **triton_attention.TUNING["decode"], "lookup": lookup, "small_head_lookup": lookup,
-            "maxnreg": None, "small_head_maxnreg": None,
-        }  # fmt: skip
+    outputs = []
+    for lookup in (0, 2, 3, 4, 5, 6):
+        tuning = {**triton_attention.TUNING["decode"], "lookup": lookup, "maxnreg": None}
         monkeypatch.setitem(triton_attention.TUNING, "decode", tuning)
         out = torch.full(query.shape, float("nan"), device=DEVICE)
         triton_attention.decode_attention(query.to(DEVICE), *args, out=out, num_splits=3)
-        outputs[lookup] = out.cpu()
-    for lookup in (2, 3, 4, 5, 6):
-        assert relative_error(outputs[lookup], outputs[0]) < 1e-4, lookup
-    assert relative_error(outputs[8], outputs[7]) < 1e-4
+        outputs.append(out.cpu())
+    for other in outputs[1:]:
+        assert relative_error(other, outputs[0]) < 1e-4
     expected = reference.decode_attention(
         query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1
     )
-    for lookup in (2, 7):
-        assert relative_error(outputs[lookup], expected) < TOLERANCE[torch.float32], lookup
+    assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
 
 
 @pytest.mark.gpu
@@ -749,15 +744,17 @@ def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped
 @pytest.mark.parametrize(
     ("head_dim", "k_bits", "codebooks", "lookup", "affine"),
     [
-        (128, 4, ("uniform", "uniform"), 7, (True, True)),  # lookup 7: the grid path
-        (128, 4, ("lloyd-max", "uniform"), 7, (True, True)),
-        (128, 4, ("lloyd-max", "lloyd-max"), 7, (True, True)),
+        (128, 4, ("uniform", "uniform"), 5, (True, True)),  # lookup 5: the grid path
+        (128, 4, ("lloyd-max", "uniform"), 5, (False, True)),  # exact Lloyd-Max: permutes
+        (128, 4, ("lloyd-max-grid", "lloyd-max"), 5, (True, False)),
+        (256, 4, ("lloyd-max-grid", "lloyd-max-grid"), 5, (True, True)),
+        (64, 4, ("lloyd-max-grid", "lloyd-max-grid"), 2, (False, False)),  # one codebook
         (64, 4, ("uniform", "uniform"), 2, (False, False)),  # small heads: lookup 2's words
         (64, 4, ("lloyd-max", "uniform"), 0, (False, False)),  # two codebooks: L1 tables
         (128, 8, ("lloyd-max", "uniform"), 2, (False, False)),  # wide: one 4-bit field
     ],
 )
-def test_4_bit_fields_take_the_grid_path_where_lookup_7_runs(
+def test_grid_codebook_fields_take_the_integer_path_where_lookup_5_runs(
     head_dim, k_bits, codebooks, lookup, affine, monkeypatch
 ):
     monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
@@ -768,24 +765,3 @@ def test_4_bit_fields_take_the_grid_path_where_lookup_7_runs(
     setting = triton_attention._setting(tuning, layout, "lookup")
     constants = triton_attention._kernel_constants(layout, setting)
     assert (constants["K_AFFINE"], constants["V_AFFINE"]) == affine
-
-
-@pytest.mark.parametrize(
-    ("setting", "codebooks", "lookup", "grid"),
-    [
-        (5, ("lloyd-max", "lloyd-max"), 5, (False, False)),  # lookup 5: Lloyd-Max permutes
-        (5, ("lloyd-max", "uniform"), 5, (False, True)),  # ... uniform fields on the grid
-        (8, ("lloyd-max", "lloyd-max"), 8, (True, True)),  # 8: the code words loaded
-        (8, ("uniform", "lloyd-max"), 7, (True, True)),  # ... none to load for a uniform field
-    ],
-)
-def test_the_lookup_setting_decides_which_4_bit_fields_read_their_grid(
-    setting, codebooks, lookup, grid, monkeypatch
-):
-    monkeypatch.setattr(triton_attention, "_INTERPRETED", False)
-    codec = TQCodec(128, 4, 4, key_codebook=codebooks[0], value_codebook=codebooks[1])
-    layout = codec.cache_layout(8, 16)
-    tuning = {**triton_attention.TUNING["decode"], "lookup": setting}
-    assert triton_attention._lookup(tuning, layout) == lookup
-    constants = triton_attention._kernel_constants(layout, setting)
-    assert (constants["K_AFFINE"], constants["V_AFFINE"]) == grid

@@ -1,16 +1,15 @@
 """Codebooks for one coordinate of a uniformly random unit vector in d dimensions.
 
-Two kinds. ``lloyd-max`` (the default): the MSE-optimal levels. ``uniform``: evenly spaced
+Three kinds. ``lloyd-max`` (the default): the MSE-optimal levels. ``uniform``: evenly spaced
 levels step * (n - (2**bits - 1) / 2), the step MSE-optimal for the same density; 4-bit codes
 then decode with one OR per two codes instead of a table lookup (decode attention's faster path,
-docs/kernels.md), for about 1.2x the coordinate MSE.
+docs/kernels.md), for about 1.2x the coordinate MSE. ``lloyd-max-grid``: at 4 bits the Lloyd-Max
+levels rounded to an integer grid of 127 steps (codes 0-127: the kernel's byte permutes need
+every code below 128), about 1% more coordinate MSE; other widths are plain Lloyd-Max.
 
-Every 4-bit codebook lies on an integer grid: level n = step * (code[n] - offset)
+The uniform and grid 4-bit codebooks are step * (code[n] - offset) with integer codes
 (:func:`grid_codes`), so decode attention turns a code into the exact fp16 integer
-1024 + code[n] and takes the offset off after the product. Uniform codes are n itself; the 4-bit
-Lloyd-Max levels are rounded to a grid of 127 steps (codes 0-127: the kernel's byte permutes
-need every code below 128), which costs about 1% more coordinate MSE than the exact optimum
-(``lloyd_max_centroids``).
+1024 + code[n] and takes the offset off after the product.
 
 After the random rotation, each coordinate t of a unit vector follows the density
 f(t) ~ (1 - t^2)^((d-3)/2) on [-1, 1] whatever the input was, so one codebook per
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from tq_core.config import CODEBOOKS, SUPPORTED_BITS, check_bits, check_codebook
+from tq_core.errors import TQConfigError
 
 # Grid of the density. Beyond 12 standard deviations (1/sqrt(d) each) the mass is < 1e-30.
 _GRID_POINTS = 1 << 18
@@ -118,18 +118,21 @@ def lloyd_max_centroids(head_dim: int, bits: int) -> np.ndarray:
 
 
 # The largest 4-bit Lloyd-Max grid code: 7 bits, so every byte of the kernel's permute tables
-# has its sign bit clear (docs/kernels.md, "4-bit codes as integers").
+# has its sign bit clear (docs/kernels.md, "The Lloyd-Max grid codebook").
 GRID_TOP = 127
 
 
 @functools.cache
-def grid_codes(head_dim: int, codebook: str = "lloyd-max") -> tuple[tuple[int, ...], float, float]:
-    """(codes, offset, step) of the 4-bit ``codebook``: level n is step * (codes[n] - offset),
-    codes[n] an integer in 0 .. GRID_TOP. Uniform: (0 .. 15, 7.5, uniform_step). Lloyd-Max: the
-    exact centroids rounded to the grid offset GRID_TOP / 2 whose step gives the least coordinate
-    MSE (searched from the step that puts the outermost centroid on code GRID_TOP down to 15%
-    finer, outer codes then clipped); symmetric, as the centroids are."""
+def grid_codes(head_dim: int, codebook: str) -> tuple[tuple[int, ...], float, float]:
+    """(codes, offset, step) of the 4-bit ``codebook`` (uniform or lloyd-max-grid): level n is
+    step * (codes[n] - offset), codes[n] an integer in 0 .. GRID_TOP. Uniform: (0 .. 15, 7.5,
+    uniform_step). Lloyd-Max grid: the exact centroids rounded to the grid offset GRID_TOP / 2
+    whose step gives the least coordinate MSE (searched from the step that puts the outermost
+    centroid on code GRID_TOP down to 15% finer, outer codes then clipped); symmetric, as the
+    centroids are."""
     check_codebook("codebook", codebook)
+    if codebook == "lloyd-max":
+        raise TQConfigError("the exact Lloyd-Max codebook has no integer grid")
     if codebook == "uniform":
         return tuple(range(16)), 7.5, uniform_step(head_dim, 4)
     exact = _lloyd_max_fp64(head_dim, 4)
@@ -147,12 +150,11 @@ def grid_codes(head_dim: int, codebook: str = "lloyd-max") -> tuple[tuple[int, .
 
 
 def levels(head_dim: int, bits: int, codebook: str = "lloyd-max") -> np.ndarray:
-    """The sorted fp64 levels of ``codebook`` (one of CODEBOOKS); at 4 bits those of
-    :func:`grid_codes`."""
+    """The sorted fp64 levels of ``codebook`` (one of CODEBOOKS)."""
     check_codebook("codebook", codebook)
     if codebook == "uniform":
         return uniform_levels(head_dim, bits)
-    if bits == 4:
+    if codebook == "lloyd-max-grid" and bits == 4:
         codes, offset, step = grid_codes(head_dim, codebook)
         return step * (np.array(codes, dtype=np.float64) - offset)
     return lloyd_max_centroids(head_dim, bits)

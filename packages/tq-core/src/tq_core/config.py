@@ -18,7 +18,7 @@ SUPPORTED_HEAD_DIMS = (64, 128, 256)
 NORM_DTYPES = ("float32", "float16")
 #: How code n maps to a coordinate (codebook.py): Lloyd-Max levels, or evenly spaced ones that
 #: decode faster at 4 bits for ~1.2x the coordinate MSE.
-CODEBOOKS = ("lloyd-max", "uniform")
+CODEBOOKS = ("lloyd-max", "uniform", "lloyd-max-grid")
 
 # Environment variables that share the prefix but are not codec settings, read by other parts
 # of tq: the model cache folder (cli), the kernel choice (ops/__init__.py), an adapter's key

@@ -1,6 +1,6 @@
 """The byte layout: the one place that says how many bytes everything takes and where it lives.
 
-Format version 2. A compressed vector (one K or V of one token and one KV head) is a sequence of
+Format version 1. A compressed vector (one K or V of one token and one KV head) is a sequence of
 fields:
 
 - ``plane8`` / ``plane4`` / ``plane2`` / ``plane1``: the codes' bit planes (see packing.py),
@@ -29,7 +29,7 @@ from tq_core.packing import plane_widths
 if TYPE_CHECKING:
     from tq_core.codec import TQCodec
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1
 REGION_ALIGNMENT = 16
 NORM_BYTES = {"float32": 4, "float16": 2}
 BF16_BYTES = 2

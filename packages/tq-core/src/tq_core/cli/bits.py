@@ -35,8 +35,8 @@ def parse_bit_configs(text: str) -> list[tuple[int, int, bool]]:
 @dataclass(frozen=True)
 class QualityConfig:
     """One config for `tq eval`: bit widths and the quality levers (QJL keys, boundary layers
-    kept uncompressed, the uniform codebook for keys and / or values). ``options`` are the
-    matching ``TQConfig`` keyword arguments."""
+    kept uncompressed, the uniform or Lloyd-Max grid codebook for keys and / or values).
+    ``options`` are the matching ``TQConfig`` keyword arguments."""
 
     k_bits: int
     v_bits: int
@@ -48,14 +48,15 @@ class QualityConfig:
 
     @property
     def label(self) -> str:
-        uniform_k = self.key_codebook == "uniform"
-        uniform_v = self.value_codebook == "uniform"
+        levers = ""
+        for codebook, lever in _CODEBOOK_LEVERS.items():
+            keys, values = self.key_codebook == codebook, self.value_codebook == codebook
+            levers += f"+{lever}" if keys and values else f"+{lever}k" if keys else ""
+            levers += f"+{lever}v" if values and not keys else ""
         return (
             f"K{self.k_bits}V{self.v_bits}"
             + ("+qjl" if self.key_qjl else "")
-            + ("+uniform" if uniform_k and uniform_v else "")
-            + ("+uniformk" if uniform_k and not uniform_v else "")
-            + ("+uniformv" if uniform_v and not uniform_k else "")
+            + levers
             + (f"+first{self.skip_first_layers}" if self.skip_first_layers else "")
             + (f"+last{self.skip_last_layers}" if self.skip_last_layers else "")
         )
@@ -70,15 +71,30 @@ class QualityConfig:
         }  # fmt: skip
 
 
-_LEVER = re.compile(r"\+(qjl|uniform[kv]?|first(\d+)|last(\d+))", re.IGNORECASE)
+# Codebook levers: +NAME for keys and values, +NAMEk for keys, +NAMEv for values.
+_CODEBOOK_LEVERS = {"uniform": "uniform", "lloyd-max-grid": "grid"}
+_LEVER = re.compile(r"\+(qjl|uniform[kv]?|grid[kv]?|first(\d+)|last(\d+))", re.IGNORECASE)
+
+
+def _codebook(names: list[str], tensor: str, item: str) -> str:
+    """The codebook the levers ``names`` give K (``tensor`` "k") or V ("v")."""
+    chosen = [
+        codebook
+        for codebook, lever in _CODEBOOK_LEVERS.items()
+        if {lever, lever + tensor} & set(names)
+    ]
+    if len(chosen) > 1:
+        raise TQConfigError(f"config {item!r} gives {tensor.upper()} two codebooks: {chosen}")
+    return chosen[0] if chosen else "lloyd-max"
 
 
 def parse_quality_configs(text: str) -> list[QualityConfig]:
     """``"K4V4,K4V4+first1+last1,K5V4+qjl"`` -> QualityConfigs. ``+qjl``: keys spend one of
     their bits on a QJL residual sketch; ``+firstN`` / ``+lastN``: the first / last N layers
     stay uncompressed (bf16), where errors are said to hurt most; ``+uniform`` / ``+uniformk``
-    / ``+uniformv``: evenly spaced levels for keys and values / keys / values (4-bit fields
-    then decode faster on GPUs, docs/kernels.md)."""
+    / ``+uniformv``: evenly spaced levels for keys and values / keys / values; ``+grid`` /
+    ``+gridk`` / ``+gridv``: the Lloyd-Max grid codebook (4-bit fields then decode faster on
+    GPUs, docs/kernels.md)."""
     configs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         head = re.match(r"^K(\d+)V(\d+)", item, re.IGNORECASE)
@@ -97,8 +113,8 @@ def parse_quality_configs(text: str) -> list[QualityConfig]:
             check_qjl_bits(k_bits)
         first = sum(int(lever[1]) for lever in levers if lever[1])
         last = sum(int(lever[2]) for lever in levers if lever[2])
-        key_codebook = "uniform" if {"uniform", "uniformk"} & set(names) else "lloyd-max"
-        value_codebook = "uniform" if {"uniform", "uniformv"} & set(names) else "lloyd-max"
+        key_codebook = _codebook(names, "k", item)
+        value_codebook = _codebook(names, "v", item)
         configs.append(
             QualityConfig(k_bits, v_bits, key_qjl, first, last, key_codebook, value_codebook)
         )

@@ -32,7 +32,6 @@ from tq_core.ops.triton_common import (
     codebook_words,
     dequantize,
     grid_values,
-    grid_words,
     load_field,
     nibble_centroids,
     nibble_magnitude_words,
@@ -135,13 +134,13 @@ def _attention_kernel(
     # lookup 5: 4-bit values read as 16-bit words, each giving dimensions 4j .. 4j + 3, so the
     # P.V product (contracting over tokens) can stage packed words, not fp16, for tl.dot.
     V_QUADS: tl.constexpr = V_PAIRS and (LOOKUP == 5 or LOOKUP == 6 or V_AFFINE)
-    # K_AFFINE / V_AFFINE: a 4-bit field read on its integer grid, level n = STEP * (code[n] -
-    # offset) (codebook.grid_codes). Its nibbles go to tl.dot as the fp16 values 1024 + code[n]
-    # (inline PTX when compiled, LOOKUP > 0: an OR per two codes for the uniform codebook, whose
-    # codes are n; two byte permutes per four codes for Lloyd-Max's; the interpreter reads the
-    # codes from the table); K_OFFSET / V_OFFSET (1024 + offset) comes off each product row
-    # afterwards (the query's sum for scores, the weights' sum for the output) and STEP rides
-    # on the norms.
+    # K_AFFINE / V_AFFINE: a 4-bit field read on its integer grid (uniform or lloyd-max-grid),
+    # level n = STEP * (code[n] - offset) (codebook.grid_codes). Its nibbles go to tl.dot as the
+    # fp16 values 1024 + code[n] (inline PTX when compiled, LOOKUP > 0: an OR per two codes for
+    # the uniform codebook, whose codes are n; two byte permutes per four codes for the Lloyd-Max
+    # grid; the interpreter reads the codes from the table); K_OFFSET / V_OFFSET (1024 + offset)
+    # comes off each product row afterwards (the query's sum for scores, the weights' sum for
+    # the output) and STEP rides on the norms.
     HALF: tl.constexpr = D // 2
     QUARTER: tl.constexpr = D // 4
     seq = tl.program_id(0)
@@ -232,9 +231,6 @@ def _attention_kernel(
         lut = nibble_magnitude_words(lut_ptr)
     elif LOOKUP == 6 and (K_TABLE or V_TABLE):
         lut = codebook_words(k_cent_ptr if K_TABLE else v_cent_ptr)
-    elif LOOKUP == 8:
-        # Lloyd-Max code words (never a uniform field's: _lookup).
-        lut = grid_words(k_cent_ptr if K_AFFINE else v_cent_ptr)
     else:
         lut = (0, 0, 0, 0, 0)
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
@@ -284,9 +280,7 @@ def _attention_kernel(
         )  # fmt: skip
         if K_PAIRS:
             if K_AFFINE:
-                if LOOKUP == 8:
-                    k_a, k_b = nibble_pairs_operands(tl.trans(k0), lut, AFFINE_PAIRS)
-                elif LOOKUP > 0:
+                if LOOKUP > 0:
                     # Transposed as bytes into a pure asm: tl.dot's layout change moves onto
                     # the bytes, as for lookup 5.
                     k_a, k_b = nibble_pairs_pure(tl.trans(k0), AFFINE_PAIRS)
@@ -349,9 +343,7 @@ def _attention_kernel(
         weights = (p * v_norm[None, :]).to(V_DOT)
         if V_AFFINE:
             # Per 16-bit word: nibble 0 is dimension 4j, 1 is 4j + 1, and so on.
-            if LOOKUP == 8:
-                v_a, v_b, v_c, v_d = nibble_quads_operands(v0, lut, AFFINE_QUADS)
-            elif LOOKUP > 0:
+            if LOOKUP > 0:
                 v_a, v_b, v_c, v_d = nibble_quads(v0, AFFINE_QUADS)
             else:
                 v_w = v0.to(tl.int32)
@@ -645,11 +637,11 @@ def _grid_fields(layout: CacheLayout, lookup: int) -> tuple[bool, bool]:
     lookup 5 or more runs: in that path's layout (K's bytes transposed, V's 16-bit words) it ran
     1.2-1.4x faster than the Lloyd-Max permutes at head_dim 128 and 256, but 2.8-3.3x slower at
     head_dim 64 under the small-head launch (lookup 2, one stage:
-    kernels-decode-smollm2-gemma-h200-6620f6c), which therefore keeps the table lookup.
-    Lloyd-Max 4-bit fields take it under lookup 7 (grid permutes instead of lookup 5's)."""
-    codebooks = ("uniform", "lloyd-max") if lookup >= 7 else ("uniform",) if lookup >= 5 else ()
+    kernels-decode-smollm2-gemma-h200-6620f6c), which therefore keeps the table lookup. The
+    Lloyd-Max grid codebook's fields take it in the same launches (two byte permutes per four
+    codes instead of the OR)."""
     return tuple(
-        triton_layout.grid_nibbles(layout, tensor, codebooks) for tensor in ("key", "value")
+        lookup >= 5 and triton_layout.grid_nibbles(layout, tensor) for tensor in ("key", "value")
     )
 
 
@@ -785,7 +777,7 @@ TUNING = {
         "block_n": 128,
         "num_warps": 4,
         "num_stages": 3,
-        "lookup": 7,
+        "lookup": 5,
         "maxnreg": 128,
         "wide_lookup": 2,
         "wide_maxnreg": 0,
@@ -865,19 +857,19 @@ def _four_bit_codebooks(layout: CacheLayout) -> list[str]:
 
 
 def _lookup(tuning: dict, layout: CacheLayout) -> int:
-    """The lookup to compile: inline PTX (2-8) cannot run in Triton's interpreter. Below lookup
-    5 a uniform 4-bit field is read through a table: lookups 3 and 4 hold the Lloyd-Max
-    codebook as immediates, and lookup 2 one set of register words for K and V, so those fall
-    back to 0 (each field's own table through L1) unless lookup 2 serves one codebook."""
+    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter. Below lookup
+    5 a 4-bit field with another codebook than exact Lloyd-Max is read through a table: lookups
+    3 and 4 hold the Lloyd-Max codebook as immediates, and lookup 2 one set of register words
+    for K and V, so those fall back to 0 (each field's own table through L1) unless lookup 2
+    serves one codebook."""
     if _INTERPRETED:
         return 0
     lookup = _setting(tuning, layout, "lookup")
     if 0 < lookup < 5:
         four_bit = _four_bit_codebooks(layout)
-        if "uniform" in four_bit and (lookup != 2 or len(set(four_bit)) > 1):
+        other = any(codebook != "lloyd-max" for codebook in four_bit)
+        if other and (lookup != 2 or len(set(four_bit)) > 1):
             return 0
-    if lookup == 8 and "uniform" in _four_bit_codebooks(layout):
-        return 7  # lookup 8 loads one field's Lloyd-Max code words; a uniform field has none
     return lookup
 
 

@@ -335,15 +335,6 @@ def codebook_words(table_ptr):
 
 
 @triton.jit
-def grid_words(table_ptr):
-    at = tl.zeros([1, 1], dtype=tl.int32) + 277
-    return (
-        tl.load(table_ptr + at), tl.load(table_ptr + at + 1), tl.load(table_ptr + at + 2),
-        tl.load(table_ptr + at + 3), tl.load(table_ptr + at + 4),
-    )  # fmt: skip
-
-
-@triton.jit
 def grid_values(table_ptr, nibbles):
     """fp16 1024 + code[n] of int32 4-bit codes ``nibbles``, the grid codes read from entries
     261-276 of triton_layout.nibble_pair_table: what the integer path's inline PTX computes

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import math
-import re
 
 import torch
 
@@ -76,8 +75,9 @@ def nibble_pair_table(
     Entries 256-259 hold the same codebook for register lookups (``prmt``): the codebook is
     symmetric (c[15 - i] = -c[i]), so the eight magnitudes m[j] = c[8 + j] are enough; 256 and
     257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes; 260 is 0x8000.
-    Entries 261-276 are the integer grid codes of the 16 levels (codebook.grid_codes), which
-    the attention kernel's integer path reads here where inline PTX cannot run.
+    Entries 261-276 are the integer grid codes of the 16 levels (codebook.grid_codes; zeros for
+    the exact Lloyd-Max codebook, which has none), which the attention kernel's integer path
+    reads here where inline PTX cannot run.
     """
     key = (head_dim, codebook, torch.device(device))
     if key not in _PAIR_TABLES:
@@ -94,10 +94,7 @@ def nibble_pair_table(
             for word in range(2)
         ]
         words.append(0x8000)  # byte 1 = the fp16 sign bit's byte, for the sign permute
-        codes = grid_codes(head_dim, codebook)[0]
-        words += codes
-        words += [sum(codes[4 * w + i] << (8 * i) for i in range(4)) for w in range(4)]
-        words.append(0x64646464)
+        words += grid_codes(head_dim, codebook)[0] if codebook != "lloyd-max" else [0] * 16
         table = torch.cat([pairs.to(torch.int64), torch.tensor(words, dtype=torch.int64)])
         # int32 storage of the unsigned words (two's complement), exact bit patterns.
         table = torch.where(table >= 2**31, table - 2**32, table)
@@ -243,13 +240,15 @@ lop3.b32 $2, t, 0x000F000F, 0x64006400, 0xEA;
 shr.u32 t, $4, 12;
 lop3.b32 $3, t, 0x000F000F, 0x64006400, 0xEA;
 }"""
-# Lloyd-Max grid codes (0-127) by byte permutes: the codes of levels 0-7 are the bytes of
+# Lloyd-Max grid codes (0-127, the lloyd-max-grid codebook) by byte permutes: the codes of
+# levels 0-7 are the bytes of
 # words l0, l1, those of levels 8-15 the bytes of h0, h1. ``prmt`` reads a selector nibble's
 # low 3 bits as a byte index and, when bit 3 is set, gives that byte's sign replicated, 0 here
 # (every code is below 128). So with the codes themselves as selectors, prmt(l0, l1) gives the
 # code of every nibble below 8 and 0 for the others; with bit 3 flipped, prmt(h0, h1) the
 # reverse; their OR is every nibble's code: 4 codes per pair of permutes, no index arithmetic
-# (the Lloyd-Max permutes of lookup 5 take 20-24 instructions per 8 codes, these 13-15).
+# (lookup 5's permutes to exact Lloyd-Max centroids take 20-24 instructions per 8 codes, these
+# 13-15).
 # Then each code byte goes under the byte 0x64 of c (1024's high byte).
 _GRID_PERMUTES = """
 .reg .b32 x, s, xs, lo, hi, v, v2, c, e, f, l0, l1, h0, h1;
@@ -285,22 +284,6 @@ prmt.b32 $3, f, c, 0x4342;
 """
 
 
-def grid_operand_asm(quads: bool) -> str:
-    """:func:`grid_asm` for Lloyd-Max codes with the code words l0, l1, h0, h1 and 0x64646464
-    as operands (nibble_pair_table's entries 277-281, lookup 8), each 32-bit operand as
-    ``pack`` copies after the packed bytes or words ($4): ptxas then keeps each word in one
-    register instead of copying an immediate in before every permute (see
-    :func:`nibble_group_operand_asm`)."""
-    pack = 2 if quads else 4
-    epilogue = _GRID_QUADS_EPILOGUE if quads else _GRID_PAIRS_EPILOGUE
-    lines = [line for line in (_GRID_PERMUTES + epilogue).split("\n") if line]
-    lines = [line for line in lines if not line.startswith(("mov.b32", ".reg"))]
-    text = "\n".join([".reg .b32 x, s, xs, lo, hi, v, v2, e, f;", *lines])
-    for i, name in enumerate(("l0", "l1", "h0", "h1", "c")):
-        text = re.sub(rf"\b{name}\b", f"${5 + pack * i}", text)
-    return "{\n" + text + "\n}"
-
-
 @functools.cache
 def grid_asm(head_dim: int, codebook: str, quads: bool) -> str:
     """The inline PTX turning 4-bit codes of ``codebook`` into fp16 1024 + code (pairs for
@@ -321,9 +304,9 @@ def field_codebook(layout: CacheLayout, tensor: str) -> str:
     return fmt.codebook
 
 
-def grid_nibbles(layout: CacheLayout, tensor: str, codebooks=("lloyd-max", "uniform")) -> bool:
-    """Whether K or V is a 4-bit field whose codebook is one of ``codebooks``: the kernels can
-    read its codes as the integers 1024 + code[n] (no fp16 table)."""
+def grid_nibbles(layout: CacheLayout, tensor: str, codebooks=("uniform", "lloyd-max-grid")) -> bool:
+    """Whether K or V is a 4-bit field whose codebook is one of ``codebooks`` (by default those
+    with an integer grid): the kernels can read its codes as the integers 1024 + code[n]."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
     return fmt.compressed and fmt.mse_bits == 4 and fmt.codebook in codebooks
 
