@@ -58,7 +58,8 @@ def check_head_dim(head_dim: int) -> int:
 class TQConfig:
     """Every codec setting, validated on construction.
 
-    ``key_codebook`` / ``value_codebook``: "lloyd-max" (default) or "uniform" (codebook.py).
+    ``key_codebook`` / ``value_codebook``: "lloyd-max" (default), "uniform" or "lloyd-max-grid"
+    (codebook.py).
     ``layer_bits`` maps a layer index to ``(k_bits, v_bits)`` and wins over the skip counts;
     16 means "keep this layer uncompressed (bf16)". ``skip_first_layers`` / ``skip_last_layers``
     keep boundary layers uncompressed, where errors hurt most.
