@@ -673,12 +673,8 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
     # V's words as quads).
     for name, tensor, quads in (("AFFINE_PAIRS", "key", False), ("AFFINE_QUADS", "value", True)):
         constants[name] = (
-            (
-                triton_layout.grid_operand_asm(quads)
-                if lookup == 8
-                else triton_layout.grid_asm(
-                    layout.head_dim, triton_layout.field_codebook(layout, tensor), quads
-                )
+            triton_layout.grid_asm(
+                layout.head_dim, triton_layout.field_codebook(layout, tensor), quads
             )
             if lookup > 0 and triton_layout.grid_nibbles(layout, tensor)
             else ""

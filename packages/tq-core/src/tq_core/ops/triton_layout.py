@@ -208,10 +208,11 @@ def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
     return centroids(layout, tensor, device)
 
 
-# 4-bit codes as integers (GPU: inline PTX). Every 4-bit codebook is step * (code[n] - offset)
-# with integer codes (codebook.grid_codes); the kernels feed tl.dot the fp16 value 1024 + code[n]
-# (exact: fp16 steps by 1 from 1024 to 2048) and remove the offset per row after the product
-# (the query's sum for scores, the weights' sum for the output) with the step on the norms.
+# 4-bit codes as integers (GPU: inline PTX). The uniform and Lloyd-Max grid codebooks are
+# step * (code[n] - offset) with integer codes (codebook.grid_codes); the kernels feed tl.dot the
+# fp16 value 1024 + code[n] (exact: fp16 steps by 1 from 1024 to 2048) and remove the offset per
+# row after the product (the query's sum for scores, the weights' sum for the output) with the
+# step on the norms.
 # Same operands and outputs as the Lloyd-Max permutes (triton_common.nibble_pairs_pure and
 # nibble_quads), so the packed bytes still reach shared memory for tl.dot. Pairs: the low
 # nibbles of bytes (0, 1) and (2, 3) of $4 into $0, $1, their high nibbles into $2, $3. Quads:
@@ -309,11 +310,6 @@ def grid_nibbles(layout: CacheLayout, tensor: str, codebooks=("uniform", "lloyd-
     with an integer grid): the kernels can read its codes as the integers 1024 + code[n]."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
     return fmt.compressed and fmt.mse_bits == 4 and fmt.codebook in codebooks
-
-
-def affine_nibbles(layout: CacheLayout, tensor: str) -> bool:
-    """Whether K or V is a 4-bit field with the uniform codebook (codes n, one OR per two)."""
-    return grid_nibbles(layout, tensor, ("uniform",))
 
 
 def grid_offset_step(layout: CacheLayout, tensor: str) -> tuple[float, float]:
