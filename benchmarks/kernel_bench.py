@@ -455,11 +455,17 @@ def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
             F.scaled_dot_product_attention(q_sdpa, k_bf16, v_bf16, attn_mask=mask, enable_gqa=True)
 
-    def tq(method):
+    def tq(method, host_layout=True, rotate=False):
+        # host_layout: the batch layout as host lists too, as engines pass it (tq-vllm keeps
+        # vLLM's CPU copies); without them "decompress" reads the device tensors back, and the
+        # host then waits for the GPU once per call.
+        host = {"query_start_loc_host": [0, new_tokens], "seq_lens_host": [seq_len]}
+
         def call():
             triton_attention.prefill_attention(
-                q, cache, block_table, starts, seq_lens, layout, scale, out=out, method=method
-            )
+                q, cache, block_table, starts, seq_lens, layout, scale, out=out, method=method,
+                rotate=rotate, **(host if host_layout else {}),
+            )  # fmt: skip
 
         return call
 
@@ -467,8 +473,14 @@ def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
     rows = []
     cases = [
         ("tq K4V4 inline", tq("inline"), True),
-        # Reads the batch layout on the host: timed eagerly, host sync included.
-        ("tq K4V4 decompress+flash", tq("decompress"), False),
+        # Host layout given: nothing read back, so it is captured like the others (or timed
+        # eagerly where capture fails; either way the GPU, not the host, sets the pace).
+        ("tq K4V4 decompress+flash", tq("decompress"), True),
+        # The adapters' call: query and output in the model's domain, K/V rotated back while
+        # decompressing.
+        ("tq K4V4 decompress+flash rotate=True", tq("decompress", rotate=True), True),
+        # The layout read back from the device: timed eagerly, host sync included.
+        ("tq K4V4 decompress+flash, layout read back", tq("decompress", False), False),
         ("bf16 SDPA flash", flash, True),
     ]
     cases += _vllm_flash_cases(q, k_bf16, v_bf16, cache, block_table, seq_len, layout, scale)
@@ -505,16 +517,21 @@ def _vllm_flash_cases(q, k_bf16, v_bf16, cache, block_table, seq_len, layout, sc
             cu_seqlens_k=cu_k, softmax_scale=scale, causal=True, out=out, fa_version=3,
         )  # fmt: skip
 
-    def decompressed():
-        triton_decompress.gather_kv(
-            cache, block_table[0], seq_len, layout,
-            out=(scratch_k.transpose(0, 1), scratch_v.transpose(0, 1)),
-        )  # fmt: skip
-        attend(scratch_k, scratch_v)
+    def decompressed(unrotate):
+        def call():
+            triton_decompress.gather_kv(
+                cache, block_table[0], seq_len, layout,
+                out=(scratch_k.transpose(0, 1), scratch_v.transpose(0, 1)), unrotate=unrotate,
+            )  # fmt: skip
+            attend(scratch_k, scratch_v)
+
+        return call
 
     return [
         ("bf16 vLLM flash-attn 3", lambda: attend(k_rows, v_rows), True),
-        ("tq K4V4 decompress + vLLM flash-attn 3", decompressed, True),
+        ("tq K4V4 decompress + vLLM flash-attn 3", decompressed(False), True),
+        # tq-vllm's prefill: K/V rotated back while decompressing, the engine's query as is.
+        ("tq K4V4 decompress + vLLM flash-attn 3 rotate=True", decompressed(True), True),
     ]
 
 
@@ -552,14 +569,20 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # 32 columns (the default since) 156. The butterflies (fwht 1) read no matrix but take
     # 1.5-1.7x the instructions per row (168 registers at 16-32 rows, 255 and 20 bytes spilled
     # at 64). static_cost.py compiles the same settings (its "store" rows).
+    # Then raw_dot (half inputs rotated as they are, one product per chunk) and
+    # register_centroids (the norm correction's centroids from the compares), each alone and
+    # both, at the default rows, warps and columns, and both at 128 rows / 8 warps.
     settings = [
-        (16, 2, 64, 0), (64, 4, 32, 0), (32, 2, 32, 0),
-        (16, 2, 32, 1), (32, 4, 32, 1), (64, 4, 32, 1),
+        (16, 2, 64, 0, 0, 0), (64, 4, 32, 0, 0, 0), (32, 2, 32, 0, 0, 0),
+        (16, 2, 32, 1, 0, 0), (32, 4, 32, 1, 0, 0), (64, 4, 32, 1, 0, 0),
+        (64, 4, 32, 0, 1, 0), (64, 4, 32, 0, 0, 1), (64, 4, 32, 0, 1, 1),
+        (32, 4, 32, 0, 1, 1), (128, 8, 32, 0, 1, 1), (64, 4, 64, 0, 1, 1),
     ]  # fmt: skip
-    for block_rows, num_warps, chunk, fwht in settings:
+    for block_rows, num_warps, chunk, fwht, raw_dot, register_centroids in settings:
         triton_store.TUNING.update(
-            block_rows=block_rows, num_warps=num_warps, chunk=chunk, fwht=fwht
-        )
+            block_rows=block_rows, num_warps=num_warps, chunk=chunk, fwht=fwht, raw_dot=raw_dot,
+            register_centroids=register_centroids,
+        )  # fmt: skip
         try:
             row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
         except Exception as error:  # a setting that fails to compile is skipped
@@ -567,8 +590,9 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
             continue
         row["impl"] = (
             f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} chunk={chunk}"
-            + (" butterflies" if fwht else "")
-        )
+            + (" butterflies" if fwht else "") + (" raw_dot" if raw_dot else "")
+            + (" register_centroids" if register_centroids else "")
+        )  # fmt: skip
         print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
         rows.append(row)
     triton_store.TUNING.update(saved)

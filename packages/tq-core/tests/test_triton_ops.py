@@ -94,6 +94,24 @@ def test_store_with_butterflies_writes_the_reference_bytes(
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 
+@pytest.mark.parametrize(
+    ("codec_spec", "dtype"),
+    [
+        ((128, 4, 4, "float32"), torch.bfloat16),
+        ((64, 3, 5, "float16"), torch.float16),
+        ((128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+    ],
+)
+def test_store_through_unit_vector_parts_writes_the_reference_bytes(
+    codec_spec, dtype, generator, monkeypatch
+):
+    """raw_dot 0, register_centroids 0 (the settings before either lever): fp16 parts of the
+    unit vector on tensor cores and a table load per centroid write the reference's bytes."""
+    monkeypatch.setitem(triton_store.TUNING, "raw_dot", 0)
+    monkeypatch.setitem(triton_store.TUNING, "register_centroids", 0)
+    _check_store_against_the_reference(codec_spec, dtype, generator)
+
+
 def _check_store_against_the_reference(codec_spec, dtype, generator):
     head_dim, norm_dtype = codec_spec[0], codec_spec[3]
     codec = _codec(codec_spec)

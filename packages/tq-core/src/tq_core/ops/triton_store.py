@@ -21,6 +21,7 @@ import triton.language as tl
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
+from tq_core.ops.triton_common import INTERPRETED
 from tq_core.rotation import hadamard_signs
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
@@ -41,7 +42,13 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 65,536 tokens 0.6385-0.8349 ms against the matrix path's 0.5705, 2,048 tokens 0.0253-0.0403
 # against 0.0250 (kernels-tune-store-h200-b3d9045), so opt-in: the L1 traffic it saves comes
 # back as instructions.
-TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0}
+# raw_dot 1: half inputs rotate in their own type, one product per column chunk instead of
+# two over fp16 parts of the unit vector; register_centroids 1: the norm correction's
+# centroids come from the quantizer's compares, not a table load per value (_quantize).
+TUNING = {
+    "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1,
+    "register_centroids": 1,
+}  # fmt: skip
 
 
 @triton.jit
@@ -64,28 +71,39 @@ def _pack_and_store(
 
 
 @triton.jit
-def _quantize(unit, bound_ptr, BITS: tl.constexpr):
-    """Codes = number of boundaries below each value (torch.bucketize's convention).
+def _quantize(unit, bound_ptr, cent_ptr, BITS: tl.constexpr, REGISTER_CENTROIDS: tl.constexpr):
+    """(codes, centroid^2): codes = number of boundaries below each value (torch.bucketize's
+    convention), and the squared centroid each code stands for (the norm correction's sum).
 
     Up to 4 bits the codebook is symmetric (boundary 2^(b-1) - 1 is 0), so the magnitude is
     compared with the positive boundaries only, held in registers (at most 7 compares, no
-    memory traffic); wider codes use a branchless binary search over the table. The two
-    agree except for a value exactly on a boundary.
+    memory traffic); with REGISTER_CENTROIDS the same compares select the centroid's magnitude
+    from scalars (the boundaries rise, so the last one passed names it) instead of one table
+    load per value through L1, the store's busiest unit. Wider codes use a branchless binary
+    search over the table. The two searches agree except for a value exactly on a boundary.
     """
     if BITS <= 4:
         HALF: tl.constexpr = 1 << (BITS - 1)
         magnitude = tl.abs(unit)
         above = tl.zeros(unit.shape, dtype=tl.int32)
+        if REGISTER_CENTROIDS:
+            level = tl.zeros(unit.shape, dtype=tl.float32) + tl.load(cent_ptr + HALF)
         for j in tl.static_range(HALF, 2 * HALF - 1):
-            above += (magnitude > tl.load(bound_ptr + j)).to(tl.int32)
+            passed = magnitude > tl.load(bound_ptr + j)
+            above += passed.to(tl.int32)
+            if REGISTER_CENTROIDS:
+                level = tl.where(passed, tl.load(cent_ptr + j + 1), level)
         codes = tl.where(unit > 0, HALF + above, HALF - 1 - above)
+        if not REGISTER_CENTROIDS:
+            level = tl.load(cent_ptr + codes)
     else:
         codes = tl.zeros(unit.shape, dtype=tl.int32)
-        for level in tl.static_range(BITS):
-            candidate = codes + (1 << (BITS - 1 - level))
+        for step in tl.static_range(BITS):
+            candidate = codes + (1 << (BITS - 1 - step))
             boundary = tl.load(bound_ptr + candidate - 1)
             codes = tl.where(boundary < unit, candidate, codes)
-    return codes
+        level = tl.load(cent_ptr + codes)
+    return codes, level * level
 
 
 @triton.jit
@@ -107,7 +125,8 @@ def _encode_rows(
     stride_page, num_rows, inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr,
+    REGISTER_CENTROIDS: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -125,18 +144,25 @@ def _encode_rows(
     vector = head * BLOCK_SIZE + slot_id % BLOCK_SIZE
     dims = tl.arange(0, D)
     x_off = token.to(tl.int64) * stride_xt + head * stride_xh
-    x = tl.load(x_ptr + x_off[:, None] + dims[None, :], mask=keep[:, None], other=0.0)
-    x = x.to(tl.float32)
+    x_in = tl.load(x_ptr + x_off[:, None] + dims[None, :], mask=keep[:, None], other=0.0)
+    x = x_in.to(tl.float32)
     norm = tl.sqrt(tl.sum(x * x, axis=1))
     inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
-    unit_x = x * inv_norm[:, None]
     quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    if RAW_DOT:
+        # Half inputs rotate as they are: their products with +-1 are exact in the input's
+        # own type, so one tensor-core product per chunk does what two fp16 parts of the unit
+        # vector did (fp32 sums either way), and the norm scales the result afterwards.
+        # RAW_DOT 2 multiplies in fp32 instead: the interpreter's bf16 products are wrong.
+        unit_scale = inv_norm * inv_sqrt_d
+    else:
+        unit_x = x * inv_norm[:, None]
     if FWHT:
         # The rotation H diag(signs) / sqrt(D) as butterflies in fp32: no [D, D] matrix read
         # per program (the matrix path is L1-bound on it), every column in one pass.
         signs = tl.load(signs_ptr + dims)
         rotated = _walsh_hadamard(unit_x * signs[None, :], BLOCK_T, D, LOG_D) * inv_sqrt_d
-    else:
+    elif not RAW_DOT:
         x_hi = unit_x.to(tl.float16)
         rest = unit_x - x_hi.to(tl.float32)
         x_mid = rest.to(tl.float16)
@@ -148,6 +174,13 @@ def _encode_rows(
             unit = rotated
         else:
             matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+        if RAW_DOT == 2:
+            y = tl.dot(x, matrix.to(tl.float32), input_precision="ieee")
+            unit = y * unit_scale[:, None]
+        elif RAW_DOT == 1:
+            y = tl.dot(x_in, matrix.to(x_in.dtype))
+            unit = y * unit_scale[:, None]
+        elif not FWHT:
             y = tl.dot(x_hi, matrix)
             if X_PARTS > 1:
                 y += tl.dot(x_mid, matrix)
@@ -161,9 +194,8 @@ def _encode_rows(
             y = unit * norm[:, None]
             tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
         else:
-            codes = _quantize(unit, bound_ptr, BITS)
-            centroid = tl.load(cent_ptr + codes)
-            quantized_sq += tl.sum(centroid * centroid, axis=1)
+            codes, level_sq = _quantize(unit, bound_ptr, cent_ptr, BITS, REGISTER_CENTROIDS)
+            quantized_sq += tl.sum(level_sq, axis=1)
             _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                             P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
             if P1_W > 0:
@@ -191,7 +223,8 @@ def _store_kernel(
     inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, K_BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr,
+    REGISTER_CENTROIDS: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -206,7 +239,8 @@ def _store_kernel(
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
-            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT,
+            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, REGISTER_CENTROIDS, K_BITS,
+            K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
         )  # fmt: skip
@@ -214,10 +248,21 @@ def _store_kernel(
         _encode_rows(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
-            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT,
+            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, REGISTER_CENTROIDS, V_BITS,
+            V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
         )  # fmt: skip
+
+
+def _raw_dot(key_dtype: torch.dtype, value_dtype: torch.dtype, fwht: bool) -> int:
+    """The kernel's RAW_DOT: 1 rotates half-precision K and V as they are, 2 the same in fp32
+    (the interpreter), 0 through fp16 parts of the unit vector (fp32 inputs, or the setting
+    off)."""
+    half = {key_dtype, value_dtype} <= {torch.float16, torch.bfloat16}
+    if fwht or not half or not TUNING["raw_dot"]:
+        return 0
+    return 2 if INTERPRETED else 1
 
 
 def store(
@@ -246,6 +291,7 @@ def store(
         return
     head_dim = layout.head_dim
     device = key.device
+    fwht = bool(TUNING.get("fwht"))
     grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
@@ -260,8 +306,9 @@ def store(
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
-        NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=bool(TUNING.get("fwht")),
-        LOG_D=head_dim.bit_length() - 1,
+        NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
+        LOG_D=head_dim.bit_length() - 1, RAW_DOT=_raw_dot(key.dtype, value.dtype, fwht),
+        REGISTER_CENTROIDS=bool(TUNING["register_centroids"]),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
