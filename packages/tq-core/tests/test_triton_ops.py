@@ -100,15 +100,18 @@ def test_store_with_butterflies_writes_the_reference_bytes(
         ((128, 4, 4, "float32"), torch.bfloat16),
         ((64, 3, 5, "float16"), torch.float16),
         ((128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+        ((64, 16, 4, "float32"), torch.float16),
     ],
 )
-def test_store_through_unit_vector_parts_writes_the_reference_bytes(
-    codec_spec, dtype, generator, monkeypatch
+@pytest.mark.parametrize("setting", [{"raw_dot": 0}, {"kv_pair": 1}])
+def test_store_under_each_rotation_setting_writes_the_reference_bytes(
+    codec_spec, dtype, setting, generator, monkeypatch
 ):
-    """raw_dot 0, register_centroids 0 (the settings before either lever): fp16 parts of the
-    unit vector on tensor cores and a table load per centroid write the reference's bytes."""
-    monkeypatch.setitem(triton_store.TUNING, "raw_dot", 0)
-    monkeypatch.setitem(triton_store.TUNING, "register_centroids", 0)
+    """raw_dot 0 (fp16 parts of the unit vector on tensor cores, as before raw_dot) and
+    kv_pair 1 (K and V of the same rows in one program, sharing each chunk of the matrix) write
+    the reference's bytes, a raw bf16 layer included."""
+    for name, value in setting.items():
+        monkeypatch.setitem(triton_store.TUNING, name, value)
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 

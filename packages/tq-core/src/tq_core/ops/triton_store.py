@@ -4,10 +4,11 @@ Per (token, KV head) row: the norm comes from x itself (the rotation is orthonor
 rotation of the unit vector x / ||x|| (every entry in [-1, 1], so fp16 cannot overflow) is a
 tensor-core product with the exact +-1 matrix (triton_layout.sign_hadamard) over fp16 parts of
 it (2 parts carry 22 mantissa bits for half inputs, 3 parts for fp32), done in column chunks so
-head_dim 256 fits in shared memory. Codes come from a
-branchless binary search over the Lloyd-Max boundaries, and each chunk's planes are packed and
-written before the next is computed; the (corrected) norm is written last. Grid axis 1 picks
-K (0) or V (1).
+head_dim 256 fits in shared memory; half-precision inputs skip the parts and the normalization
+before the product (raw_dot: x itself times the matrix, scaled by 1 / ||x|| after). Codes come
+from a branchless binary search over the Lloyd-Max boundaries, and each chunk's planes are
+packed and written before the next is computed; the (corrected) norm is written last. Grid axis
+1 picks K (0) or V (1), unless one program does both (kv_pair).
 """
 
 from __future__ import annotations
@@ -44,12 +45,12 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # back as instructions.
 # raw_dot 1: half inputs rotate in their own type, one product per column chunk instead of
 # two over fp16 parts of the unit vector: 92 registers instead of 156 and 7% fewer
-# instructions per row at 64 rows / 4 warps (sm_90a, benchmarks/static_cost.py).
-# register_centroids 1: the norm correction's centroids come from the quantizer's compares, not
-# a table load per value through L1 (_quantize); opt-in: 207 registers with raw_dot.
+# instructions per row at 64 rows / 4 warps (sm_90a, benchmarks/static_cost.py); on an H100
+# 0.455 ms against 0.563 at 65,536 tokens, 0.0200 against 0.0252 at 2,048
+# (store/kernels-tune-store-h100-09e2276). kv_pair 1 (with raw_dot): K and V of the same rows in
+# one program, so each chunk of the sign matrix read through L1 serves both.
 TUNING = {
-    "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1,
-    "register_centroids": 0,
+    "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "kv_pair": 0,
 }  # fmt: skip
 
 
@@ -73,39 +74,30 @@ def _pack_and_store(
 
 
 @triton.jit
-def _quantize(unit, bound_ptr, cent_ptr, BITS: tl.constexpr, REGISTER_CENTROIDS: tl.constexpr):
-    """(codes, centroid^2): codes = number of boundaries below each value (torch.bucketize's
-    convention), and the squared centroid each code stands for (the norm correction's sum).
+def _quantize(unit, bound_ptr, BITS: tl.constexpr):
+    """Codes = number of boundaries below each value (torch.bucketize's convention).
 
     Up to 4 bits the codebook is symmetric (boundary 2^(b-1) - 1 is 0), so the magnitude is
     compared with the positive boundaries only, held in registers (at most 7 compares, no
-    memory traffic); with REGISTER_CENTROIDS the same compares select the centroid's magnitude
-    from scalars (the boundaries rise, so the last one passed names it) instead of one table
-    load per value through L1, the store's busiest unit. Wider codes use a branchless binary
-    search over the table. The two searches agree except for a value exactly on a boundary.
+    memory traffic); wider codes use a branchless binary search over the table. The two
+    agree except for a value exactly on a boundary. (Selecting the norm correction's centroids
+    with the same compares instead of a table load per value was slower: 0.797 against 0.563 ms
+    at 65,536 tokens on an H100, store/kernels-tune-store-h100-09e2276.)
     """
     if BITS <= 4:
         HALF: tl.constexpr = 1 << (BITS - 1)
         magnitude = tl.abs(unit)
         above = tl.zeros(unit.shape, dtype=tl.int32)
-        if REGISTER_CENTROIDS:
-            level = tl.zeros(unit.shape, dtype=tl.float32) + tl.load(cent_ptr + HALF)
         for j in tl.static_range(HALF, 2 * HALF - 1):
-            passed = magnitude > tl.load(bound_ptr + j)
-            above += passed.to(tl.int32)
-            if REGISTER_CENTROIDS:
-                level = tl.where(passed, tl.load(cent_ptr + j + 1), level)
+            above += (magnitude > tl.load(bound_ptr + j)).to(tl.int32)
         codes = tl.where(unit > 0, HALF + above, HALF - 1 - above)
-        if not REGISTER_CENTROIDS:
-            level = tl.load(cent_ptr + codes)
     else:
         codes = tl.zeros(unit.shape, dtype=tl.int32)
-        for step in tl.static_range(BITS):
-            candidate = codes + (1 << (BITS - 1 - step))
+        for level in tl.static_range(BITS):
+            candidate = codes + (1 << (BITS - 1 - level))
             boundary = tl.load(bound_ptr + candidate - 1)
             codes = tl.where(boundary < unit, candidate, codes)
-        level = tl.load(cent_ptr + codes)
-    return codes, level * level
+    return codes
 
 
 @triton.jit
@@ -122,18 +114,12 @@ def _walsh_hadamard(x, ROWS: tl.constexpr, D: tl.constexpr, LOG_D: tl.constexpr)
 
 
 @triton.jit
-def _encode_rows(
-    x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, cent_ptr, bound_ptr,
-    stride_page, num_rows, inv_sqrt_d,
-    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-    BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr,
-    REGISTER_CENTROIDS: tl.constexpr, BITS: tl.constexpr,
-    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
-    P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
-    P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+def _row_targets(
+    slot_ptr, num_rows, stride_page, H: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+    BLOCK_T: tl.constexpr,
 ):  # fmt: skip
+    """This program's rows (token x KV head): token, head, whether it is written (in range,
+    slot not -1), its page's byte offset, and its vector index inside a region."""
     rows = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
     in_range = rows < num_rows
     token = rows // H
@@ -144,20 +130,105 @@ def _encode_rows(
     page_base = (slot_id // BLOCK_SIZE) * stride_page
     # Index of this vector inside a region, in vectors: [kv_head, block_size] row-major.
     vector = head * BLOCK_SIZE + slot_id % BLOCK_SIZE
+    return token, head, keep, page_base, vector
+
+
+@triton.jit
+def _load_rows(x_ptr, stride_xt, stride_xh, token, head, keep, D: tl.constexpr):
+    """The rows as stored (x_in), in fp32, their norms and the norms' inverses."""
     dims = tl.arange(0, D)
     x_off = token.to(tl.int64) * stride_xt + head * stride_xh
     x_in = tl.load(x_ptr + x_off[:, None] + dims[None, :], mask=keep[:, None], other=0.0)
     x = x_in.to(tl.float32)
     norm = tl.sqrt(tl.sum(x * x, axis=1))
     inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
-    quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    if RAW_DOT:
-        # Half inputs rotate as they are: their products with +-1 are exact in the input's
-        # own type, so one tensor-core product per chunk does what two fp16 parts of the unit
-        # vector did (fp32 sums either way), and the norm scales the result afterwards.
-        # RAW_DOT 2 multiplies in fp32 instead: the interpreter's bf16 products are wrong.
-        unit_scale = inv_norm * inv_sqrt_d
+    return x_in, x, norm, inv_norm
+
+
+@triton.jit
+def _raw_product(x_in, x, matrix, RAW_DOT: tl.constexpr):
+    """x @ matrix for half inputs as they are: their products with +-1 are exact in the
+    input's own type, fp32 sums. RAW_DOT 2 multiplies in fp32 instead (the interpreter, whose
+    bf16 products are wrong)."""
+    if RAW_DOT == 2:
+        y = tl.dot(x, matrix.to(tl.float32), input_precision="ieee")
     else:
+        y = tl.dot(x_in, matrix.to(x_in.dtype))
+    return y
+
+
+@triton.jit
+def _encode_chunk(
+    unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr,
+    D: tl.constexpr, COLS: tl.constexpr, BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
+    P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
+    NORM_OFF: tl.constexpr,
+):  # fmt: skip
+    """Quantize and pack one chunk of rotated unit columns (raw bf16 values for a 16-bit
+    field); returns the rows' sums of squared centroids over the chunk (the norm correction's)."""
+    quantized_sq = tl.zeros([unit.shape[0]], dtype=tl.float32)
+    if BITS == 16:
+        cols = chunk * COLS + tl.arange(0, COLS)
+        raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
+            tl.pointer_type(tl.bfloat16)
+        )
+        y = unit * norm[:, None]
+        tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
+    else:
+        codes = _quantize(unit, bound_ptr, BITS)
+        centroid = tl.load(cent_ptr + codes)
+        quantized_sq = tl.sum(centroid * centroid, axis=1)
+        _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
+                        P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
+        if P1_W > 0:
+            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
+                            P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
+        if P2_W > 0:
+            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
+                            P2_OFF, P2_W, P2_SHIFT)  # fmt: skip
+    return quantized_sq
+
+
+@triton.jit
+def _store_norm(
+    norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION: tl.constexpr,
+    BITS: tl.constexpr, NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+):  # fmt: skip
+    """The (corrected) norm, last: a 16-bit field has none."""
+    if BITS != 16:
+        stored = norm
+        if NORM_CORRECTION:
+            stored = norm / tl.maximum(tl.sqrt(quantized_sq), 1.1754943508222875e-38)
+        if NORM_F16:
+            ptr = (cache_ptr + NORM_OFF + page_base + vector * 2).to(tl.pointer_type(tl.float16))
+            tl.store(ptr, stored.to(tl.float16), mask=keep)
+        else:
+            ptr = (cache_ptr + NORM_OFF + page_base + vector * 4).to(tl.pointer_type(tl.float32))
+            tl.store(ptr, stored, mask=keep)
+
+
+@triton.jit
+def _encode_rows(
+    x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, cent_ptr, bound_ptr,
+    stride_page, num_rows, inv_sqrt_d,
+    H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+    BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BITS: tl.constexpr,
+    P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
+    P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
+    P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
+    NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+):  # fmt: skip
+    """K or V of this program's rows."""
+    token, head, keep, page_base, vector = _row_targets(
+        slot_ptr, num_rows, stride_page, H, BLOCK_SIZE, BLOCK_T
+    )
+    x_in, x, norm, inv_norm = _load_rows(x_ptr, stride_xt, stride_xh, token, head, keep, D)
+    dims = tl.arange(0, D)
+    quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    if not RAW_DOT:
         unit_x = x * inv_norm[:, None]
     if FWHT:
         # The rotation H diag(signs) / sqrt(D) as butterflies in fp32: no [D, D] matrix read
@@ -176,46 +247,26 @@ def _encode_rows(
             unit = rotated
         else:
             matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
-        if RAW_DOT == 2:
-            y = tl.dot(x, matrix.to(tl.float32), input_precision="ieee")
-            unit = y * unit_scale[:, None]
-        elif RAW_DOT == 1:
-            y = tl.dot(x_in, matrix.to(x_in.dtype))
-            unit = y * unit_scale[:, None]
-        elif not FWHT:
-            y = tl.dot(x_hi, matrix)
-            if X_PARTS > 1:
-                y += tl.dot(x_mid, matrix)
-            if X_PARTS > 2:
-                y += tl.dot(x_lo, matrix)
-            unit = y * inv_sqrt_d
-        if BITS == 16:
-            raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
-                tl.pointer_type(tl.bfloat16)
-            )
-            y = unit * norm[:, None]
-            tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
-        else:
-            codes, level_sq = _quantize(unit, bound_ptr, cent_ptr, BITS, REGISTER_CENTROIDS)
-            quantized_sq += tl.sum(level_sq, axis=1)
-            _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
-                            P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
-            if P1_W > 0:
-                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
-                                P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
-            if P2_W > 0:
-                _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
-                                P2_OFF, P2_W, P2_SHIFT)  # fmt: skip
-    if BITS != 16:
-        stored = norm
-        if NORM_CORRECTION:
-            stored = norm / tl.maximum(tl.sqrt(quantized_sq), 1.1754943508222875e-38)
-        if NORM_F16:
-            ptr = (cache_ptr + NORM_OFF + page_base + vector * 2).to(tl.pointer_type(tl.float16))
-            tl.store(ptr, stored.to(tl.float16), mask=keep)
-        else:
-            ptr = (cache_ptr + NORM_OFF + page_base + vector * 4).to(tl.pointer_type(tl.float32))
-            tl.store(ptr, stored, mask=keep)
+            if RAW_DOT:
+                # One product per chunk where two fp16 parts of the unit vector took two; the
+                # norm scales the result afterwards.
+                unit = _raw_product(x_in, x, matrix, RAW_DOT) * (inv_norm * inv_sqrt_d)[:, None]
+            else:
+                y = tl.dot(x_hi, matrix)
+                if X_PARTS > 1:
+                    y += tl.dot(x_mid, matrix)
+                if X_PARTS > 2:
+                    y += tl.dot(x_lo, matrix)
+                unit = y * inv_sqrt_d
+        quantized_sq += _encode_chunk(
+            unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, D, COLS,
+            BITS, P0_OFF, P0_W, P0_SHIFT, P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT,
+            NORM_OFF,
+        )  # fmt: skip
+    _store_norm(
+        norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
+        NORM_F16,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -225,8 +276,8 @@ def _store_kernel(
     inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr,
-    REGISTER_CENTROIDS: tl.constexpr, K_BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, KV_PAIR: tl.constexpr,
+    K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -237,11 +288,46 @@ def _store_kernel(
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
 ):  # fmt: skip
-    if tl.program_id(1) == 0:
+    if KV_PAIR:
+        # K and V of the same rows in one program (RAW_DOT only): each chunk of the sign
+        # matrix, read through L1 once, serves both products, and the rows' slots are
+        # computed once.
+        token, head, keep, page_base, vector = _row_targets(
+            slot_ptr, num_rows, stride_page, H, BLOCK_SIZE, BLOCK_T
+        )
+        k_in, k, k_norm, k_inv = _load_rows(key_ptr, stride_kt, stride_kh, token, head, keep, D)
+        v_in, v, v_norm, v_inv = _load_rows(value_ptr, stride_vt, stride_vh, token, head, keep, D)
+        dims = tl.arange(0, D)
+        k_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+        v_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+        for chunk in tl.static_range(D // CHUNK):
+            cols = chunk * CHUNK + tl.arange(0, CHUNK)
+            matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+            k_unit = _raw_product(k_in, k, matrix, RAW_DOT) * (k_inv * inv_sqrt_d)[:, None]
+            k_sq += _encode_chunk(
+                k_unit, k_norm, chunk, cache_ptr, page_base, vector, keep, k_cent_ptr,
+                k_bound_ptr, D, CHUNK, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W,
+                K_P1_SHIFT, K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF,
+            )  # fmt: skip
+            v_unit = _raw_product(v_in, v, matrix, RAW_DOT) * (v_inv * inv_sqrt_d)[:, None]
+            v_sq += _encode_chunk(
+                v_unit, v_norm, chunk, cache_ptr, page_base, vector, keep, v_cent_ptr,
+                v_bound_ptr, D, CHUNK, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W,
+                V_P1_SHIFT, V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF,
+            )  # fmt: skip
+        _store_norm(
+            k_norm, k_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, K_BITS,
+            K_NORM_OFF, K_NORM_F16,
+        )  # fmt: skip
+        _store_norm(
+            v_norm, v_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, V_BITS,
+            V_NORM_OFF, V_NORM_F16,
+        )  # fmt: skip
+    elif tl.program_id(1) == 0:
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
-            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, REGISTER_CENTROIDS, K_BITS,
+            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -250,7 +336,7 @@ def _store_kernel(
         _encode_rows(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
-            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, REGISTER_CENTROIDS, V_BITS,
+            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -294,7 +380,9 @@ def store(
     head_dim = layout.head_dim
     device = key.device
     fwht = bool(TUNING.get("fwht"))
-    grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
+    raw_dot = _raw_dot(key.dtype, value.dtype, fwht)
+    kv_pair = bool(raw_dot and TUNING["kv_pair"])
+    grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 1 if kv_pair else 2)
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
@@ -309,8 +397,7 @@ def store(
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
-        LOG_D=head_dim.bit_length() - 1, RAW_DOT=_raw_dot(key.dtype, value.dtype, fwht),
-        REGISTER_CENTROIDS=bool(TUNING["register_centroids"]),
+        LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, KV_PAIR=kv_pair,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
