@@ -56,7 +56,7 @@ def _decompress_kernel(
             NORM_OFF, NORM_F16,
         )  # fmt: skip
         low, high = nibble_pairs_pure(raw, NIBBLE_PAIRS)  # even, odd dimensions
-        vectors = tl.join(low, high).reshape(BLOCK_T, D).to(tl.float32)
+        vectors = tl.join(low, high).reshape(BLOCK_T, D)  # fp16 centroids
     else:
         vectors, norms = load_vectors(
             cache_ptr, cent_ptr, page_base, slot, ok, D, BITS, P0_OFF, P0_W, P0_SHIFT,
@@ -68,10 +68,14 @@ def _decompress_kernel(
         # product is plain fp32 (rare layers; speed is no concern).
         signs = tl.load(signs_ptr + dims[None, :] * D + dims[:, None]).to(tl.float32)
         vectors = tl.dot(vectors, signs, input_precision="ieee") * inv_sqrt_d
+    elif UNROTATE and REGISTER_LOOKUP:
+        # R^T x = x @ S^T / sqrt(D), S the exact +-1 matrix; the norm scales the result. The
+        # fp16 centroids are exact in one part: one product, where fp32 centroids take two.
+        signs_t = tl.load(signs_ptr + dims[None, :] * D + dims[:, None])
+        vectors = tl.dot(vectors, signs_t) * inv_sqrt_d
     elif UNROTATE:
-        # R^T x = x @ S^T / sqrt(D), S the exact +-1 matrix; the norm scales the result.
         vectors = times_signs(vectors, signs_ptr, dims, dims, D, True) * inv_sqrt_d
-    values = vectors * norms[:, None]
+    values = vectors.to(tl.float32) * norms[:, None]
     offsets = kv_head * stride_oh + pos.to(tl.int64)[:, None] * stride_ot + dims[None, :]
     tl.store(out_ptr + offsets, values.to(out_ptr.dtype.element_ty), mask=ok[:, None])
 
