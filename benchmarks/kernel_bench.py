@@ -569,22 +569,17 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # 32 columns (the default since) 156. The butterflies (fwht 1) read no matrix but take
     # 1.5-1.7x the instructions per row (168 registers at 16-32 rows, 255 and 20 bytes spilled
     # at 64). static_cost.py compiles the same settings (its "store" rows).
-    # Then raw_dot (half inputs rotated as they are, one product per chunk) off and on, at
-    # more row blocks (it takes 92 registers at 64 rows, 156 without), and kv_pair (K and V of
-    # the same rows in one program, one matrix read for both).
+    # Then raw_dot (half inputs rotated as they are, one product per chunk; the default since
+    # 09e2276) off and on, at more row blocks (it takes 92 registers at 64 rows, 156 without).
     settings = [
-        (16, 2, 64, 0, 0, 0), (64, 4, 32, 0, 0, 0), (32, 2, 32, 0, 0, 0),
-        (16, 2, 32, 1, 0, 0), (32, 4, 32, 1, 0, 0), (64, 4, 32, 1, 0, 0),
-        (64, 4, 32, 0, 1, 0), (128, 8, 32, 0, 1, 0), (64, 4, 64, 0, 1, 0),
-        (32, 2, 32, 0, 1, 0), (128, 4, 32, 0, 1, 0),
-        (64, 4, 32, 0, 1, 1), (32, 4, 32, 0, 1, 1), (128, 8, 32, 0, 1, 1),
-        (32, 2, 32, 0, 1, 1), (64, 8, 32, 0, 1, 1),
+        (16, 2, 64, 0, 0), (64, 4, 32, 0, 0), (32, 2, 32, 0, 0),
+        (16, 2, 32, 1, 0), (32, 4, 32, 1, 0), (64, 4, 32, 1, 0),
+        (64, 4, 32, 0, 1), (128, 8, 32, 0, 1), (64, 4, 64, 0, 1), (32, 2, 32, 0, 1),
     ]  # fmt: skip
-    for block_rows, num_warps, chunk, fwht, raw_dot, kv_pair in settings:
+    for block_rows, num_warps, chunk, fwht, raw_dot in settings:
         triton_store.TUNING.update(
-            block_rows=block_rows, num_warps=num_warps, chunk=chunk, fwht=fwht, raw_dot=raw_dot,
-            kv_pair=kv_pair,
-        )  # fmt: skip
+            block_rows=block_rows, num_warps=num_warps, chunk=chunk, fwht=fwht, raw_dot=raw_dot
+        )
         try:
             row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
         except Exception as error:  # a setting that fails to compile is skipped
@@ -593,7 +588,6 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
         row["impl"] = (
             f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} chunk={chunk}"
             + (" butterflies" if fwht else "") + (" raw_dot" if raw_dot else "")
-            + (" kv_pair" if kv_pair else "")
         )  # fmt: skip
         print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
         rows.append(row)

@@ -200,21 +200,19 @@ def compile_decompress(register_lookup: bool, unrotate: bool) -> dict:
 
 
 def compile_store(
-    block_rows: int, num_warps: int, chunk: int, fwht: bool, raw_dot: bool = True,
-    kv_pair: bool = False,
-) -> dict:  # fmt: skip
+    block_rows: int, num_warps: int, chunk: int, fwht: bool, raw_dot: bool = True
+) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
     instead of the sign matrix, bf16 K/V rotated as they are (``raw_dot``) or as fp16 parts of
-    the unit vector, and K and V of the same rows in one program (``kv_pair``). Instructions per
-    row count both of the kernel's branches (K and V), as every program compiles both (with
-    kv_pair, both run in every program)."""
+    the unit vector. Instructions per row count both of the kernel's branches (K and V), as every
+    program compiles both."""
     layout = TQCodec(128, 4, 4).cache_layout(8, 16)
     kernel = triton_store._store_kernel
     constants = dict(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
-        RAW_DOT=int(raw_dot and not fwht), KV_PAIR=kv_pair and raw_dot and not fwht,
+        RAW_DOT=int(raw_dot and not fwht),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -241,7 +239,7 @@ def compile_store(
     resources = _resources(*_sass(compiled))
     return {
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
-        "fwht": fwht, "raw_dot": raw_dot and not fwht, "kv_pair": kv_pair,
+        "fwht": fwht, "raw_dot": raw_dot and not fwht,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
         "warp_instructions_per_row": resources["kernel_instructions"] * num_warps / block_rows,
@@ -385,15 +383,12 @@ def main() -> None:
     ]
     # The tune suite's store settings (kernel_bench.tune_store_rows).
     store = [
-        compile_store(rows_, warps, chunk, fwht, raw, pair)
-        for rows_, warps, chunk, fwht, raw, pair in (
-            (16, 2, 64, False, False, False), (16, 2, 32, False, False, False),
-            (64, 4, 32, False, False, False), (32, 2, 32, False, False, False),
-            (16, 2, 32, True, False, False), (32, 4, 32, True, False, False),
-            (64, 4, 32, True, False, False), (64, 4, 32, False, True, False),
-            (128, 8, 32, False, True, False), (64, 4, 64, False, True, False),
-            (64, 4, 32, False, True, True), (32, 4, 32, False, True, True),
-            (128, 8, 32, False, True, True),
+        compile_store(rows_, warps, chunk, fwht, raw)
+        for rows_, warps, chunk, fwht, raw in (
+            (16, 2, 64, False, False), (16, 2, 32, False, False), (64, 4, 32, False, False),
+            (32, 2, 32, False, False), (16, 2, 32, True, False), (32, 4, 32, True, False),
+            (64, 4, 32, True, False), (64, 4, 32, False, True), (128, 8, 32, False, True),
+            (64, 4, 64, False, True), (32, 2, 32, False, True),
         )
     ]  # fmt: skip
     for row in rows:
@@ -419,8 +414,8 @@ def main() -> None:
     for row in store:
         print(
             f"store, {row['block_rows']} rows x {row['num_warps']} warps, {row['chunk']} "
-            f"columns, butterflies {row['fwht']}, raw_dot {row['raw_dot']}, kv_pair "
-            f"{row['kv_pair']}: {row['registers']} registers, "
+            f"columns, butterflies {row['fwht']}, raw_dot {row['raw_dot']}: "
+            f"{row['registers']} registers, "
             f"{row['spill_store_bytes']} spill bytes, {row['kernel_instructions']} instructions, "
             f"{row['warp_instructions_per_row']:.0f} warp-instructions per row"
         )

@@ -103,15 +103,12 @@ def test_store_with_butterflies_writes_the_reference_bytes(
         ((64, 16, 4, "float32"), torch.float16),
     ],
 )
-@pytest.mark.parametrize("setting", [{"raw_dot": 0}, {"kv_pair": 1}])
-def test_store_under_each_rotation_setting_writes_the_reference_bytes(
-    codec_spec, dtype, setting, generator, monkeypatch
+def test_store_through_unit_vector_parts_writes_the_reference_bytes(
+    codec_spec, dtype, generator, monkeypatch
 ):
-    """raw_dot 0 (fp16 parts of the unit vector on tensor cores, as before raw_dot) and
-    kv_pair 1 (K and V of the same rows in one program, sharing each chunk of the matrix) write
-    the reference's bytes, a raw bf16 layer included."""
-    for name, value in setting.items():
-        monkeypatch.setitem(triton_store.TUNING, name, value)
+    """raw_dot 0 (fp16 parts of the unit vector on tensor cores, the path before raw_dot) writes
+    the reference's bytes for half inputs too, a raw bf16 layer included."""
+    monkeypatch.setitem(triton_store.TUNING, "raw_dot", 0)
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 

@@ -8,7 +8,7 @@ head_dim 256 fits in shared memory; half-precision inputs skip the parts and the
 before the product (raw_dot: x itself times the matrix, scaled by 1 / ||x|| after). Codes come
 from a branchless binary search over the Lloyd-Max boundaries, and each chunk's planes are
 packed and written before the next is computed; the (corrected) norm is written last. Grid axis
-1 picks K (0) or V (1), unless one program does both (kv_pair).
+1 picks K (0) or V (1).
 """
 
 from __future__ import annotations
@@ -45,13 +45,13 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # back as instructions.
 # raw_dot 1: half inputs rotate in their own type, one product per column chunk instead of
 # two over fp16 parts of the unit vector: 92 registers instead of 156 and 7% fewer
-# instructions per row at 64 rows / 4 warps (sm_90a, benchmarks/static_cost.py); on an H100
-# 0.455 ms against 0.563 at 65,536 tokens, 0.0200 against 0.0252 at 2,048
-# (store/kernels-tune-store-h100-09e2276). kv_pair 1 (with raw_dot): K and V of the same rows in
-# one program, so each chunk of the sign matrix read through L1 serves both.
-TUNING = {
-    "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "kv_pair": 0,
-}  # fmt: skip
+# instructions per row at 64 rows / 4 warps (sm_90a, static-cost-sm90a-9003da6); 1.23-1.24x
+# faster at 65,536 tokens (H100 0.455 against 0.563 ms, H200 0.462 against 0.570) and
+# 1.26-1.32x at 2,048 (store/kernels-tune-store-*-09e2276, -9003da6). With its freed registers,
+# K and V of the same rows in one program (one read of each matrix chunk for both) was slower:
+# 0.505 ms at 65,536 tokens and 0.0217 at 2,048 on the H200, removed; so were 128-row blocks
+# and 64-column chunks at 65,536 tokens (0.520-0.532 ms).
+TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1}
 
 
 @triton.jit
@@ -276,8 +276,7 @@ def _store_kernel(
     inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, KV_PAIR: tl.constexpr,
-    K_BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -288,42 +287,7 @@ def _store_kernel(
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
 ):  # fmt: skip
-    if KV_PAIR:
-        # K and V of the same rows in one program (RAW_DOT only): each chunk of the sign
-        # matrix, read through L1 once, serves both products, and the rows' slots are
-        # computed once.
-        token, head, keep, page_base, vector = _row_targets(
-            slot_ptr, num_rows, stride_page, H, BLOCK_SIZE, BLOCK_T
-        )
-        k_in, k, k_norm, k_inv = _load_rows(key_ptr, stride_kt, stride_kh, token, head, keep, D)
-        v_in, v, v_norm, v_inv = _load_rows(value_ptr, stride_vt, stride_vh, token, head, keep, D)
-        dims = tl.arange(0, D)
-        k_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-        v_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for chunk in tl.static_range(D // CHUNK):
-            cols = chunk * CHUNK + tl.arange(0, CHUNK)
-            matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
-            k_unit = _raw_product(k_in, k, matrix, RAW_DOT) * (k_inv * inv_sqrt_d)[:, None]
-            k_sq += _encode_chunk(
-                k_unit, k_norm, chunk, cache_ptr, page_base, vector, keep, k_cent_ptr,
-                k_bound_ptr, D, CHUNK, K_BITS, K_P0_OFF, K_P0_W, K_P0_SHIFT, K_P1_OFF, K_P1_W,
-                K_P1_SHIFT, K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF,
-            )  # fmt: skip
-            v_unit = _raw_product(v_in, v, matrix, RAW_DOT) * (v_inv * inv_sqrt_d)[:, None]
-            v_sq += _encode_chunk(
-                v_unit, v_norm, chunk, cache_ptr, page_base, vector, keep, v_cent_ptr,
-                v_bound_ptr, D, CHUNK, V_BITS, V_P0_OFF, V_P0_W, V_P0_SHIFT, V_P1_OFF, V_P1_W,
-                V_P1_SHIFT, V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF,
-            )  # fmt: skip
-        _store_norm(
-            k_norm, k_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, K_BITS,
-            K_NORM_OFF, K_NORM_F16,
-        )  # fmt: skip
-        _store_norm(
-            v_norm, v_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, V_BITS,
-            V_NORM_OFF, V_NORM_F16,
-        )  # fmt: skip
-    elif tl.program_id(1) == 0:
+    if tl.program_id(1) == 0:
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
@@ -380,9 +344,7 @@ def store(
     head_dim = layout.head_dim
     device = key.device
     fwht = bool(TUNING.get("fwht"))
-    raw_dot = _raw_dot(key.dtype, value.dtype, fwht)
-    kv_pair = bool(raw_dot and TUNING["kv_pair"])
-    grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 1 if kv_pair else 2)
+    grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
@@ -397,7 +359,7 @@ def store(
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
-        LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, KV_PAIR=kv_pair,
+        LOG_D=head_dim.bit_length() - 1, RAW_DOT=_raw_dot(key.dtype, value.dtype, fwht),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
