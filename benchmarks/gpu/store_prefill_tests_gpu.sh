@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One call: the store sweep and the store, prefill and decompress sections (as
-# store_prefill_gpu.sh, short), then every GPU op test (test_triton_ops.py and test_cuda.py,
-# the longest part: 254-342 s before). Carry .whl and .devstage/vllm_tq for the peers.
+# One call: the store sweep and the store, prefill and decompress sections of the full suite
+# (peers staged by stage.sh: carry .whl and .devstage/vllm_tq), then the GPU op tests
+# (test_triton_ops.py and test_cuda.py; all 284 took over 420 s on an H200, so TESTS, a pytest
+# -k filter, narrows them, e.g. TESTS="store or gather").
 #   bash benchmarks/gpu/store_prefill_tests_gpu.sh COMMIT
 # Results land in $OUT.
 set -uo pipefail
@@ -20,7 +21,7 @@ timeout 80 python3 benchmarks/kernel_bench.py --suite full --only store,prefill,
     --out "$OUT/kernels-store-prefill" --git-sha "$sha" > "$OUT/store-prefill-log.txt" 2>&1
 echo "== store, prefill, decompress rc=$? $(( $(date +%s) - start )) s"
 grep -E "^\| (store|prefill|decompress)" "$OUT/kernels-store-prefill.md" | cut -c1-120
-timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider \
+timeout "${TESTS_TIMEOUT:-420}" python3 -m pytest -q -p no:cacheprovider ${TESTS:+-k "$TESTS"} \
     packages/tq-core/tests/test_triton_ops.py packages/tq-core/tests/test_cuda.py \
     > "$OUT/kernel-tests.txt" 2>&1
 echo "== op tests rc=$? $(( $(date +%s) - start )) s"; tail -5 "$OUT/kernel-tests.txt"
