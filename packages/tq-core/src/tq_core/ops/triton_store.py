@@ -248,8 +248,8 @@ def _encode_rows(
         else:
             matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
             if RAW_DOT:
-                # One product per chunk where two fp16 parts of the unit vector took two; the
-                # norm scales the result afterwards.
+                # One product per chunk (fp16 parts of the unit vector took two); the norm
+                # scales the result afterwards.
                 unit = _raw_product(x_in, x, matrix, RAW_DOT) * (inv_norm * inv_sqrt_d)[:, None]
             else:
                 y = tl.dot(x_hi, matrix)
