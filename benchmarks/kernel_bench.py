@@ -480,7 +480,7 @@ def prefill_rows(new_tokens, cached, copy_gbps) -> list[dict]:
         # decompressing.
         ("tq K4V4 decompress+flash rotate=True", tq("decompress", rotate=True), True),
         # The layout read back from the device: timed eagerly, host sync included.
-        ("tq K4V4 decompress+flash, layout read back", tq("decompress", False), False),
+        ("tq K4V4 decompress+flash, layout read back", tq("decompress", host_layout=False), False),
         ("bf16 SDPA flash", flash, True),
     ]
     cases += _vllm_flash_cases(q, k_bf16, v_bf16, cache, block_table, seq_len, layout, scale)
