@@ -563,32 +563,29 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
 def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     saved = dict(triton_store.TUNING)
     rows = []
-    # (rows per program, warps, columns per rotation product, butterflies). Compiled for
-    # sm_90a: 64 columns at 16 rows and 2 warps take 167 registers (6 programs per
-    # multiprocessor), 32 columns 128 (8 programs) for 4% more instructions; 64 rows / 4 warps /
-    # 32 columns (the default since) 156. The butterflies (fwht 1) read no matrix but take
-    # 1.5-1.7x the instructions per row (168 registers at 16-32 rows, 255 and 20 bytes spilled
-    # at 64). static_cost.py compiles the same settings (its "store" rows).
-    # Then raw_dot (half inputs rotated as they are, one product per chunk; the default since
-    # 09e2276) off and on, at more row blocks (it takes 92 registers at 64 rows, 156 without).
+    # Overrides of triton_store.TUNING, the default first. Compiled for sm_90a (static_cost.py's
+    # "store" rows): the binary search over the positive boundaries (binary_search), the norm
+    # correction's squares read per packed byte (byte_squares) and the sign matrix in bf16
+    # (native_matrix) take the kernel from 7,064 to 4,720 instructions at 64 rows / 4 warps.
+    # Then each of them off alone, all three off (the kernel before), the rows and warps around
+    # the default, the fp16 parts of the unit vector (raw_dot 0) and the butterflies (fwht 1).
+    before = {"binary_search": 0, "byte_squares": 0, "native_matrix": 0}
     settings = [
-        (16, 2, 64, 0, 0), (64, 4, 32, 0, 0), (32, 2, 32, 0, 0),
-        (16, 2, 32, 1, 0), (32, 4, 32, 1, 0), (64, 4, 32, 1, 0),
-        (64, 4, 32, 0, 1), (128, 8, 32, 0, 1), (64, 4, 64, 0, 1), (32, 2, 32, 0, 1),
+        {}, {"binary_search": 0}, {"byte_squares": 0}, {"native_matrix": 0}, before,
+        {"block_rows": 128, "num_warps": 8}, {"block_rows": 32, "num_warps": 2},
+        {"block_rows": 128, "num_warps": 4},
+        {**before, "raw_dot": 0}, {**before, "raw_dot": 0, "fwht": 1, "block_rows": 32},
     ]  # fmt: skip
-    for block_rows, num_warps, chunk, fwht, raw_dot in settings:
-        triton_store.TUNING.update(
-            block_rows=block_rows, num_warps=num_warps, chunk=chunk, fwht=fwht, raw_dot=raw_dot
-        )
+    for overrides in settings:
+        triton_store.TUNING.update(saved)
+        triton_store.TUNING.update(overrides)
         try:
             row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
         except Exception as error:  # a setting that fails to compile is skipped
-            print(f"  store {block_rows}/{num_warps}: {type(error).__name__} {str(error)[:80]}")
+            print(f"  store {overrides}: {type(error).__name__} {str(error)[:80]}")
             continue
-        row["impl"] = (
-            f"tq K4V4 store block_rows={block_rows} num_warps={num_warps} chunk={chunk}"
-            + (" butterflies" if fwht else "") + (" raw_dot" if raw_dot else "")
-        )  # fmt: skip
+        described = " ".join(f"{name}={value}" for name, value in overrides.items())
+        row["impl"] = f"tq K4V4 store {described or 'default'}"
         print(f"  {row['impl']}: {row['ms']:.4f} ms {row['copy_fraction']:.0%}", flush=True)
         rows.append(row)
     triton_store.TUNING.update(saved)

@@ -13,7 +13,7 @@ export PYTHONPATH=$(pwd)/packages/tq-core/src:/tmp/site:$(pwd)/benchmarks/gpu
 python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, \
 torch.cuda.get_device_name())"
 start=$(date +%s)
-timeout 100 python3 benchmarks/kernel_bench.py --suite tune --only tune_store \
+timeout 200 python3 benchmarks/kernel_bench.py --suite tune --only tune_store \
     --out "$OUT/kernels-tune-store" --git-sha "$sha" > "$OUT/tune-store-log.txt" 2>&1
 echo "== store sweep rc=$? $(( $(date +%s) - start )) s"
 grep -E "store" "$OUT/tune-store-log.txt" | grep -v "^| store" | head -40

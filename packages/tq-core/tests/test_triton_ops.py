@@ -15,12 +15,13 @@ import torch
 
 from paged_scenario import build_paged_batch, relative_error
 from tq_core import TQCodec, ops
+from tq_core.codebook import codebook_tensors
 from tq_core.errors import TQConfigError, TQInputError
 from tq_core.ops import reference
 from tq_core.rotation import rotate
 
 pytest.importorskip("triton")
-from tq_core.ops import triton_attention, triton_store
+from tq_core.ops import triton_attention, triton_layout, triton_store
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -110,6 +111,57 @@ def test_store_through_unit_vector_parts_writes_the_reference_bytes(
     the reference's bytes for half inputs too, a raw bf16 layer included."""
     monkeypatch.setitem(triton_store.TUNING, "raw_dot", 0)
     _check_store_against_the_reference(codec_spec, dtype, generator)
+
+
+@pytest.mark.parametrize(
+    ("codec_spec", "dtype"),
+    [
+        ((128, 4, 4, "float32"), torch.bfloat16),
+        ((64, 3, 5, "float16"), torch.float16),
+        ((64, 8, 2, "float32"), torch.float32),
+        ((128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+    ],
+)
+def test_store_with_linear_compares_and_per_code_squares_writes_the_reference_bytes(
+    codec_spec, dtype, generator, monkeypatch
+):
+    """binary_search 0 and byte_squares 0 (every positive boundary compared, the norm
+    correction's squares read per code: the quantizer before the binary search) write the
+    reference's bytes too."""
+    monkeypatch.setitem(triton_store.TUNING, "binary_search", 0)
+    monkeypatch.setitem(triton_store.TUNING, "byte_squares", 0)
+    _check_store_against_the_reference(codec_spec, dtype, generator)
+
+
+@pytest.mark.parametrize(
+    ("head_dim", "bits", "codebook"),
+    [
+        (128, 4, "lloyd-max"),
+        (64, 2, "lloyd-max"),
+        (64, 8, "lloyd-max"),
+        (128, 4, "uniform"),
+        (64, 1, "lloyd-max"),
+    ],
+)
+def test_byte_square_sums_add_the_squared_centroids_of_each_packed_code(head_dim, bits, codebook):
+    """Entry b of the store's norm-correction table is the sum, in float64, of the squared
+    centroids of the 8 / bits codes byte b packs (low code in the low bits)."""
+    codec = TQCodec(head_dim, bits, bits, key_codebook=codebook, value_codebook=codebook)
+    layout = codec.cache_layout(num_kv_heads=1, block_size=16)
+    table = triton_layout.byte_square_sums(layout, "key", "cpu")
+    centroids = codebook_tensors(head_dim, bits, "cpu", codebook)[0].double().tolist()
+    for byte in range(256):
+        codes = [(byte >> shift) & ((1 << bits) - 1) for shift in range(0, 8, bits)]
+        expected = math.fsum(centroids[code] ** 2 for code in codes)
+        assert table[byte].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_the_bf16_sign_matrix_holds_the_same_signs_as_the_fp16_one():
+    fp16 = triton_layout.sign_hadamard(128, 7, "cpu")
+    bf16 = triton_layout.sign_hadamard(128, 7, "cpu", torch.bfloat16)
+    assert bf16.dtype == torch.bfloat16
+    assert torch.equal(bf16.float(), fp16.float())
+    assert set(fp16.unique().tolist()) == {-1.0, 1.0}
 
 
 def _check_store_against_the_reference(codec_spec, dtype, generator):

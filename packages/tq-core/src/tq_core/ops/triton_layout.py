@@ -333,18 +333,45 @@ def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.
     return _tables(layout, tensor, device)[1]
 
 
-_ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device], torch.Tensor] = {}
+_ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def sign_hadamard(head_dim: int, seed: int, device: torch.device) -> torch.Tensor:
-    """fp16 [head_dim, head_dim] matrix M of +-1 with x @ M / sqrt(head_dim) = rotate(x).
+def sign_hadamard(
+    head_dim: int, seed: int, device: torch.device, dtype: torch.dtype = torch.float16
+) -> torch.Tensor:
+    """[head_dim, head_dim] matrix M of +-1 with x @ M / sqrt(head_dim) = rotate(x).
 
-    The entries are exact in fp16, so a tensor-core product with fp16 parts of x loses nothing
-    but the fp32 accumulation order. (fp16, not bf16: Triton 3.6's interpreter, which runs the
-    kernels in CI, computes bf16 products wrongly.)
+    The entries are exact in fp16 and bf16, so a tensor-core product with fp16 parts of x (or
+    with bf16 x itself) loses nothing but the fp32 accumulation order. fp16 by default: Triton
+    3.6's interpreter, which runs the kernels in CI, computes bf16 products wrongly; the store
+    asks for bf16 on the GPU so a bf16 K/V product needs no conversion of the matrix.
     """
-    key = (head_dim, seed, torch.device(device))
+    key = (head_dim, seed, torch.device(device), dtype)
     if key not in _ROTATION_ON_DEVICE:
         exact = rotation_matrix(head_dim, seed, "cpu", torch.float64) * math.sqrt(head_dim)
-        _ROTATION_ON_DEVICE[key] = exact.round().to(torch.float16).to(device).contiguous()
+        _ROTATION_ON_DEVICE[key] = exact.round().to(dtype).to(device).contiguous()
     return _ROTATION_ON_DEVICE[key]
+
+
+_BYTE_SQUARES: dict[tuple[int, int, str, torch.device], torch.Tensor] = {}
+
+
+def byte_square_sums(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    """float32 [256]: entry b is the sum of the squared centroids of the codes packed in byte b,
+    for a field stored as one plane of 1, 2, 4 or 8 bits (the store's norm correction then reads
+    one entry per packed byte instead of one centroid per coordinate). Other fields, which the
+    store does not read it for, get the 1-bit table."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    bits = fmt.mse_bits if fmt.compressed else 1
+    if plane_widths(bits) != (bits,):
+        bits = 1
+    key = (layout.head_dim, bits, fmt.codebook, torch.device(device))
+    if key not in _BYTE_SQUARES:
+        table = codebook_tensors(layout.head_dim, bits, "cpu", fmt.codebook)[0].float()
+        squares = table * table
+        byte = torch.arange(256)
+        total = torch.zeros(256, dtype=torch.float32)
+        for shift in range(0, 8, bits):
+            total += squares[(byte >> shift) & ((1 << bits) - 1)]
+        _BYTE_SQUARES[key] = total.to(device)
+    return _BYTE_SQUARES[key]

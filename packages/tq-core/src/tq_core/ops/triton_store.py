@@ -51,7 +51,10 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # K and V of the same rows in one program (one read of each matrix chunk for both) was slower:
 # 0.505 ms at 65,536 tokens and 0.0217 at 2,048 on the H200, removed; so were 128-row blocks
 # and 64-column chunks at 65,536 tokens (0.520-0.532 ms).
-TUNING = {"block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1}
+TUNING = {
+    "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
+    "byte_squares": 1, "native_matrix": 1,
+}  # fmt: skip
 
 
 @triton.jit
@@ -59,7 +62,7 @@ def _pack_and_store(
     codes, cache_ptr, page_base, vector, keep, CHUNK_INDEX, D: tl.constexpr, CHUNK: tl.constexpr,
     OFF: tl.constexpr, W: tl.constexpr, SHIFT: tl.constexpr,
 ):  # fmt: skip
-    """Write the bytes of one plane for the dimensions of one chunk."""
+    """Write the bytes of one plane for the dimensions of one chunk; returns them (int32)."""
     PER_BYTE: tl.constexpr = 8 // W
     CHUNK_BYTES: tl.constexpr = CHUNK * W // 8
     ROWS: tl.constexpr = codes.shape[0]
@@ -71,10 +74,34 @@ def _pack_and_store(
     row_off = page_base + vector * (D * W // 8)
     ptr = cache_ptr + OFF + row_off[:, None] + cols[None, :]
     tl.store(ptr, packed.to(tl.uint8), mask=keep[:, None])
+    return packed
 
 
 @triton.jit
-def _quantize(unit, bound_ptr, BITS: tl.constexpr):
+def _magnitude_index(magnitude, bound_ptr, HALF: tl.constexpr, BITS: tl.constexpr):
+    """How many of the positive boundaries (bound[HALF..2 HALF - 2], sorted) lie below each
+    magnitude, by a binary search whose thresholds stay in registers: 3 compares and 4
+    selects per value at 4 bits instead of 7 compares, 7 selects and their sums."""
+    if BITS == 4:
+        upper = magnitude > tl.load(bound_ptr + HALF + 3)
+        middle = magnitude > tl.where(
+            upper, tl.load(bound_ptr + HALF + 5), tl.load(bound_ptr + HALF + 1)
+        )
+        high = tl.where(middle, tl.load(bound_ptr + HALF + 6), tl.load(bound_ptr + HALF + 4))
+        low = tl.where(middle, tl.load(bound_ptr + HALF + 2), tl.load(bound_ptr + HALF))
+        lowest = magnitude > tl.where(upper, high, low)
+        above = upper.to(tl.int32) * 4 + middle.to(tl.int32) * 2 + lowest.to(tl.int32)
+    else:  # 3 bits
+        upper = magnitude > tl.load(bound_ptr + HALF + 1)
+        lowest = magnitude > tl.where(
+            upper, tl.load(bound_ptr + HALF + 2), tl.load(bound_ptr + HALF)
+        )
+        above = upper.to(tl.int32) * 2 + lowest.to(tl.int32)
+    return above
+
+
+@triton.jit
+def _quantize(unit, bound_ptr, BITS: tl.constexpr, BINARY: tl.constexpr):
     """Codes = number of boundaries below each value (torch.bucketize's convention).
 
     Up to 4 bits the codebook is symmetric (boundary 2^(b-1) - 1 is 0), so the magnitude is
@@ -87,9 +114,12 @@ def _quantize(unit, bound_ptr, BITS: tl.constexpr):
     if BITS <= 4:
         HALF: tl.constexpr = 1 << (BITS - 1)
         magnitude = tl.abs(unit)
-        above = tl.zeros(unit.shape, dtype=tl.int32)
-        for j in tl.static_range(HALF, 2 * HALF - 1):
-            above += (magnitude > tl.load(bound_ptr + j)).to(tl.int32)
+        if BINARY and BITS >= 3:
+            above = _magnitude_index(magnitude, bound_ptr, HALF, BITS)
+        else:
+            above = tl.zeros(unit.shape, dtype=tl.int32)
+            for j in tl.static_range(HALF, 2 * HALF - 1):
+                above += (magnitude > tl.load(bound_ptr + j)).to(tl.int32)
         codes = tl.where(unit > 0, HALF + above, HALF - 1 - above)
     else:
         codes = tl.zeros(unit.shape, dtype=tl.int32)
@@ -159,8 +189,9 @@ def _raw_product(x_in, x, matrix, RAW_DOT: tl.constexpr):
 
 @triton.jit
 def _encode_chunk(
-    unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr,
-    D: tl.constexpr, COLS: tl.constexpr, BITS: tl.constexpr,
+    unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
+    D: tl.constexpr, COLS: tl.constexpr, BITS: tl.constexpr, BINARY: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -177,11 +208,16 @@ def _encode_chunk(
         y = unit * norm[:, None]
         tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
     else:
-        codes = _quantize(unit, bound_ptr, BITS)
-        centroid = tl.load(cent_ptr + codes)
-        quantized_sq = tl.sum(centroid * centroid, axis=1)
-        _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
-                        P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
+        codes = _quantize(unit, bound_ptr, BITS, BINARY)
+        packed = _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
+                                 P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
+        if BYTE_SQUARES and P0_W == BITS:
+            # One plane: every packed byte holds whole codes, and one table entry sums their
+            # squared centroids (a load per byte, in the layout the bytes are already in).
+            quantized_sq = tl.sum(tl.load(square_ptr + packed), axis=1)
+        else:
+            centroid = tl.load(cent_ptr + codes)
+            quantized_sq = tl.sum(centroid * centroid, axis=1)
         if P1_W > 0:
             _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                             P1_OFF, P1_W, P1_SHIFT)  # fmt: skip
@@ -212,10 +248,11 @@ def _store_norm(
 @triton.jit
 def _encode_rows(
     x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, cent_ptr, bound_ptr,
-    stride_page, num_rows, inv_sqrt_d,
+    square_ptr, stride_page, num_rows, inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -259,9 +296,9 @@ def _encode_rows(
                     y += tl.dot(x_lo, matrix)
                 unit = y * inv_sqrt_d
         quantized_sq += _encode_chunk(
-            unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, D, COLS,
-            BITS, P0_OFF, P0_W, P0_SHIFT, P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT,
-            NORM_OFF,
+            unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
+            D, COLS, BITS, BINARY, BYTE_SQUARES, P0_OFF, P0_W, P0_SHIFT, P1_OFF, P1_W, P1_SHIFT,
+            P2_OFF, P2_W, P2_SHIFT, NORM_OFF,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -272,11 +309,12 @@ def _encode_rows(
 @triton.jit
 def _store_kernel(
     key_ptr, value_ptr, stride_kt, stride_kh, stride_vt, stride_vh, cache_ptr, slot_ptr,
-    rot_ptr, signs_ptr, k_cent_ptr, k_bound_ptr, v_cent_ptr, v_bound_ptr, stride_page, num_rows,
-    inv_sqrt_d,
+    rot_ptr, signs_ptr, k_cent_ptr, k_bound_ptr, k_square_ptr, v_cent_ptr, v_bound_ptr,
+    v_square_ptr, stride_page, num_rows, inv_sqrt_d,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
-    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, K_BITS: tl.constexpr,
+    FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -290,8 +328,9 @@ def _store_kernel(
     if tl.program_id(1) == 0:
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
-            k_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
-            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, K_BITS,
+            k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
+            CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
+            K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -299,8 +338,9 @@ def _store_kernel(
     else:
         _encode_rows(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
-            v_bound_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D, CHUNK, BLOCK_T,
-            X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, V_BITS,
+            v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
+            CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
+            V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -315,6 +355,14 @@ def _raw_dot(key_dtype: torch.dtype, value_dtype: torch.dtype, fwht: bool) -> in
     if fwht or not half or not TUNING["raw_dot"]:
         return 0
     return 2 if INTERPRETED else 1
+
+
+def _matrix_dtype(key_dtype: torch.dtype, value_dtype: torch.dtype, raw_dot: int):
+    """The sign matrix in K/V's own half type where both share one and multiply as they are
+    (no conversion of each loaded chunk in the kernel), fp16 otherwise."""
+    if raw_dot == 1 and key_dtype == value_dtype and TUNING["native_matrix"]:
+        return key_dtype
+    return torch.float16
 
 
 def store(
@@ -344,22 +392,28 @@ def store(
     head_dim = layout.head_dim
     device = key.device
     fwht = bool(TUNING.get("fwht"))
+    raw_dot = _raw_dot(key.dtype, value.dtype, fwht)
     grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
-        triton_layout.sign_hadamard(head_dim, layout.codec.seed, device),
+        triton_layout.sign_hadamard(
+            head_dim, layout.codec.seed, device, _matrix_dtype(key.dtype, value.dtype, raw_dot)
+        ),
         hadamard_signs(head_dim, layout.codec.seed, device),
         triton_layout.centroids(layout, "key", device),
         triton_layout.boundaries(layout, "key", device),
+        triton_layout.byte_square_sums(layout, "key", device),
         triton_layout.centroids(layout, "value", device),
         triton_layout.boundaries(layout, "value", device),
+        triton_layout.byte_square_sums(layout, "value", device),
         kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim),
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
-        LOG_D=head_dim.bit_length() - 1, RAW_DOT=_raw_dot(key.dtype, value.dtype, fwht),
+        LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
+        BYTE_SQUARES=TUNING["byte_squares"],
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
