@@ -51,6 +51,11 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # K and V of the same rows in one program (one read of each matrix chunk for both) was slower:
 # 0.505 ms at 65,536 tokens and 0.0217 at 2,048 on the H200, removed; so were 128-row blocks
 # and 64-column chunks at 65,536 tokens (0.520-0.532 ms).
+# binary_search 1 (the magnitude's index among the positive boundaries in 3 compares at 4 bits
+# instead of 7), byte_squares 1 (the norm correction's squares read per packed byte, not per
+# code) and native_matrix 1 (the sign matrix in bf16 for bf16 K/V): 4,720 instructions against
+# 7,064 (sm_90a, 64 rows / 4 warps); on an H100 0.3515 ms against 0.3947 at 65,536 tokens and
+# 0.0155 against 0.0182 at 2,048, each faster alone (store/kernels-tune-store-h100-24c0084).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1,
