@@ -566,15 +566,17 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # Overrides of triton_store.TUNING, the default first. Compiled for sm_90a (static_cost.py's
     # "store" rows): the binary search over the positive boundaries (binary_search), the norm
     # correction's squares read per packed byte (byte_squares) and the sign matrix in bf16
-    # (native_matrix) take the kernel from 7,064 to 4,720 instructions at 64 rows / 4 warps.
-    # Then each of them off alone, all three off (the kernel before), the rows and warps around
-    # the default, the fp16 parts of the unit vector (raw_dot 0) and the butterflies (fwht 1).
-    before = {"binary_search": 0, "byte_squares": 0, "native_matrix": 0}
+    # (native_matrix) take the kernel from 7,064 to 4,720 instructions at 64 rows / 4 warps;
+    # the squares selected by the search's decisions (searched_squares) 4,776 but a third of
+    # the barriers. Then warps and rows with and without it, each earlier lever off alone,
+    # and all off (the kernel before them).
+    before = {"binary_search": 0, "byte_squares": 0, "native_matrix": 0, "searched_squares": 0}
     settings = [
-        {}, {"binary_search": 0}, {"byte_squares": 0}, {"native_matrix": 0}, before,
-        {"block_rows": 128, "num_warps": 8}, {"block_rows": 32, "num_warps": 2},
+        {}, {"searched_squares": 0}, {"num_warps": 8}, {"num_warps": 8, "searched_squares": 0},
         {"block_rows": 128, "num_warps": 4},
-        {**before, "raw_dot": 0}, {**before, "raw_dot": 0, "fwht": 1, "block_rows": 32},
+        {"block_rows": 128, "num_warps": 4, "searched_squares": 0},
+        {"searched_squares": 0, "binary_search": 0}, {"searched_squares": 0, "byte_squares": 0},
+        {"searched_squares": 0, "native_matrix": 0}, before,
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

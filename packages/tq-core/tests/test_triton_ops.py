@@ -115,6 +115,19 @@ def test_store_through_unit_vector_parts_writes_the_reference_bytes(
 
 @pytest.mark.parametrize(
     ("codec_spec", "dtype"),
+    [((128, 4, 4, "float32"), torch.bfloat16), ((64, 3, 5, "float16"), torch.float16)],
+)
+def test_store_with_the_byte_squares_table_writes_the_reference_bytes(
+    codec_spec, dtype, generator, monkeypatch
+):
+    """searched_squares 0: the norm correction's squares read from the per-byte table instead
+    of selected by the binary search's decisions."""
+    monkeypatch.setitem(triton_store.TUNING, "searched_squares", 0)
+    _check_store_against_the_reference(codec_spec, dtype, generator)
+
+
+@pytest.mark.parametrize(
+    ("codec_spec", "dtype"),
     [
         ((128, 4, 4, "float32"), torch.bfloat16),
         ((64, 3, 5, "float16"), torch.float16),

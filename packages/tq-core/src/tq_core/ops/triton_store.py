@@ -58,7 +58,7 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 0.0155 against 0.0182 at 2,048, each faster alone (store/kernels-tune-store-h100-24c0084).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
-    "byte_squares": 1, "native_matrix": 1,
+    "byte_squares": 1, "native_matrix": 1, "searched_squares": 1,
 }  # fmt: skip
 
 
@@ -86,7 +86,9 @@ def _pack_and_store(
 def _magnitude_index(magnitude, bound_ptr, HALF: tl.constexpr, BITS: tl.constexpr):
     """How many of the positive boundaries (bound[HALF..2 HALF - 2], sorted) lie below each
     magnitude, by a binary search whose thresholds stay in registers: 3 compares and 4
-    selects per value at 4 bits instead of 7 compares, 7 selects and their sums."""
+    selects per value at 4 bits instead of 7 compares, 7 selects and their sums. Returns the
+    index and the search's three decisions (its bits, high to low; at 3 bits the first is
+    False)."""
     if BITS == 4:
         upper = magnitude > tl.load(bound_ptr + HALF + 3)
         middle = magnitude > tl.where(
@@ -97,16 +99,41 @@ def _magnitude_index(magnitude, bound_ptr, HALF: tl.constexpr, BITS: tl.constexp
         lowest = magnitude > tl.where(upper, high, low)
         above = upper.to(tl.int32) * 4 + middle.to(tl.int32) * 2 + lowest.to(tl.int32)
     else:  # 3 bits
-        upper = magnitude > tl.load(bound_ptr + HALF + 1)
+        middle = magnitude > tl.load(bound_ptr + HALF + 1)
         lowest = magnitude > tl.where(
-            upper, tl.load(bound_ptr + HALF + 2), tl.load(bound_ptr + HALF)
+            middle, tl.load(bound_ptr + HALF + 2), tl.load(bound_ptr + HALF)
         )
-        above = upper.to(tl.int32) * 2 + lowest.to(tl.int32)
-    return above
+        upper = magnitude < 0.0
+        above = middle.to(tl.int32) * 2 + lowest.to(tl.int32)
+    return above, upper, middle, lowest
 
 
 @triton.jit
-def _quantize(unit, bound_ptr, BITS: tl.constexpr, BINARY: tl.constexpr):
+def _searched_square(upper, middle, lowest, cent_ptr, HALF: tl.constexpr, BITS: tl.constexpr):
+    """The squared centroid of each searched magnitude, selected by the search's decisions
+    from scalars in registers (the codebook is symmetric: +-c have one square)."""
+    c0 = tl.load(cent_ptr + HALF)
+    c1 = tl.load(cent_ptr + HALF + 1)
+    c2 = tl.load(cent_ptr + HALF + 2)
+    c3 = tl.load(cent_ptr + HALF + 3)
+    low = tl.where(middle, tl.where(lowest, c3 * c3, c2 * c2), tl.where(lowest, c1 * c1, c0 * c0))
+    if BITS == 4:
+        c4 = tl.load(cent_ptr + HALF + 4)
+        c5 = tl.load(cent_ptr + HALF + 5)
+        c6 = tl.load(cent_ptr + HALF + 6)
+        c7 = tl.load(cent_ptr + HALF + 7)
+        high = tl.where(
+            middle, tl.where(lowest, c7 * c7, c6 * c6), tl.where(lowest, c5 * c5, c4 * c4)
+        )
+        low = tl.where(upper, high, low)
+    return low
+
+
+@triton.jit
+def _quantize(
+    unit, bound_ptr, cent_ptr, BITS: tl.constexpr, BINARY: tl.constexpr,
+    SEARCHED_SQUARES: tl.constexpr,
+):  # fmt: skip
     """Codes = number of boundaries below each value (torch.bucketize's convention).
 
     Up to 4 bits the codebook is symmetric (boundary 2^(b-1) - 1 is 0), so the magnitude is
@@ -114,13 +141,18 @@ def _quantize(unit, bound_ptr, BITS: tl.constexpr, BINARY: tl.constexpr):
     memory traffic); wider codes use a branchless binary search over the table. The two
     agree except for a value exactly on a boundary. (Selecting the norm correction's centroids
     with the same compares instead of a table load per value was slower: 0.797 against 0.563 ms
-    at 65,536 tokens on an H100, store/kernels-tune-store-h100-09e2276.)
+    at 65,536 tokens on an H100, store/kernels-tune-store-h100-09e2276.) Returns the codes and,
+    with SEARCHED_SQUARES (3-4 bits, binary search), each value's squared centroid selected by
+    the search's decisions (else zeros, unused).
     """
+    square = tl.zeros(unit.shape, dtype=tl.float32)
     if BITS <= 4:
         HALF: tl.constexpr = 1 << (BITS - 1)
         magnitude = tl.abs(unit)
         if BINARY and BITS >= 3:
-            above = _magnitude_index(magnitude, bound_ptr, HALF, BITS)
+            above, upper, middle, lowest = _magnitude_index(magnitude, bound_ptr, HALF, BITS)
+            if SEARCHED_SQUARES:
+                square = _searched_square(upper, middle, lowest, cent_ptr, HALF, BITS)
         else:
             above = tl.zeros(unit.shape, dtype=tl.int32)
             for j in tl.static_range(HALF, 2 * HALF - 1):
@@ -132,7 +164,7 @@ def _quantize(unit, bound_ptr, BITS: tl.constexpr, BINARY: tl.constexpr):
             candidate = codes + (1 << (BITS - 1 - level))
             boundary = tl.load(bound_ptr + candidate - 1)
             codes = tl.where(boundary < unit, candidate, codes)
-    return codes
+    return codes, square
 
 
 @triton.jit
@@ -196,7 +228,7 @@ def _raw_product(x_in, x, matrix, RAW_DOT: tl.constexpr):
 def _encode_chunk(
     unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
     D: tl.constexpr, COLS: tl.constexpr, BITS: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -213,10 +245,14 @@ def _encode_chunk(
         y = unit * norm[:, None]
         tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
     else:
-        codes = _quantize(unit, bound_ptr, BITS, BINARY)
+        searched = SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4)
+        codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
         packed = _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                                  P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
-        if BYTE_SQUARES and P0_W == BITS:
+        if searched:
+            # In the product's layout, from registers: no table load, no layout change.
+            quantized_sq = tl.sum(square, axis=1)
+        elif BYTE_SQUARES and P0_W == BITS:
             # One plane: every packed byte holds whole codes, and one table entry sums their
             # squared centroids (a load per byte, in the layout the bytes are already in).
             quantized_sq = tl.sum(tl.load(square_ptr + packed), axis=1)
@@ -257,7 +293,7 @@ def _encode_rows(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr, BITS: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -302,8 +338,8 @@ def _encode_rows(
                 unit = y * inv_sqrt_d
         quantized_sq += _encode_chunk(
             unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
-            D, COLS, BITS, BINARY, BYTE_SQUARES, P0_OFF, P0_W, P0_SHIFT, P1_OFF, P1_W, P1_SHIFT,
-            P2_OFF, P2_W, P2_SHIFT, NORM_OFF,
+            D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES, P0_OFF, P0_W, P0_SHIFT,
+            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -319,7 +355,7 @@ def _store_kernel(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr, K_BITS: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -335,7 +371,7 @@ def _store_kernel(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
             CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
-            K_BITS,
+            SEARCHED_SQUARES, K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -345,7 +381,7 @@ def _store_kernel(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
             CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
-            V_BITS,
+            SEARCHED_SQUARES, V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -418,7 +454,7 @@ def store(
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
-        BYTE_SQUARES=TUNING["byte_squares"],
+        BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
     )  # fmt: skip
