@@ -572,9 +572,9 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # and all off (the kernel before them).
     before = {"binary_search": 0, "byte_squares": 0, "native_matrix": 0, "searched_squares": 0}
     settings = [
-        {}, {"searched_squares": 0}, {"num_warps": 8}, {"num_warps": 8, "searched_squares": 0},
-        {"block_rows": 128, "num_warps": 4},
-        {"block_rows": 128, "num_warps": 4, "searched_squares": 0},
+        {}, {"searched_squares": 0}, {"maxnreg": 96}, {"maxnreg": 80},
+        {"block_rows": 128, "num_warps": 4}, {"block_rows": 128, "num_warps": 4, "maxnreg": 128},
+        {"block_rows": 128, "num_warps": 4, "searched_squares": 0}, {"num_warps": 8},
         {"searched_squares": 0, "binary_search": 0}, {"searched_squares": 0, "byte_squares": 0},
         {"searched_squares": 0, "native_matrix": 0}, before,
     ]  # fmt: skip

@@ -58,7 +58,7 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 0.0155 against 0.0182 at 2,048, each faster alone (store/kernels-tune-store-h100-24c0084).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
-    "byte_squares": 1, "native_matrix": 1, "searched_squares": 1,
+    "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
 }  # fmt: skip
 
 
@@ -457,4 +457,5 @@ def store(
         BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
+        **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
     )  # fmt: skip
