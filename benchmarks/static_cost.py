@@ -205,15 +205,15 @@ def compile_store(
     chunk: int,
     fwht: bool,
     raw_dot: bool = True,
-    quantizer: tuple[bool, bool, bool] = (True, True, True),
+    quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
     instead of the sign matrix, bf16 K/V rotated as they are (``raw_dot``) or as fp16 parts of
-    the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix) as in
-    triton_store.TUNING. Instructions per row count both of the kernel's branches (K and V), as
-    every program compiles both."""  # fmt: skip
-    binary, byte_squares, native_matrix = quantizer
+    the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
+    searched_squares) as in triton_store.TUNING. Instructions per row count both of the
+    kernel's branches (K and V), as every program compiles both."""
+    binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
     layout = TQCodec(128, 4, 4).cache_layout(8, 16)
     kernel = triton_store._store_kernel
@@ -221,6 +221,7 @@ def compile_store(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
+        SEARCHED_SQUARES=int(searched),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -249,7 +250,7 @@ def compile_store(
     return {
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
-        "native_matrix": raw and native_matrix,
+        "native_matrix": raw and native_matrix, "searched_squares": searched,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
         "warp_instructions_per_row": resources["kernel_instructions"] * num_warps / block_rows,
@@ -391,20 +392,21 @@ def main() -> None:
     decompress = [
         compile_decompress(lookup, back) for lookup in (True, False) for back in (False, True)
     ]
-    # The tune suite's store settings (kernel_bench.tune_store_rows): the default, each
-    # quantizer lever off alone and all three (the kernel before them), other rows and warps,
-    # the fp16 parts of the unit vector, the butterflies.
-    before = (False, False, False)
+    # The tune suite's store settings (kernel_bench.tune_store_rows): the default, the squares
+    # from the per-byte table instead, then each earlier quantizer lever off alone and all off
+    # (the kernel before them), other rows and warps, the fp16 parts of the unit vector, the
+    # butterflies.
+    before = (False, False, False, False)
     store = [
         compile_store(rows_, warps, chunk, fwht, raw, quantizer)
         for rows_, warps, chunk, fwht, raw, quantizer in (
-            (64, 4, 32, False, True, (True, True, True)),
-            (64, 4, 32, False, True, (False, True, True)),
-            (64, 4, 32, False, True, (True, False, True)),
-            (64, 4, 32, False, True, (True, True, False)),
-            (64, 4, 32, False, True, before), (128, 8, 32, False, True, (True, True, True)),
-            (32, 2, 32, False, True, (True, True, True)),
-            (128, 4, 32, False, True, (True, True, True)),
+            (64, 4, 32, False, True, (True, True, True, True)),
+            (64, 4, 32, False, True, (True, True, True, False)),
+            (64, 4, 32, False, True, (False, True, True, False)),
+            (64, 4, 32, False, True, (True, False, True, False)),
+            (64, 4, 32, False, True, (True, True, False, False)),
+            (64, 4, 32, False, True, before), (128, 4, 32, False, True, (True, True, True, True)),
+            (64, 8, 32, False, True, (True, True, True, True)),
             (64, 4, 32, False, False, before), (32, 4, 32, True, False, before),
         )
     ]  # fmt: skip

@@ -56,6 +56,11 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # code) and native_matrix 1 (the sign matrix in bf16 for bf16 K/V): 4,720 instructions against
 # 7,064 (sm_90a, 64 rows / 4 warps); on an H100 0.3515 ms against 0.3947 at 65,536 tokens and
 # 0.0155 against 0.0182 at 2,048, each faster alone (store/kernels-tune-store-h100-24c0084).
+# searched_squares 1 (3-4 bits: the squares selected in registers by the search's decisions,
+# no table gather whose layout crossed shared memory every chunk): 0.3294 ms against 0.3498 at
+# 65,536 tokens, equal at 2,048. maxnreg: a register cap; 80 (6 programs per multiprocessor
+# instead of 4) was 7% faster at 65,536 tokens and 6% slower at 2,048, so none
+# (store/kernels-tune-store-h100-3ae28b7, -f68c684).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
