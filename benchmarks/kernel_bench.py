@@ -568,12 +568,13 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # correction's squares read per packed byte (byte_squares) and the sign matrix in bf16
     # (native_matrix) take the kernel from 7,064 to 4,720 instructions at 64 rows / 4 warps;
     # the squares selected by the search's decisions (searched_squares) 4,776 but a third of
-    # the barriers; the norm from a first pass of the products (norm_from_product) 4,768. Then
-    # a register cap, more rows, each earlier lever off alone, and all off (the kernel before).
+    # the barriers. Then warps and rows with and without it, each earlier lever off alone,
+    # and all off (the kernel before them).
     before = {"binary_search": 0, "byte_squares": 0, "native_matrix": 0, "searched_squares": 0}
     settings = [
-        {}, {"norm_from_product": 1}, {"searched_squares": 0}, {"maxnreg": 80},
-        {"maxnreg": 80, "norm_from_product": 1}, {"block_rows": 128, "num_warps": 4},
+        {}, {"searched_squares": 0}, {"maxnreg": 96}, {"maxnreg": 80},
+        {"block_rows": 128, "num_warps": 4}, {"block_rows": 128, "num_warps": 4, "maxnreg": 128},
+        {"block_rows": 128, "num_warps": 4, "searched_squares": 0}, {"num_warps": 8},
         {"searched_squares": 0, "binary_search": 0}, {"searched_squares": 0, "byte_squares": 0},
         {"searched_squares": 0, "native_matrix": 0}, before,
     ]  # fmt: skip

@@ -206,14 +206,13 @@ def compile_store(
     fwht: bool,
     raw_dot: bool = True,
     quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
-    norm_from_product: bool = False,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
     instead of the sign matrix, bf16 K/V rotated as they are (``raw_dot``) or as fp16 parts of
     the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
-    searched_squares) and ``norm_from_product`` as in triton_store.TUNING. Instructions per row
-    count both of the kernel's branches (K and V), as every program compiles both."""
+    searched_squares) as in triton_store.TUNING. Instructions per row count both of the
+    kernel's branches (K and V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
     layout = TQCodec(128, 4, 4).cache_layout(8, 16)
@@ -222,7 +221,7 @@ def compile_store(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
-        SEARCHED_SQUARES=int(searched), NORM_FROM_PRODUCT=int(norm_from_product),
+        SEARCHED_SQUARES=int(searched),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -252,7 +251,6 @@ def compile_store(
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
         "native_matrix": raw and native_matrix, "searched_squares": searched,
-        "norm_from_product": norm_from_product,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
         "warp_instructions_per_row": resources["kernel_instructions"] * num_warps / block_rows,
@@ -400,10 +398,9 @@ def main() -> None:
     # butterflies.
     before = (False, False, False, False)
     store = [
-        compile_store(*setting)
-        for setting in (
+        compile_store(rows_, warps, chunk, fwht, raw, quantizer)
+        for rows_, warps, chunk, fwht, raw, quantizer in (
             (64, 4, 32, False, True, (True, True, True, True)),
-            (64, 4, 32, False, True, (True, True, True, True), True),
             (64, 4, 32, False, True, (True, True, True, False)),
             (64, 4, 32, False, True, (False, True, True, False)),
             (64, 4, 32, False, True, (True, False, True, False)),

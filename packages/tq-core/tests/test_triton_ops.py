@@ -115,19 +115,6 @@ def test_store_through_unit_vector_parts_writes_the_reference_bytes(
 
 @pytest.mark.parametrize(
     ("codec_spec", "dtype"),
-    [((128, 4, 4, "float32"), torch.bfloat16), ((64, 8, 2, "float16"), torch.float16)],
-)
-def test_store_with_the_norm_from_the_rotated_rows_writes_the_reference_bytes(
-    codec_spec, dtype, generator, monkeypatch
-):
-    """norm_from_product 1: ||x|| from a first pass of the rotation products (||x M||^2 =
-    D ||x||^2) instead of from x."""
-    monkeypatch.setitem(triton_store.TUNING, "norm_from_product", 1)
-    _check_store_against_the_reference(codec_spec, dtype, generator)
-
-
-@pytest.mark.parametrize(
-    ("codec_spec", "dtype"),
     [((128, 4, 4, "float32"), torch.bfloat16), ((64, 3, 5, "float16"), torch.float16)],
 )
 def test_store_with_the_byte_squares_table_writes_the_reference_bytes(

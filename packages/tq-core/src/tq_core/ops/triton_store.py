@@ -64,7 +64,6 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
-    "norm_from_product": 0,
 }  # fmt: skip
 
 
@@ -299,8 +298,7 @@ def _encode_rows(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, NORM_FROM_PRODUCT: tl.constexpr,
-    BITS: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -312,17 +310,6 @@ def _encode_rows(
     )
     x_in, x, norm, inv_norm = _load_rows(x_ptr, stride_xt, stride_xh, token, head, keep, D)
     dims = tl.arange(0, D)
-    if RAW_DOT and NORM_FROM_PRODUCT:
-        # ||x M||^2 = D ||x||^2 (M M^T = D I): the norm from a first pass of the products, in
-        # their own layout, instead of from x converted to that layout through shared memory.
-        rotated_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-        for chunk in tl.static_range(D // CHUNK):
-            cols = chunk * CHUNK + tl.arange(0, CHUNK)
-            matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
-            y = _raw_product(x_in, x, matrix, RAW_DOT)
-            rotated_sq += tl.sum(y * y, axis=1)
-        norm = tl.sqrt(rotated_sq) * inv_sqrt_d
-        inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
     quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
     if not RAW_DOT:
         unit_x = x * inv_norm[:, None]
@@ -373,8 +360,7 @@ def _store_kernel(
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, NORM_FROM_PRODUCT: tl.constexpr,
-    K_BITS: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -390,7 +376,7 @@ def _store_kernel(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
             CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
-            SEARCHED_SQUARES, NORM_FROM_PRODUCT, K_BITS,
+            SEARCHED_SQUARES, K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -400,7 +386,7 @@ def _store_kernel(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
             CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
-            SEARCHED_SQUARES, NORM_FROM_PRODUCT, V_BITS,
+            SEARCHED_SQUARES, V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -474,7 +460,6 @@ def store(
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
         BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
-        NORM_FROM_PRODUCT=TUNING["norm_from_product"],
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
