@@ -77,72 +77,41 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 
-@pytest.mark.parametrize(
-    ("codec_spec", "dtype"),
-    [
-        ((128, 4, 4, "float32"), torch.bfloat16),
-        ((64, 8, 2, "float16"), torch.float32),
-        ((64, 16, 4, "float32"), torch.float16),
-        ((256, 3, 5, "float32"), torch.bfloat16),
-    ],
-)
-def test_store_with_butterflies_writes_the_reference_bytes(
-    codec_spec, dtype, generator, monkeypatch
-):
-    """fwht 1: the rotation as Walsh-Hadamard butterflies in fp32 instead of the sign matrix
-    on tensor cores writes the reference's bytes (head_dim 64, 128, 256; a raw bf16 layer)."""
-    monkeypatch.setitem(triton_store.TUNING, "fwht", 1)
-    _check_store_against_the_reference(codec_spec, dtype, generator)
+# The store's other paths (triton_store.TUNING), each held to the reference's bytes: the
+# rotation as Walsh-Hadamard butterflies in fp32 (fwht 1: head_dim 64, 128, 256, a raw bf16
+# layer); fp16 parts of the unit vector on tensor cores (raw_dot 0, the path before raw_dot, half
+# inputs included); the norm correction's squares from the per-byte table (searched_squares 0);
+# every positive boundary compared and the squares read per code (the quantizer before the
+# binary search).
+LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
+STORE_SETTINGS = [
+    ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"fwht": 1}, (64, 8, 2, "float16"), torch.float32),
+    ({"fwht": 1}, (64, 16, 4, "float32"), torch.float16),
+    ({"fwht": 1}, (256, 3, 5, "float32"), torch.bfloat16),
+    ({"raw_dot": 0}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"raw_dot": 0}, (64, 3, 5, "float16"), torch.float16),
+    ({"raw_dot": 0}, (128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+    ({"raw_dot": 0}, (64, 16, 4, "float32"), torch.float16),
+    ({"searched_squares": 0}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"searched_squares": 0}, (64, 3, 5, "float16"), torch.float16),
+    (LINEAR_QUANTIZER, (128, 4, 4, "float32"), torch.bfloat16),
+    (LINEAR_QUANTIZER, (64, 3, 5, "float16"), torch.float16),
+    (LINEAR_QUANTIZER, (64, 8, 2, "float32"), torch.float32),
+    (LINEAR_QUANTIZER, (128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+]
 
 
 @pytest.mark.parametrize(
-    ("codec_spec", "dtype"),
-    [
-        ((128, 4, 4, "float32"), torch.bfloat16),
-        ((64, 3, 5, "float16"), torch.float16),
-        ((128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
-        ((64, 16, 4, "float32"), torch.float16),
-    ],
+    ("settings", "codec_spec", "dtype"),
+    STORE_SETTINGS,
+    ids=[f"{'-'.join(f'{k}{v}' for k, v in s.items())}-{c}-{d}" for s, c, d in STORE_SETTINGS],
 )
-def test_store_through_unit_vector_parts_writes_the_reference_bytes(
-    codec_spec, dtype, generator, monkeypatch
+def test_store_under_each_setting_writes_the_reference_bytes(
+    settings, codec_spec, dtype, generator, monkeypatch
 ):
-    """raw_dot 0 (fp16 parts of the unit vector on tensor cores, the path before raw_dot) writes
-    the reference's bytes for half inputs too, a raw bf16 layer included."""
-    monkeypatch.setitem(triton_store.TUNING, "raw_dot", 0)
-    _check_store_against_the_reference(codec_spec, dtype, generator)
-
-
-@pytest.mark.parametrize(
-    ("codec_spec", "dtype"),
-    [((128, 4, 4, "float32"), torch.bfloat16), ((64, 3, 5, "float16"), torch.float16)],
-)
-def test_store_with_the_byte_squares_table_writes_the_reference_bytes(
-    codec_spec, dtype, generator, monkeypatch
-):
-    """searched_squares 0: the norm correction's squares read from the per-byte table instead
-    of selected by the binary search's decisions."""
-    monkeypatch.setitem(triton_store.TUNING, "searched_squares", 0)
-    _check_store_against_the_reference(codec_spec, dtype, generator)
-
-
-@pytest.mark.parametrize(
-    ("codec_spec", "dtype"),
-    [
-        ((128, 4, 4, "float32"), torch.bfloat16),
-        ((64, 3, 5, "float16"), torch.float16),
-        ((64, 8, 2, "float32"), torch.float32),
-        ((128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
-    ],
-)
-def test_store_with_linear_compares_and_per_code_squares_writes_the_reference_bytes(
-    codec_spec, dtype, generator, monkeypatch
-):
-    """binary_search 0 and byte_squares 0 (every positive boundary compared, the norm
-    correction's squares read per code: the quantizer before the binary search) write the
-    reference's bytes too."""
-    monkeypatch.setitem(triton_store.TUNING, "binary_search", 0)
-    monkeypatch.setitem(triton_store.TUNING, "byte_squares", 0)
+    for name, value in settings.items():
+        monkeypatch.setitem(triton_store.TUNING, name, value)
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 
