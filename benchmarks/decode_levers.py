@@ -205,6 +205,21 @@ WIDE_FIELD_VARIANTS = [
 ]
 
 
+# Fields narrower than 4 bits (K3V3: planes of 2 and 1 bits; K2V2) launch with the 4-bit
+# settings: on an H100 they decoded 6-7x slower than bf16 at 8 x 16K (kernels-h100-83eb21e).
+# Compiled for sm_90a, K3V3 spills 980 bytes at the 128-register cap with 3 stages (3,078 loop
+# instructions); uncapped with 1 stage none at 219 registers. `--bits 3x3` times these.
+NARROW_FIELD_VARIANTS = [
+    ("default (4-bit settings)", {}, 1.0),
+    ("no register cap, 1 stage", {"maxnreg": 0, "num_stages": 1}, 1.0),
+    ("no register cap, 3 stages", {"maxnreg": 0}, 1.0),
+    ("lookup 2, no cap, 1 stage, prefetch (the wide settings)",
+     {"lookup": 2, "maxnreg": 0, "num_stages": 1, "prefetch": 1}, 1.0),
+    ("lookup 0 (tables), no cap, 1 stage", {"lookup": 0, "maxnreg": 0, "num_stages": 1}, 1.0),
+    ("128 registers, 1 stage", {"num_stages": 1}, 1.0),
+]  # fmt: skip
+
+
 # --codebooks K,V: read the same pages with these codebooks (e.g. lloyd-max,uniform).
 CODEBOOKS = ("lloyd-max", "lloyd-max")
 
@@ -244,7 +259,12 @@ def lever_rows(
     label = f"tq K{bits[0]}V{bits[1]}" + (" rotate=True" if ROTATE else "")
     if CODEBOOKS != ("lloyd-max", "lloyd-max"):
         label += f" codebooks {CODEBOOKS[0]},{CODEBOOKS[1]}"
-    variants = VARIANTS if bits == (4, 4) else WIDE_FIELD_VARIANTS
+    if bits == (4, 4):
+        variants = VARIANTS
+    elif max(bits) < 4:
+        variants = NARROW_FIELD_VARIANTS
+    else:
+        variants = WIDE_FIELD_VARIANTS
     variants = variants + [(f"{count} splits", {}, count) for count in EXPLICIT_SPLITS]
     if bits == (4, 4):
         variants = variants + [(name, {}, 1.0) for name in WANTED_PROBES]
