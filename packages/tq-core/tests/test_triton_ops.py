@@ -757,12 +757,16 @@ def test_tuning_overrides_refuse_what_they_cannot_apply(spec):
 
 @pytest.mark.parametrize(
     "k_bits, v_bits, capped",
-    [(4, 4, True), (3, 3, True), (16, 4, True), (8, 4, False), (4, 8, False), (6, 4, False)],
-)
+    [
+        (4, 4, True), (16, 4, True), (8, 4, False), (4, 8, False), (6, 4, False), (3, 3, False),
+        (2, 2, False), (4, 3, False),
+    ],
+)  # fmt: skip
 def test_wide_fields_launch_with_their_own_cap_and_lookup(k_bits, v_bits, capped, monkeypatch):
-    """Fields wider than 4 bits launch uncapped and with ``wide_lookup`` (the lookup timed on
-    them); a head_dim below 128 with ``small_head_*``, above it with ``large_head_*``; the
-    rest with ``maxnreg`` and ``lookup``; the interpreter always compiles lookup 0."""
+    """Compressed fields of other than 4 bits (wider, or narrower: 1-3 bits) launch uncapped
+    and with ``wide_lookup`` (the settings timed on them); a head_dim below 128 with
+    ``small_head_*``, above it with ``large_head_*``; the rest with ``maxnreg`` and ``lookup``;
+    the interpreter always compiles lookup 0."""
     from tq_core import CacheLayout
 
     layout = CacheLayout(TQCodec(128, k_bits, v_bits), num_kv_heads=8, block_size=16)

@@ -821,10 +821,13 @@ _INTERPRETED = INTERPRETED  # a module global, so tests can patch it
 
 
 def _has_wide_field(layout: CacheLayout) -> bool:
-    """A compressed field wider than 4 bits: its centroids come from a table through L1, so it
-    launches with the ``wide_*`` settings."""
+    """A compressed field of other than 4 bits: its centroids come from a table through L1 (the
+    register lookups serve 4-bit fields only), so it launches with the ``wide_*`` settings.
+    Narrower fields too: with the 4-bit launch (128 registers, 3 stages) K3V3 spilled and
+    decoded 4.6x slower at 8 x 16K on an H100 (1.2567 ms against 0.2746; K2V2 1.0774 against
+    0.2386; decode-levers/decode-levers-narrow-*-h100-726d147)."""
     return any(
-        fmt.compressed and fmt.mse_bits > 4 for fmt in (layout.key_format, layout.value_format)
+        fmt.compressed and fmt.mse_bits != 4 for fmt in (layout.key_format, layout.value_format)
     )
 
 
