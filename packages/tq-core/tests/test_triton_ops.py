@@ -607,6 +607,43 @@ def test_prefill_with_host_copies_reads_nothing_back(dense, generator, monkeypat
         assert _varlen_sdpa.calls == [([0, 60, 65, 65, 96], [0, 60, 73, 73, 163], 60, 90)]
 
 
+def _compiled_decompress_kernels() -> int:
+    from tq_core.ops import triton_decompress
+
+    caches = triton_decompress._decompress_kernel.device_caches.values()
+    return sum(len(kernels) for kernels, *_ in caches)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="compiles kernels: a CUDA GPU")
+@pytest.mark.parametrize("dense", [False, True])
+def test_compile_prefill_leaves_no_kernel_for_prefills_to_compile(dense, generator):
+    """After ops.compile_prefill (which launches nothing), decompress prefills of lengths 1, 16,
+    17 and 90 with block-table rows at odd offsets find their kernels compiled (an engine's
+    first requests would otherwise stop to JIT them) and match the reference. The layout (128
+    dims, fp16 norms, 32-token blocks) is this test's own, so no other test compiled it."""
+    seq_lens, query_lens = [1, 16, 17, 90], [1, 3, 17, 20]
+    batch, dev = _batch((128, 4, 4, "float16"), seq_lens, 2, 32, generator)
+    starts = torch.tensor([0, *torch.tensor(query_lens).cumsum(0).tolist()], dtype=torch.int32)
+    query = torch.randn(int(starts[-1]), 8, 128, generator=generator)
+    expected = reference.prefill_attention(
+        query, batch.kv_cache, batch.block_table, starts, batch.seq_lens, batch.layout, 0.09,
+        rotate=True,
+    )  # fmt: skip
+    cache_before = dev["kv_cache"].clone()
+    ops.compile_prefill(dev["kv_cache"], batch.layout, torch.bfloat16, rotate=True)
+    compiled = _compiled_decompress_kernels()
+    assert torch.equal(dev["kv_cache"], cache_before)
+    _varlen_sdpa.calls = []
+    out = triton_attention.prefill_attention(
+        query.to(DEVICE, torch.bfloat16), dev["kv_cache"], dev["block_table"],
+        starts.to(DEVICE), dev["seq_lens"], batch.layout, 0.09, rotate=True, method="decompress",
+        **({"dense_attention": _varlen_sdpa} if dense else {}),
+    )  # fmt: skip
+    assert _compiled_decompress_kernels() == compiled
+    assert relative_error(out.float().cpu(), expected) < TOLERANCE[torch.bfloat16]
+
+
 def test_reference_refuses_host_copies_that_disagree(generator):
     batch, _ = _batch(CODECS[0], [20, 9], 2, 16, generator)
     starts = torch.tensor([0, 20, 24], dtype=torch.int32)

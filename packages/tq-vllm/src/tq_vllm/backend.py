@@ -225,6 +225,7 @@ class TQAttentionImpl(AttentionImpl):
             device = torch.device(vllm_config.device_config.device_type)
             self.key_centering = FirstWriteKeyMean(self.num_kv_heads, head_size, device)
         self._layouts: dict[int, CacheLayout] = {}
+        self._prefill_compiled: set[tuple[CacheLayout, torch.dtype]] = set()
         per_token = CacheLayout(self.codec, self.num_kv_heads, BLOCK_MULTIPLE)
         logger.info_once(
             "tq-vllm: attention over TurboQuant K%dV%d pages, %d bytes per token per layer "
@@ -282,6 +283,12 @@ class TQAttentionImpl(AttentionImpl):
         if attn_metadata is None:  # profiling / warm-up run: no cache yet
             return output
         pages, layout = self._layout_for(kv_cache)
+        if (layout, query.dtype) not in self._prefill_compiled:
+            # The first call with a cache is vLLM's CUDA-graph capture of decodes, before
+            # serving; its warm-up runs no prefill, so the prefill path's kernels would
+            # otherwise compile during the first request.
+            ops.compile_prefill(pages, layout, query.dtype, rotate=True)
+            self._prefill_compiled.add((layout, query.dtype))
         meta = attn_metadata
         n, nd = meta.num_actual_tokens, meta.num_decode_tokens
         query = query[:n].view(n, self.num_heads, self.head_size)

@@ -85,4 +85,20 @@ def prefill_attention(
     )
 
 
-__all__ = ["decode_attention", "gather_kv", "implementation", "prefill_attention", "store"]
+def compile_prefill(kv_cache, layout: CacheLayout, query_dtype: torch.dtype, *, rotate: bool):
+    """Compile, without launching anything, the Triton kernels ``prefill_attention``'s
+    "decompress" method (its default) JITs on its first call for this cache and queries of
+    ``query_dtype`` (with ``rotate`` as the calls will pass it), so an engine's first request
+    does not stop to compile them (vLLM's JIT monitor reports such compiles as latency spikes).
+    Safe inside a CUDA-graph capture; once per process; nothing to do where the reference runs.
+    """
+    if implementation(kv_cache.device, layout) == "triton":
+        from tq_core.ops import triton_decompress
+
+        triton_decompress.compile_gather(kv_cache, layout, query_dtype, unrotate=rotate)
+
+
+__all__ = [
+    "compile_prefill", "decode_attention", "gather_kv", "implementation", "prefill_attention",
+    "store",
+]  # fmt: skip

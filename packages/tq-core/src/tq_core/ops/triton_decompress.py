@@ -29,9 +29,15 @@ _BLOCK_TOKENS = 64
 # register_lookup 1: 4-bit fields dequantize by byte permutes (the decode kernel's lookup 5);
 # 0: one centroid-table load per code through L1 (kernel_bench.py times both).
 TUNING = {"register_lookup": 1}
+# (layout, device, dtype, unrotate) of every compile_gather done in this process.
+_COMPILED: set[tuple] = set()
 
 
-@triton.jit
+# seq_len unspecialized (Triton would compile a variant for 1, for multiples of 16 and for the
+# rest) and block_ids at any alignment (engines pass rows of their block table, at whatever
+# offset the row stride gives): one compiled kernel per field and output dtype, so
+# compile_gather can compile it ahead of an engine's first prefill.
+@triton.jit(do_not_specialize=["seq_len"], do_not_specialize_on_alignment=["block_ids_ptr"])
 def _decompress_kernel(
     cache_ptr, block_ids_ptr, cent_ptr, signs_ptr, out_ptr, seq_len, stride_page, stride_oh,
     stride_ot, inv_sqrt_d,
@@ -103,19 +109,50 @@ def gather_kv(
     grid = (triton.cdiv(seq_len, _BLOCK_TOKENS), layout.num_kv_heads)
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, kv_cache.device)
     for tensor, buffer in (("key", out[0]), ("value", out[1])):
-        constants = triton_layout.field_constants(layout, tensor, "")
-        # The permutes' immediates are the Lloyd-Max codebook; a uniform field reads its table.
-        fmt = layout.key_format if tensor == "key" else layout.value_format
-        register_lookup = (
-            constants["BITS"] == 4 and fmt.codebook == "lloyd-max"
-            and bool(TUNING["register_lookup"]) and not INTERPRETED
-        )  # fmt: skip
-        pairs = triton_layout.nibble_group_asm(layout.head_dim, False) if register_lookup else ""
+        table, constants = _field_arguments(layout, tensor, kv_cache.device, unrotate)
         _decompress_kernel[grid](
-            kv_cache, block_ids, triton_layout.centroids(layout, tensor, kv_cache.device), signs,
-            buffer, seq_len, kv_cache.stride(0), buffer.stride(0), buffer.stride(1),
-            layout.head_dim**-0.5, BLOCK_SIZE=layout.block_size, D=layout.head_dim,
-            BLOCK_T=_BLOCK_TOKENS, UNROTATE=unrotate, REGISTER_LOOKUP=register_lookup,
-            NIBBLE_PAIRS=pairs, **constants,
+            kv_cache, block_ids, table, signs, buffer, seq_len, kv_cache.stride(0),
+            buffer.stride(0), buffer.stride(1), layout.head_dim**-0.5, **constants,
         )  # fmt: skip
     return out
+
+
+def compile_gather(
+    kv_cache: torch.Tensor, layout: CacheLayout, dtype: torch.dtype, *, unrotate: bool
+) -> None:
+    """Compile, without launching anything, the kernels ``gather_kv`` runs for this cache into
+    ``dtype`` buffers, once per process: safe inside a CUDA-graph capture, and an engine's
+    first prefill then finds them compiled instead of stopping to JIT them."""
+    key = (layout, kv_cache.device, dtype, unrotate)
+    if key in _COMPILED:
+        return
+    signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, kv_cache.device)
+    head_dim, num_kv = layout.head_dim, layout.num_kv_heads
+    for tensor in ("key", "value"):
+        table, constants = _field_arguments(layout, tensor, kv_cache.device, unrotate)
+        # The output strides of either prefill path (per head, per token): multiples of 16,
+        # as every real call's, so the compiled kernel is the one those calls look up.
+        _decompress_kernel.warmup(
+            kv_cache, torch.int32, table, signs, dtype, 1, kv_cache.stride(0),
+            head_dim, num_kv * head_dim, head_dim**-0.5, grid=(1, num_kv), **constants,
+        )  # fmt: skip
+    _COMPILED.add(key)
+
+
+def _field_arguments(
+    layout: CacheLayout, tensor: str, device: torch.device, unrotate: bool
+) -> tuple[torch.Tensor, dict]:
+    """The centroid table and the constexprs of the decompress kernel for K or V."""
+    constants = triton_layout.field_constants(layout, tensor, "")
+    # The permutes' immediates are the Lloyd-Max codebook; a uniform field reads its table.
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    register_lookup = (
+        constants["BITS"] == 4 and fmt.codebook == "lloyd-max"
+        and bool(TUNING["register_lookup"]) and not INTERPRETED
+    )  # fmt: skip
+    pairs = triton_layout.nibble_group_asm(layout.head_dim, False) if register_lookup else ""
+    constants.update(
+        BLOCK_SIZE=layout.block_size, D=layout.head_dim, BLOCK_T=_BLOCK_TOKENS, UNROTATE=unrotate,
+        REGISTER_LOOKUP=register_lookup, NIBBLE_PAIRS=pairs,
+    )  # fmt: skip
+    return triton_layout.centroids(layout, tensor, device), constants
