@@ -205,18 +205,20 @@ WIDE_FIELD_VARIANTS = [
 ]
 
 
-# Fields narrower than 4 bits (K3V3: planes of 2 and 1 bits; K2V2) launch with the 4-bit
-# settings: on an H100 they decoded 6-7x slower than bf16 at 8 x 16K (kernels-h100-83eb21e).
-# Compiled for sm_90a, K3V3 spills 980 bytes at the 128-register cap with 3 stages (3,078 loop
-# instructions); uncapped with 1 stage none at 219 registers. `--bits 3x3` times these.
+# Fields narrower than 4 bits (K3V3: planes of 2 and 1 bits; K2V2) launched with the 4-bit
+# settings until 265d11f and decoded 6-7x slower than bf16 at 8 x 16K (kernels-h100-83eb21e);
+# compiled for sm_90a, K3V3 spilled 980 bytes at the 128-register cap with 3 stages. Since then
+# they take the wide fields' settings (wide_*: lookup 2, no cap, 1 stage, prefetch), which the
+# variants below override. `--bits 3x3` times these.
 NARROW_FIELD_VARIANTS = [
-    ("default (4-bit settings)", {}, 1.0),
-    ("no register cap, 1 stage", {"maxnreg": 0, "num_stages": 1}, 1.0),
-    ("no register cap, 3 stages", {"maxnreg": 0}, 1.0),
-    ("lookup 2, no cap, 1 stage, prefetch (the wide settings)",
-     {"lookup": 2, "maxnreg": 0, "num_stages": 1, "prefetch": 1}, 1.0),
-    ("lookup 0 (tables), no cap, 1 stage", {"lookup": 0, "maxnreg": 0, "num_stages": 1}, 1.0),
-    ("128 registers, 1 stage", {"num_stages": 1}, 1.0),
+    ("default (the wide fields' settings)", {}, 1.0),
+    ("no prefetch", {"wide_prefetch": 0}, 1.0),
+    ("3 stages", {"wide_num_stages": 3}, 1.0),
+    ("lookup 0 (tables)", {"wide_lookup": 0}, 1.0),
+    ("128 registers", {"wide_maxnreg": 128}, 1.0),
+    ("the 4-bit settings (until 265d11f)",
+     {f"wide_{key}": value for key, value in triton_attention.TUNING["decode"].items()
+      if f"wide_{key}" in triton_attention.TUNING["decode"]}, 1.0),
 ]  # fmt: skip
 
 
