@@ -216,6 +216,9 @@ NARROW_FIELD_VARIANTS = [
     ("3 stages", {"wide_num_stages": 3}, 1.0),
     ("lookup 0 (tables)", {"wide_lookup": 0}, 1.0),
     ("128 registers", {"wide_maxnreg": 128}, 1.0),
+    ("64-token tiles", {"wide_block_n": 64}, 1.0),
+    ("64-token tiles, 3 stages", {"wide_block_n": 64, "wide_num_stages": 3}, 1.0),
+    ("32-token tiles", {"wide_block_n": 32}, 1.0),
     ("the 4-bit settings (until 265d11f)",
      {f"wide_{key}": value for key, value in triton_attention.TUNING["decode"].items()
       if f"wide_{key}" in triton_attention.TUNING["decode"]}, 1.0),

@@ -608,7 +608,7 @@ def _split_count(num_seqs: int, layout: CacheLayout, max_tokens: int, device) ->
     tuning = TUNING["decode"]
     programs = max(1, num_seqs * layout.num_kv_heads)
     multiprocessors = _multiprocessors(device)
-    tiles = max_tokens // tuning["block_n"]
+    tiles = max_tokens // _setting(tuning, layout, "block_n")
     splits = triton.cdiv(tuning["programs_per_sm"] * multiprocessors, programs)
     if programs >= multiprocessors:
         # Many (sequence, KV head) pairs: splits of at most max_split_tiles tiles, so the last
@@ -885,7 +885,8 @@ def _merges_in_kernel(tuning: dict, block_table, layout: CacheLayout, num_splits
     ones lose 1-3% to the release fence every split then waits for before it exits (8 x 16K,
     eight tiles per split: 0.1092 against 0.1076; decode-levers-h200-0e40444). Shapes only,
     so a CUDA graph fixes the choice."""
-    tiles = triton.cdiv(block_table.shape[1] * layout.block_size, tuning["block_n"])
+    block_n = _setting(tuning, layout, "block_n")
+    tiles = triton.cdiv(block_table.shape[1] * layout.block_size, block_n)
     return triton.cdiv(tiles, num_splits) <= tuning.get("merge_in_kernel", 0)
 
 
@@ -957,7 +958,8 @@ def _launch(
         num_seqs, query_rows.shape[0], float(scale),
         float(logit_softcap or 1.0), int(sliding_window or 0), num_splits, inv_sqrt_d,
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
-        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=tuning["block_n"], LOOKUP=lookup,
+        D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=_setting(tuning, layout, "block_n"),
+        LOOKUP=lookup,
         UNROTATE=unrotate, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
