@@ -285,6 +285,23 @@ def main() -> None:
             )
             for bits in (4, 8)
         ),
+        # Fields narrower than 4 bits (K3V3, K2V2) as they launch (the wide fields' lookup,
+        # uncapped, prefetch) at 128-, 64- and 32-token tiles, one stage and three.
+        *(
+            compile_decode(
+                bits,
+                bits,
+                block_n,
+                default["num_warps"],
+                default["wide_lookup"],
+                default["wide_maxnreg"] or None,
+                default["wide_prefetch"],
+                num_stages=stages,
+            )
+            for bits in (3, 2)
+            for block_n in (128, 64, 32)
+            for stages in (1, 3)
+        ),
         # lookup 2 (fp16 tiles staged for tl.dot) at the 128 registers it ran best at, and
         # lookup 4 (K's bytes staged only) at the 160 it needs to keep from spilling.
         compile_decode(4, 4, default["block_n"], default["num_warps"], 2, 128, default["prefetch"]),
