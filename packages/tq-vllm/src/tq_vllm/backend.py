@@ -258,6 +258,20 @@ class TQAttentionImpl(AttentionImpl):
             return {}
         return {"dense_attention": flash}
 
+    def _compile_prefill(self, pages: torch.Tensor, layout: CacheLayout, dtype) -> None:
+        """The prefill path's kernels, compiled without a launch. The first call with a cache
+        is vLLM's CUDA-graph capture of decodes, before serving; its warm-up hands this backend
+        no prefill, so they would otherwise compile during the first request. Only an
+        optimization: if it fails, they compile then, as before, and the log says why."""
+        self._prefill_compiled.add((layout, dtype))
+        try:
+            ops.compile_prefill(pages, layout, dtype, rotate=True)
+        except Exception as error:  # any failure costs the first request its compile, no more
+            logger.warning_once(
+                "tq-vllm: the prefill kernels could not be compiled ahead (%s: %s); they will "
+                "compile during the first prefill", type(error).__name__, error,
+            )  # fmt: skip
+
     def do_kv_cache_update(self, layer, key, value, kv_cache, slot_mapping) -> None:
         pages, layout = self._layout_for(kv_cache)
         n = slot_mapping.shape[0]
@@ -284,11 +298,7 @@ class TQAttentionImpl(AttentionImpl):
             return output
         pages, layout = self._layout_for(kv_cache)
         if (layout, query.dtype) not in self._prefill_compiled:
-            # The first call with a cache is vLLM's CUDA-graph capture of decodes, before
-            # serving; its warm-up runs no prefill, so the prefill path's kernels would
-            # otherwise compile during the first request.
-            ops.compile_prefill(pages, layout, query.dtype, rotate=True)
-            self._prefill_compiled.add((layout, query.dtype))
+            self._compile_prefill(pages, layout, query.dtype)
         meta = attn_metadata
         n, nd = meta.num_actual_tokens, meta.num_decode_tokens
         query = query[:n].view(n, self.num_heads, self.head_size)
