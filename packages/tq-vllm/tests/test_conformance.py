@@ -27,6 +27,16 @@ from tq_vllm import settings
 from tq_vllm.backend import TQAttentionImpl, TQMetadata, packed_bytes_per_token
 
 
+def _decode_of_the_last_token(blocks: torch.Tensor) -> TQMetadata:
+    """vLLM's metadata of one sequence of NUM_TOKENS whose last token decodes."""
+    return TQMetadata(
+        num_actual_tokens=1, num_decodes=1, num_decode_tokens=1, decode_query_len=1,
+        prefill_query_start_loc=torch.zeros(1, dtype=torch.int32),
+        seq_lens=torch.tensor([NUM_TOKENS], dtype=torch.int32),
+        block_table=blocks[None].to(torch.int32),
+    )  # fmt: skip
+
+
 @pytest.mark.parametrize("bits", sorted(GOLDEN))
 def test_vllm_impl_conforms(bits, monkeypatch):
     from vllm.config import VllmConfig, set_current_vllm_config
@@ -48,12 +58,7 @@ def test_vllm_impl_conforms(bits, monkeypatch):
     impl.do_kv_cache_update(None, keys[:-1], values[:-1], kv_cache, slot_mapping[:-1])
     # The decode step: vLLM stores the new token, then runs attention for it.
     impl.do_kv_cache_update(None, keys[-1:], values[-1:], kv_cache, slot_mapping[-1:])
-    metadata = TQMetadata(
-        num_actual_tokens=1, num_decodes=1, num_decode_tokens=1, decode_query_len=1,
-        prefill_query_start_loc=torch.zeros(1, dtype=torch.int32),
-        seq_lens=torch.tensor([NUM_TOKENS], dtype=torch.int32),
-        block_table=blocks[None].to(torch.int32),
-    )  # fmt: skip
+    metadata = _decode_of_the_last_token(blocks)
     query = conformance_query()
     output = torch.empty_like(query)
     impl.forward(None, query, keys[-1:], values[-1:], kv_cache, metadata, output)
@@ -82,12 +87,7 @@ def test_prefill_kernels_compile_once_ahead_and_a_failure_only_warns(monkeypatch
     positions = torch.arange(NUM_TOKENS)
     slot_mapping = blocks[positions // BLOCK_SIZE] * BLOCK_SIZE + positions % BLOCK_SIZE
     impl.do_kv_cache_update(None, keys, values, kv_cache, slot_mapping)
-    metadata = TQMetadata(
-        num_actual_tokens=1, num_decodes=1, num_decode_tokens=1, decode_query_len=1,
-        prefill_query_start_loc=torch.zeros(1, dtype=torch.int32),
-        seq_lens=torch.tensor([NUM_TOKENS], dtype=torch.int32),
-        block_table=blocks[None].to(torch.int32),
-    )  # fmt: skip
+    metadata = _decode_of_the_last_token(blocks)
     calls, warnings = [], []
 
     def failing_compile(pages, layout, dtype, *, rotate):
