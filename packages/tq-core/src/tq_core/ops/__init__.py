@@ -90,7 +90,7 @@ def compile_prefill(kv_cache, layout: CacheLayout, query_dtype: torch.dtype, *, 
     "decompress" method (its default) JITs on its first call for this cache and queries of
     ``query_dtype`` (with ``rotate`` as the calls will pass it), so an engine's first request
     does not stop to compile them (vLLM's JIT monitor reports such compiles as latency spikes).
-    Safe inside a CUDA-graph capture; once per process; nothing to do where the reference runs.
+    Safe inside a CUDA-graph capture; nothing to do where the reference runs.
     """
     if implementation(kv_cache.device, layout) == "triton":
         from tq_core.ops import triton_decompress

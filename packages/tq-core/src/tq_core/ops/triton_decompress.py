@@ -29,8 +29,6 @@ _BLOCK_TOKENS = 64
 # register_lookup 1: 4-bit fields dequantize by byte permutes (the decode kernel's lookup 5);
 # 0: one centroid-table load per code through L1 (kernel_bench.py times both).
 TUNING = {"register_lookup": 1}
-# (layout, device, dtype, unrotate) of every compile_gather done in this process.
-_COMPILED: set[tuple] = set()
 
 
 # seq_len unspecialized (Triton would compile a variant for 1, for multiples of 16 and for the
@@ -121,11 +119,9 @@ def compile_gather(
     kv_cache: torch.Tensor, layout: CacheLayout, dtype: torch.dtype, *, unrotate: bool
 ) -> None:
     """Compile, without launching anything, the kernels ``gather_kv`` runs for this cache into
-    ``dtype`` buffers, once per process: safe inside a CUDA-graph capture, and an engine's
-    first prefill then finds them compiled instead of stopping to JIT them."""
-    key = (layout, kv_cache.device, dtype, unrotate)
-    if key in _COMPILED:
-        return
+    ``dtype`` buffers: safe inside a CUDA-graph capture, and an engine's first prefill then
+    finds them compiled instead of stopping to JIT them. Kernels already compiled cost a
+    lookup in Triton's own cache."""
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, kv_cache.device)
     head_dim, num_kv = layout.head_dim, layout.num_kv_heads
     for tensor in ("key", "value"):
@@ -136,7 +132,6 @@ def compile_gather(
             kv_cache, torch.int32, table, signs, dtype, 1, kv_cache.stride(0),
             head_dim, num_kv * head_dim, head_dim**-0.5, grid=(1, num_kv), **constants,
         )  # fmt: skip
-    _COMPILED.add(key)
 
 
 def _field_arguments(
