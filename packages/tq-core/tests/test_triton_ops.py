@@ -238,6 +238,32 @@ def test_decode_matches_the_reference(
     assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
 
 
+@pytest.mark.parametrize("merge_unroll", [1, 4, 8])
+@pytest.mark.parametrize("rotate", [False, True])
+def test_merge_launch_over_many_splits_matches_the_reference(
+    merge_unroll, rotate, generator, monkeypatch
+):
+    """The merge launch reads the splits in tiles (16 for the maxima, merge_unroll for the
+    partials): 19 splits cross both tile sizes with a ragged last tile, the short sequence leaves
+    splits empty, and a padding sequence (length 0) has none."""
+    monkeypatch.setitem(triton_attention.TUNING["decode"], "merge_in_kernel", 0)
+    monkeypatch.setitem(triton_attention.TUNING["decode"], "merge_unroll", merge_unroll)
+    seq_lens = [2400, 300, 0, 1333]  # 2400: 19 splits of one 128-token tile each
+    batch, dev = _batch(CODECS[0], seq_lens, 2, 16, generator)
+    query = torch.randn(4, 1, 8, 64, generator=generator)
+    expected = reference.decode_attention(
+        query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.125,
+        rotate=rotate,
+    )  # fmt: skip
+    out = torch.full(query.shape, float("nan"), device=DEVICE)
+    triton_attention.decode_attention(
+        query.to(DEVICE), dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout,
+        0.125, out=out, num_splits=19, rotate=rotate,
+    )  # fmt: skip
+    assert relative_error(out.cpu(), expected) < TOLERANCE[torch.float32]
+    assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
+
+
 @pytest.mark.parametrize(("head_dim", "heads"), [(64, 9), (128, 32), (256, 16)])
 def test_query_rotation_launch_rotates_every_head_like_fp64(head_dim, heads, generator):
     """rotate=True's first launch: R q of every query row and head (a head count short of a
