@@ -90,11 +90,6 @@ VARIANTS = [
     ("3 stages, L2 prefetch", {"prefetch": 1}, 1.0),
     ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
     ("3 stages, splits x1.33", {}, 4 / 3),
-    # The merge launch reads merge_unroll splits' partials per round trip to L2 (4, the
-    # default; 1 is the merge before, one split after another).
-    ("merge unroll 1", {"merge_unroll": 1}, 1.0),
-    ("merge unroll 2", {"merge_unroll": 2}, 1.0),
-    ("merge unroll 8", {"merge_unroll": 8}, 1.0),
 ]
 # A ceiling, not a kernel: the 4-bit lookup replaced by the cheapest conversion there is, each
 # nibble n read as the fp16 value n (OR into 1024's exponent, subtract 1024; 11-12 instructions

@@ -430,7 +430,7 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS, 4,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
@@ -498,7 +498,6 @@ def _merge_splits(
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    MERGE_UNROLL: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
@@ -506,43 +505,34 @@ def _merge_splits(
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
     row_ok = rows < UNIFORM_Q * GROUP  # the rows the splits wrote
-    # Every load is independent of the others: the maxima come in tiles of STATS_CHUNK splits
-    # and the partials MERGE_UNROLL splits at a time, so a merge waits on a few round trips to
-    # L2 instead of two per split (one program per (sequence, KV head) read 17 splits one after
-    # another at 8 x 16K).
-    STATS_CHUNK: tl.constexpr = 16
-    chunk = tl.arange(0, STATS_CHUNK)
     m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for first_split in range(0, num_splits, STATS_CHUNK):
-        split = first_split + chunk
-        stats = partial_stats_ptr + ((first + split) * 2)[:, None] * BLOCK_M + rows[None, :]
-        maxima = tl.load(
-            stats, mask=(split < num_splits)[:, None] & row_ok[None, :], other=float("-inf"),
-            cache_modifier=".cg",
-        )  # fmt: skip
-        m_max = tl.maximum(m_max, tl.max(maxima, axis=0))
+    for split in range(num_splits):
+        stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
+        m_max = tl.maximum(
+            m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        )
     m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
     total = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    steps = tl.arange(0, MERGE_UNROLL)
-    for first_split in range(0, num_splits, MERGE_UNROLL):
-        # MERGE_UNROLL splits as one [splits, rows(, D)] tile each: their loads are issued
-        # together, and the splits are summed inside each thread.
-        part = first + first_split + steps
-        ok = (first_split + steps < num_splits)[:, None] & row_ok[None, :]
-        partial_rows = (part * BLOCK_M)[:, None] + rows[None, :]
+    for split in range(num_splits):
+        part = first + split
+        m_split = tl.load(
+            partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
+        l_split = tl.load(
+            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        total += weight * l_split
         partial = tl.load(
-            partial_acc_ptr + partial_rows[:, :, None] * D + dims[None, None, :],
-            mask=ok[:, :, None],
+            partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
+            mask=row_ok[:, None],
             other=0.0,
             cache_modifier=".cg",
         )
-        stats = partial_stats_ptr + (part * 2)[:, None] * BLOCK_M + rows[None, :]
-        m_split = tl.load(stats, mask=ok, other=0.0, cache_modifier=".cg")
-        l_split = tl.load(stats + BLOCK_M, mask=ok, other=0.0, cache_modifier=".cg")
-        weight = tl.where(ok, tl.exp2(m_split - m_use[None, :]), 0.0)
-        total += tl.sum(weight * l_split, axis=0)
-        acc += tl.sum(weight[:, :, None] * partial, axis=0)
+        acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
@@ -567,7 +557,7 @@ def _merge_splits_kernel(
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    WAIT_PRIOR: tl.constexpr, MERGE_UNROLL: tl.constexpr,
+    WAIT_PRIOR: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     if WAIT_PRIOR:
@@ -575,7 +565,7 @@ def _merge_splits_kernel(
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_UNROLL,
+        UNIFORM_Q, UNROTATE, ROT_COLS,
     )  # fmt: skip
 
 
@@ -775,9 +765,6 @@ TUNING = {
     # (decode-levers-pdl-*-h200-2b53720, decode-levers-rotate-h200-1d0d68c). Opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
-    # merge_unroll 4: the merge launch reads 4 splits' partials (and statistics) as one tile,
-    # so its loads are in flight together; with 1, one split after another, a merge of 17
-    # splits (8 x 16K) waited on 34 round trips to L2 (timed: decode-levers-merge-*).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -802,7 +789,6 @@ TUNING = {
         "programs_per_sm": 8,
         "max_split_tiles": 24,
         "merge_in_kernel": 4,
-        "merge_unroll": 4,
         "pdl": 0,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
@@ -990,7 +976,6 @@ def _launch(
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
             ROT_COLS=_rotation_cols(layout.head_dim), WAIT_PRIOR=programmatic,
-            MERGE_UNROLL=tuning.get("merge_unroll", 4),
             **_pdl_option(programmatic),
         )  # fmt: skip
 
