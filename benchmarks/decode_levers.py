@@ -90,6 +90,11 @@ VARIANTS = [
     ("3 stages, L2 prefetch", {"prefetch": 1}, 1.0),
     ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
     ("3 stages, splits x1.33", {}, 4 / 3),
+    # The merge launch with each split's statistics read into the output tile's layout (inline
+    # PTX), 4 splits' loads in flight at once; alone and with twice the splits, which it
+    # makes cheaper.
+    ("merge in place", {"merge_in_place": 1}, 1.0),
+    ("merge in place, splits x2", {"merge_in_place": 1}, 2.0),
 ]
 # A ceiling, not a kernel: the 4-bit lookup replaced by the cheapest conversion there is, each
 # nibble n read as the fp16 value n (OR into 1024's exponent, subtract 1024; 11-12 instructions
