@@ -804,7 +804,8 @@ TUNING = {
     # merge_in_place 1: the merge launch reads each split's statistics straight into the output
     # tile's layout with inline PTX (triton_common.load_in_place), 4 splits' loads in flight at
     # once, instead of a tl.load per split whose result crosses shared memory behind a barrier
-    # (~0.6 us per split on an H100: decode-levers/decode-kernel-times-h100-144d3cf). GPU only.
+    # (~0.6 us per split on an H100: decode-levers/decode-kernel-times-h100-144d3cf). GPU only;
+    # compiled for sm_90a (no barrier in either loop), not yet timed, so opt-in.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
