@@ -27,8 +27,6 @@ sys.path.insert(0, str(pathlib.Path(__file__).parent))
 import decode_levers as levers
 import kernel_bench as kernels
 
-from tq_core.cli.provenance import environment_record
-
 SHAPES = [(1, 1024), (8, 1024), (8, 16384), (8, 65536), (32, 16384), (32, 65536)]
 CALLS = 30
 
@@ -114,12 +112,8 @@ def main() -> None:
     parser.add_argument("--git-sha", help="the commit measured (when .git did not travel)")
     parser.add_argument("--shapes", help="comma list of BATCHxCONTEXT")
     args = parser.parse_args()
-    shapes = SHAPES
-    if args.shapes:
-        shapes = [tuple(int(p) for p in s.split("x")) for s in args.shapes.split(",")]
-    env = environment_record()
-    if args.git_sha:
-        env["git_sha"] = args.git_sha
+    shapes = levers.shapes_from(args.shapes, SHAPES)
+    env = levers.measured_environment(args.git_sha)
     started = time.time()
     copy_gbps = kernels.copy_bandwidth()
     rows = []

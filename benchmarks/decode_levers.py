@@ -340,6 +340,22 @@ def ncu_target(
     torch.cuda.synchronize()
 
 
+def shapes_from(spec: str | None, default: list) -> list[tuple[int, int]]:
+    """(batch, context) pairs of a BATCHxCONTEXT comma list, or ``default``."""
+    if not spec:
+        return default
+    return [tuple(int(part) for part in shape.split("x")) for shape in spec.split(",")]
+
+
+def measured_environment(git_sha: str | None) -> dict:
+    """The machine and versions, with the commit named on the command line where .git did not
+    travel."""
+    env = environment_record()
+    if git_sha:
+        env["git_sha"] = git_sha
+    return env
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="path prefix for .json and .md")
@@ -385,12 +401,8 @@ def main() -> None:
         ]
         WANTED_PROBES.extend(name for name in PROBES if any(w in name for w in wanted))
     bits = tuple(int(part) for part in args.bits.split("x"))
-    shapes = SHAPES
-    if args.shapes:
-        shapes = [tuple(int(p) for p in s.split("x")) for s in args.shapes.split(",")]
-    env = environment_record()
-    if args.git_sha:
-        env["git_sha"] = args.git_sha
+    shapes = shapes_from(args.shapes, SHAPES)
+    env = measured_environment(args.git_sha)
     started = time.time()
     copy_gbps = kernels.copy_bandwidth()
     print(f"copy bandwidth {copy_gbps:.0f} GB/s on {env['gpu']}", flush=True)
