@@ -511,7 +511,7 @@ def _merge_splits(
         # Each split's statistics read straight into the output tile's layout ([rows, D], a
         # row's value repeated along D: one address per warp), so no split waits on a layout
         # change through shared memory, and MERGE_UNROLL splits' loads are in flight at once.
-        # One split after another with tl.load, the merge took ~0.6 us per split on an H100
+        # One split after another with tl.load, the merge took 0.7-0.9 us per split on an H100
         # (11.4 us of 8 x 16K's 106: decode-levers/decode-kernel-times-h100-144d3cf).
         MERGE_UNROLL: tl.constexpr = 4
         stat_rows = rows[:, None] + 0 * dims[None, :]
@@ -804,7 +804,7 @@ TUNING = {
     # merge_in_place 1: the merge launch reads each split's statistics straight into the output
     # tile's layout with inline PTX (triton_common.load_in_place), 4 splits' loads in flight at
     # once, instead of a tl.load per split whose result crosses shared memory behind a barrier
-    # (~0.6 us per split on an H100: decode-levers/decode-kernel-times-h100-144d3cf). GPU only;
+    # (0.7-0.9 us per split on an H100: decode-levers/decode-kernel-times-h100-144d3cf). GPU only;
     # compiled for sm_90a (no barrier in either loop), not yet timed, so opt-in.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
