@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The split merge's levers (at babecec merge_unroll 1/2/4/8, since d78bbbf merge_in_place; the
-# in-kernel merge, programmatic launches, split counts) at 1-32 x 1-64K, then the decode section of the kernel suite at the commit's defaults,
-# then the GPU decode/merge op tests, in one call. Results land in $OUT, named after the card.
+# in-kernel merge, programmatic launches, split counts) at 1-32 x 1-64K, then the decode section
+# of the kernel suite at the commit's defaults, then the GPU decode/merge op tests, in one call.
+# Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/merge_gpu.sh COMMIT
 set -uo pipefail
 sha=${1:?git sha of the measured commit}
