@@ -134,13 +134,73 @@ or.b32 hb2, hb2, sg;
 """
 
 
-def _sign_magnitude_asm(quads: bool) -> str:
-    words = [w & 0xFFFFFFFF for w in triton_layout.nibble_pair_table(128, "cpu")[256:].tolist()]
-    immediates = triton_layout._NIBBLE_IMMEDIATES.format(
-        l0=words[0], l1=words[1], h0=words[2], h1=words[3]
-    )
-    epilogue = triton_layout._QUADS_EPILOGUE if quads else triton_layout._PAIRS_EPILOGUE
+def _sign_magnitude_asm(head_dim: int, quads: bool) -> str:
+    words = [w & 0xFFFFFFFF for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    immediates = _IMMEDIATES_35B2748.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+    epilogue = _QUADS_EPILOGUE_35B2748 if quads else triton_layout._PAIRS_EPILOGUE
     return "{" + immediates + _SIGN_MAGNITUDE_PERMUTES + epilogue + "}"
+
+
+# Lookup 5's asm as it was at 35b2748, before the leaner permutes (no not per 8 codes, the V
+# words' bytes reordered so each output is one permute, the shifts as mul.hi on the FMA pipe):
+# correct values, to time the change against the old code in one process.
+_IMMEDIATES_35B2748 = """
+.reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, l0, l1, h0, h1, c80, e, f, e2, f2;
+mov.b32 l0, {l0:#010x};
+mov.b32 l1, {l1:#010x};
+mov.b32 h0, {h0:#010x};
+mov.b32 h1, {h1:#010x};
+mov.b32 c80, 0x8000;"""
+_PERMUTES_35B2748 = """
+not.b32 neg, $4;
+shr.u32 neg, neg, 3;
+and.b32 neg, neg, 0x11111111;
+mul.lo.u32 flip, neg, 7;
+xor.b32 idx, $4, flip;
+and.b32 idx, idx, 0x77777777;
+prmt.b32 lb, l0, l1, idx;
+prmt.b32 hb, h0, h1, idx;
+prmt.b32 sg, c80, c80, neg;
+or.b32 hb, hb, sg;
+shr.u32 idx, idx, 16;
+shr.u32 neg, neg, 16;
+prmt.b32 lb2, l0, l1, idx;
+prmt.b32 hb2, h0, h1, idx;
+prmt.b32 sg, c80, c80, neg;
+or.b32 hb2, hb2, sg;
+"""
+_QUADS_EPILOGUE_35B2748 = """
+prmt.b32 e, lb, hb, 0x5140;
+prmt.b32 f, lb, hb, 0x7362;
+prmt.b32 e2, lb2, hb2, 0x5140;
+prmt.b32 f2, lb2, hb2, 0x7362;
+prmt.b32 $0, e, e2, 0x5410;
+prmt.b32 $1, e, e2, 0x7632;
+prmt.b32 $2, f, f2, 0x5410;
+prmt.b32 $3, f, f2, 0x7632;
+"""
+
+
+def _permutes_35b2748(head_dim: int, quads: bool) -> str:
+    words = [w & 0xFFFFFFFF for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    immediates = _IMMEDIATES_35B2748.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+    epilogue = _QUADS_EPILOGUE_35B2748 if quads else triton_layout._PAIRS_EPILOGUE
+    return "{" + immediates + _PERMUTES_35B2748 + epilogue + "}"
+
+
+def _shifts_on_the_alu(head_dim: int, quads: bool) -> str:
+    """Today's permutes with the three shifts as shr (the integer pipe) instead of mul.hi."""
+    asm = triton_layout.nibble_group_asm(head_dim, quads)
+    for old, new in (
+        ("mul.hi.u32 pos, x, 0x20000000;", "shr.u32 pos, x, 3;"),
+        ("mul.hi.u32 pos, $4, 0x20000000;", "shr.u32 pos, $4, 3;"),
+        ("mul.hi.u32 idx, idx, 0x10000;", "shr.u32 idx, idx, 16;"),
+        ("mul.hi.u32 pos, pos, 0x10000;", "shr.u32 pos, pos, 16;"),
+    ):
+        asm = asm.replace(old, new)
+    if "mul.hi" in asm:
+        raise AssertionError("a mul.hi left in the ALU-shift variant")
+    return asm
 
 
 # The affine probes without the subtractions: each nibble n read as the fp16 value 1024 + n and
@@ -159,7 +219,10 @@ PROBES = {
     "probe: affine nibbles as 1024 + n (wrong values)": (_RAW_PAIRS_PROBE, _RAW_QUADS_PROBE),
     "probe: affine key nibbles only (wrong values)": (_AFFINE_PAIRS_PROBE, None),
     "probe: affine value nibbles only (wrong values)": (None, _AFFINE_QUADS_PROBE),
-    "probe: sign-magnitude code order (wrong values)": ("sign-magnitude", "sign-magnitude"),
+    "probe: sign-magnitude code order (wrong values)": (_sign_magnitude_asm, _sign_magnitude_asm),
+    # Not probes: the same values as the default, other asm (timed against it in one process).
+    "permutes at 35b2748": (_permutes_35b2748, _permutes_35b2748),
+    "permutes, shifts on the ALU": (_shifts_on_the_alu, _shifts_on_the_alu),
 }
 
 
@@ -177,8 +240,8 @@ def _probed(name: str):
                     ("NIBBLE_PAIRS", pairs, False),
                     ("NIBBLE_QUADS", quads_asm, True),
                 ):
-                    if asm == "sign-magnitude":
-                        asm = _sign_magnitude_asm(quads)
+                    if callable(asm):
+                        asm = asm(layout.head_dim, quads)
                     if asm is not None:
                         constants[key] = asm
             return constants

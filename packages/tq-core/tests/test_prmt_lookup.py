@@ -81,6 +81,8 @@ def run_ptx(asm: str, registers: dict[str, int]) -> dict[str, int]:
             out = x[0] - x[1]
         elif op == "mul.lo.u32":
             out = x[0] * x[1]
+        elif op == "mul.hi.u32":
+            out = (x[0] * x[1]) >> 32
         elif op == "prmt.b32":
             out = _prmt(*x)
         elif op == "lop3.b32":

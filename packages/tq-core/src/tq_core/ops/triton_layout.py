@@ -123,34 +123,36 @@ def nibble_asm(head_dim: int, high: bool) -> str:
 # Triton from moving tl.dot's layout change above the lookup: its operands must trace back to
 # loads or constants). The words: l0, l1 (low bytes of the 8 magnitudes), h0, h1 (high bytes)
 # and c80 (0x8000), as immediates here, as operands in lookup 6.
+_NIBBLE_REGS = ".reg .b32 pos, flip, idx, lb, hb, lb2, hb2, sg, c08, x;"
 _NIBBLE_IMMEDIATES = """
-.reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, l0, l1, h0, h1, c80, e, f, e2, f2;
+.reg .b32 l0, l1, h0, h1;
 mov.b32 l0, {l0:#010x};
 mov.b32 l1, {l1:#010x};
 mov.b32 h0, {h0:#010x};
 mov.b32 h1, {h1:#010x};
-mov.b32 c80, 0x8000;"""
-# The permutes: for the 8 codes of {src}, neg nibble = 1 for codes < 8, idx = the magnitude
-# index; then the low and high bytes and sign of codes 0-3 (lb, hb) and 4-7 (lb2, hb2).
+mov.b32 c08, 0x0080;"""
+# The permutes: for the 8 codes of {src}, pos nibble = 1 for codes >= 8, idx = the magnitude
+# index (code - 8, or 7 - code below 8: the low 3 bits xor the complement of pos * 7, one
+# lop3); then the low and high bytes of codes 0-3 (lb, hb) and 4-7 (lb2, hb2), the sign
+# byte 0x80 of negative codes (byte 0 of c08 where pos is 0, its byte 1, 0, elsewhere) or'd
+# into hb. Testing pos, not its complement, spares a not per 8 codes.
 _NIBBLE_PERMUTES = """
-not.b32 neg, {src};
-shr.u32 neg, neg, 3;
-and.b32 neg, neg, 0x11111111;
-mul.lo.u32 flip, neg, 7;
-xor.b32 idx, {src}, flip;
-and.b32 idx, idx, 0x77777777;
+mul.hi.u32 pos, {src}, 0x20000000;
+and.b32 pos, pos, 0x11111111;
+mul.lo.u32 flip, pos, 7;
+lop3.b32 idx, {src}, flip, 0x77777777, 0x82;
 prmt.b32 lb, {l0}, {l1}, idx;
 prmt.b32 hb, {h0}, {h1}, idx;
-prmt.b32 sg, {c80}, {c80}, neg;
+prmt.b32 sg, c08, c08, pos;
 or.b32 hb, hb, sg;
-shr.u32 idx, idx, 16;
-shr.u32 neg, neg, 16;
+mul.hi.u32 idx, idx, 0x10000;
+mul.hi.u32 pos, pos, 0x10000;
 prmt.b32 lb2, {l0}, {l1}, idx;
 prmt.b32 hb2, {h0}, {h1}, idx;
-prmt.b32 sg, {c80}, {c80}, neg;
+prmt.b32 sg, c08, c08, pos;
 or.b32 hb2, hb2, sg;
 """
-_WORD_NAMES = ("l0", "l1", "h0", "h1", "c80")
+_WORD_NAMES = ("l0", "l1", "h0", "h1")
 # Pairs: 4 bytes ($4) -> low nibbles as fp16x2 of bytes (0, 1), (2, 3) ($0, $1) and high ($2, $3).
 _PAIRS_EPILOGUE = """
 prmt.b32 $0, lb, hb, 0x6240;
@@ -159,23 +161,25 @@ prmt.b32 $1, lb2, hb2, 0x6240;
 prmt.b32 $3, lb2, hb2, 0x7351;
 """
 # Quads: two 16-bit words ($4: w0 low half, w1 high) -> nibble p of (w0, w1) as fp16x2 in $p.
+# The bytes of $4 are first reordered (w0's low byte, w1's low byte, w0's high, w1's high), so
+# codes 0-3 of the lookup are nibbles 0, 1 of w0 and of w1 and codes 4-7 nibbles 2, 3 of each:
+# then each output is one permute of (lb, hb) or (lb2, hb2), as for pairs (5 permutes, not 8).
+_QUADS_SOURCE = "prmt.b32 x, $4, $4, 0x3120;"
 _QUADS_EPILOGUE = """
-prmt.b32 e, lb, hb, 0x5140;
-prmt.b32 f, lb, hb, 0x7362;
-prmt.b32 e2, lb2, hb2, 0x5140;
-prmt.b32 f2, lb2, hb2, 0x7362;
-prmt.b32 $0, e, e2, 0x5410;
-prmt.b32 $1, e, e2, 0x7632;
-prmt.b32 $2, f, f2, 0x5410;
-prmt.b32 $3, f, f2, 0x7632;
+prmt.b32 $0, lb, hb, 0x6240;
+prmt.b32 $1, lb, hb, 0x7351;
+prmt.b32 $2, lb2, hb2, 0x6240;
+prmt.b32 $3, lb2, hb2, 0x7351;
 """
 
 
-def _nibble_prologue(head_dim: int, src: str) -> str:
-    """The permutes every immediate-codebook lookup starts with, on the 8 codes of ``src``."""
+def _nibble_prologue(head_dim: int, src: str, source: str = "") -> str:
+    """The permutes every immediate-codebook lookup starts with, on the 8 codes of ``src``
+    (after the ``source`` instruction that writes it, if any)."""
     words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
     immediates = _NIBBLE_IMMEDIATES.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
-    return immediates + _NIBBLE_PERMUTES.format(src=src, **{n: n for n in _WORD_NAMES})
+    permutes = _NIBBLE_PERMUTES.format(src=src, **{n: n for n in _WORD_NAMES})
+    return "\n" + _NIBBLE_REGS + immediates + "\n" + source + permutes
 
 
 def nibble_group_operand_asm(quads: bool) -> str:
@@ -187,16 +191,27 @@ def nibble_group_operand_asm(quads: bool) -> str:
     word stays in one register, as lookup 2's do."""
     pack = 2 if quads else 4
     operands = {name: f"${5 + pack * i}" for i, name in enumerate(_WORD_NAMES)}
-    decl = ".reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, e, f, e2, f2;"
-    epilogue = _QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE
-    return "{\n" + decl + _NIBBLE_PERMUTES.format(src="$4", **operands) + epilogue + "}"
+    # The fifth word is 0x8000 (nibble_pair_table's entry 260, which lookup 2 reads as is);
+    # these permutes want its byte 1 in byte 0.
+    sign_word = f"shr.u32 c08, ${5 + pack * 4}, 8;"
+    source, src, epilogue = _group_parts(quads)
+    permutes = _NIBBLE_PERMUTES.format(src=src, **operands)
+    return "{\n" + _NIBBLE_REGS + "\n" + source + "\n" + sign_word + permutes + epilogue + "}"
+
+
+def _group_parts(quads: bool) -> tuple[str, str, str]:
+    """(the source's reordering, the register the permutes read, the epilogue) of a pair or
+    quad lookup."""
+    if quads:
+        return _QUADS_SOURCE, "x", _QUADS_EPILOGUE
+    return "", "$4", _PAIRS_EPILOGUE
 
 
 def nibble_group_asm(head_dim: int, quads: bool) -> str:
     """Inline PTX for triton_common.nibble_pairs_pure / nibble_quads: the 4-bit codebook of
     ``head_dim`` as immediates (see :func:`nibble_asm` for the sign-and-magnitude permutes)."""
-    epilogue = _QUADS_EPILOGUE if quads else _PAIRS_EPILOGUE
-    return "{" + _nibble_prologue(head_dim, "$4") + epilogue + "}"
+    source, src, epilogue = _group_parts(quads)
+    return "{" + _nibble_prologue(head_dim, src, source) + epilogue + "}"
 
 
 def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
