@@ -135,8 +135,7 @@ or.b32 hb2, hb2, sg;
 
 
 def _sign_magnitude_asm(head_dim: int, quads: bool) -> str:
-    words = [w & 0xFFFFFFFF for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    immediates = _IMMEDIATES_35B2748.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+    immediates = _immediates_35b2748(head_dim)
     epilogue = _QUADS_EPILOGUE_35B2748 if quads else triton_layout._PAIRS_EPILOGUE
     return "{" + immediates + _SIGN_MAGNITUDE_PERMUTES + epilogue + "}"
 
@@ -181,9 +180,14 @@ prmt.b32 $3, f, f2, 0x7632;
 """
 
 
+def _immediates_35b2748(head_dim: int) -> str:
+    table = triton_layout.nibble_pair_table(head_dim, "cpu")
+    words = [w & 0xFFFFFFFF for w in table[256:260].tolist()]
+    return _IMMEDIATES_35B2748.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+
+
 def _permutes_35b2748(head_dim: int, quads: bool) -> str:
-    words = [w & 0xFFFFFFFF for w in triton_layout.nibble_pair_table(head_dim, "cpu")[256:].tolist()]
-    immediates = _IMMEDIATES_35B2748.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
+    immediates = _immediates_35b2748(head_dim)
     epilogue = _QUADS_EPILOGUE_35B2748 if quads else triton_layout._PAIRS_EPILOGUE
     return "{" + immediates + _PERMUTES_35B2748 + epilogue + "}"
 
