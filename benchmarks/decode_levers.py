@@ -95,6 +95,9 @@ VARIANTS = [
     # makes cheaper.
     ("merge in place", {"merge_in_place": 1}, 1.0),
     ("merge in place, splits x2", {"merge_in_place": 1}, 2.0),
+    # One query token: keys past the end masked per score (a compare and a select each) and
+    # every load masked, as before 0bd3c9e; the default masks per key (static-cost JSON).
+    ("per-score mask", {"key_mask": 0}, 1.0),
 ]
 # A ceiling, not a kernel: the 4-bit lookup replaced by the cheapest conversion there is, each
 # nibble n read as the fp16 value n (OR into 1024's exponent, subtract 1024; 11-12 instructions
@@ -227,7 +230,13 @@ PROBES = {
     # Not probes: the same values as the default, other asm (timed against it in one process).
     "permutes at 35b2748": (_permutes_35b2748, _permutes_35b2748),
     "permutes, shifts on the ALU": (_shifts_on_the_alu, _shifts_on_the_alu),
+    "permutes at 35b2748, per-score mask (the loop at 35b2748)": (
+        _permutes_35b2748,
+        _permutes_35b2748,
+    ),
 }
+# Launch settings a PROBES row runs with (none by default).
+PROBE_TUNING = {"permutes at 35b2748, per-score mask (the loop at 35b2748)": {"key_mask": 0}}
 
 
 @contextlib.contextmanager
@@ -344,7 +353,7 @@ def lever_rows(
         variants = WIDE_FIELD_VARIANTS
     variants = variants + [(f"{count} splits", {}, count) for count in EXPLICIT_SPLITS]
     if bits == (4, 4):
-        variants = variants + [(name, {}, 1.0) for name in WANTED_PROBES]
+        variants = variants + [(name, PROBE_TUNING.get(name, {}), 1.0) for name in WANTED_PROBES]
     out = torch.empty_like(queries[0])
     default = dict(triton_attention.TUNING["decode"])
     _run(layout, caches, block_table, seq_lens, queries, out, 0, None)

@@ -3,6 +3,8 @@ on a machine with no GPU (Triton's own ptxas and nvdisasm, as static_cost.py):
 
     python benchmarks/sm90a_probes.py --out benchmarks/results/sm90a-probes-COMMIT.json
 
+- the decode key loop's instructions (the integer pipe's among them) with lookup 5's permutes as
+  now and as at 35b2748, keys masked per key or per score;
 - the split-merge launch with ``merge_in_place`` 0 and 1: registers, barriers, global loads;
 - the store kernel's SASS instructions by opcode, per coordinate of one branch (K or V);
 - whether Triton 3.6's automatic warp specialization (``tl.range(warp_specialize=True)``)
@@ -175,6 +177,42 @@ def _compile_loop(descriptors: bool, num_warps: int, ws: bool) -> str:
     return compiled.asm["ptx"].split("\n", 1)[1]
 
 
+# SASS opcodes of the integer pipe the decode loop's lookup and masks load (ncu found the
+# kernel waiting on it: docs/kernels.md, "The decode kernel waits on latency").
+_INTEGER_PIPE = ("PRMT", "LOP3", "SHF", "FSEL", "SEL", "ISETP", "PLOP3", "FMNMX", "IADD3")
+
+
+def decode_loop(asm_variant: str | None, key_mask: bool) -> dict:
+    """The decode key loop at the default launch (K4V4, Llama-3-8B shape): lookup 5's asm as
+    now or as ``asm_variant`` (a decode_levers row), keys masked per key or per score."""
+    captured = {}
+
+    def keep(compiled):
+        captured["sass"] = original(compiled)
+        return captured["sass"]
+
+    original, static_cost._sass = static_cost._sass, keep
+    default = triton_attention.TUNING["decode"]
+    try:
+        with decode_levers._probed(asm_variant or ""):
+            row = static_cost.compile_decode(
+                4, 4, default["block_n"], default["num_warps"], default["lookup"],
+                default["maxnreg"], default["prefetch"], num_stages=default["num_stages"],
+                key_mask=key_mask,
+            )  # fmt: skip
+    finally:
+        static_cost._sass = original
+    body = static_cost.loop_body(captured["sass"][1])
+    ops = collections.Counter(body)
+    return {
+        "asm": asm_variant or "default", "key_mask": key_mask,
+        "registers": row["registers"], "spill_store_bytes": row["spill_store_bytes"],
+        "loop_instructions_per_thread": len(body),
+        "integer_pipe_ops": sum(n for op, n in ops.items() if op.split(".")[0] in _INTEGER_PIPE),
+        "loop_ops": dict(ops.most_common()),
+    }  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="path of the JSON to write")
@@ -182,6 +220,13 @@ def main() -> None:
     args = parser.parse_args()
     result = {
         "environment": decode_levers.measured_environment(args.git_sha),
+        "decode_loop": [
+            decode_loop(None, True),
+            decode_loop(None, False),
+            decode_loop("permutes at 35b2748", True),
+            decode_loop("permutes at 35b2748", False),
+            decode_loop("permutes, shifts on the ALU", True),
+        ],
         "merge_launch": [merge_launch(False), merge_launch(True)],
         "store": store_opcodes(),
         "warp_specialization": [

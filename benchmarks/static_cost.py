@@ -50,6 +50,7 @@ def compile_decode(
     rot_cols: int | None = None,
     num_stages: int = 1,
     codebooks: tuple[str, str] = ("lloyd-max", "lloyd-max"),
+    key_mask: bool = True,
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
@@ -70,7 +71,7 @@ def compile_decode(
         BLOCK_N=block_n,
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         WAIT_PRIOR=False, LAUNCH_DEPENDENTS=False,
-        MERGE_IN_KERNEL=merge_in_kernel,
+        MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=key_mask,
         LOOKUP=lookup, UNROTATE=unrotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
@@ -103,18 +104,7 @@ def compile_decode(
         options["maxnreg"] = maxnreg  # Triton writes it into the PTX, where ptxas reads it
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     report, lines = _sass(compiled)
-    labels = {
-        m.group(1): i
-        for i, line in enumerate(lines)
-        if (m := re.match(r"^\.(L_x_\d+):", line.strip()))
-    }
-    loops = [
-        (labels[m.group(1)], i)
-        for i, line in enumerate(lines)
-        if (m := re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)) and labels.get(m.group(1), i) < i
-    ]
-    start, end = max(loops, key=lambda span: span[1] - span[0])
-    body = [m.group(1) for line in lines[start : end + 1] if (m := _SASS_OP.search(line))]
+    body = loop_body(lines)
     return {
         "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
         "block_n": block_n, "num_warps": num_warps,
@@ -128,12 +118,29 @@ def compile_decode(
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
         "top_ops": collections.Counter(body).most_common(12),
+        "key_mask": key_mask,
         # Shared-memory instructions of the loop (stores, loads, ldmatrix): the staging for
         # tl.dot that lookup 4 trims.
         "shared_memory_ops": dict(
             sorted((op, n) for op, n in collections.Counter(body).items() if op[:3] in SHARED)
         ),
     }  # fmt: skip
+
+
+def loop_body(lines: list[str]) -> list[str]:
+    """SASS opcodes of the longest backward branch: the key loop."""
+    labels = {
+        m.group(1): i
+        for i, line in enumerate(lines)
+        if (m := re.match(r"^\.(L_x_\d+):", line.strip()))
+    }
+    loops = [
+        (labels[m.group(1)], i)
+        for i, line in enumerate(lines)
+        if (m := re.search(r"BRA\s+`\(\.(L_x_\d+)\)", line)) and labels.get(m.group(1), i) < i
+    ]
+    start, end = max(loops, key=lambda span: span[1] - span[0])
+    return [m.group(1) for line in lines[start : end + 1] if (m := _SASS_OP.search(line))]
 
 
 def _sass(compiled) -> tuple[str, list[str]]:

@@ -59,11 +59,14 @@ DenseAttention = Callable[..., None]
 
 @triton.jit
 def _page_bases(table_row, tile_start, key_end, stride_page, BLOCK_SIZE: tl.constexpr,
-                BLOCK_N: tl.constexpr):  # fmt: skip
+                BLOCK_N: tl.constexpr, CLAMP: tl.constexpr = False):  # fmt: skip
     """int64 [BLOCK_N]: byte offset of the page of each key position of a tile (0 past the
-    end)."""
+    end; with ``CLAMP``, the last key's page)."""
     pos = tile_start + tl.arange(0, BLOCK_N)
-    page = tl.load(table_row + pos // BLOCK_SIZE, mask=pos < key_end, other=0)
+    if CLAMP:
+        page = tl.load(table_row + tl.minimum(pos, key_end - 1) // BLOCK_SIZE)
+    else:
+        page = tl.load(table_row + pos // BLOCK_SIZE, mask=pos < key_end, other=0)
     return page.to(tl.int64) * stride_page
 
 
@@ -77,11 +80,16 @@ def _tile_fields(
     V_BITS: tl.constexpr, V_P0_OFF: tl.constexpr, V_P0_W: tl.constexpr, V_P1_OFF: tl.constexpr,
     V_P1_W: tl.constexpr, V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr, K_TRANSPOSED: tl.constexpr,
-    V_WORDS: tl.constexpr,
+    V_WORDS: tl.constexpr, CLAMP: tl.constexpr = False,
 ):  # fmt: skip
-    """The stored K and V bytes and norms of one key tile (load_field of each)."""
+    """The stored K and V bytes and norms of one key tile (load_field of each). Past key_end:
+    zeros, or with ``CLAMP`` the last key's bytes again (no load is masked)."""
     pos = tile_start + tl.arange(0, BLOCK_N)
-    pos_ok = pos < key_end
+    if CLAMP:
+        pos = tl.minimum(pos, key_end - 1)
+        pos_ok = tl.full([BLOCK_N], 1, tl.int1)
+    else:
+        pos_ok = pos < key_end
     slot = kv_head * BLOCK_SIZE + pos % BLOCK_SIZE
     k0, k1, k2, k_norm = load_field(
         cache_ptr, page_base, slot, pos_ok, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
@@ -103,7 +111,7 @@ def _attention_kernel(
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_IN_KERNEL: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
@@ -144,6 +152,13 @@ def _attention_kernel(
     # the output) and STEP rides on the norms.
     HALF: tl.constexpr = D // 2
     QUARTER: tl.constexpr = D // 4
+    # One query token per sequence (decode): every key before key_end is visible to it, and the
+    # padding rows' results are never stored, so only keys past the end need masking: per key,
+    # not per (row, key) score (a compare and a select per score cost ~140 of ~1,370 loop
+    # instructions per thread at head_dim 128, compiled for sm_90a).
+    # KEY_MASK (TUNING "key_mask", 1 by default) allows it, to time it against the per-score mask.
+    ONE_QUERY: tl.constexpr = UNIFORM_Q == 1 and TOKENS_PER_TILE == 1
+    KEY_MASK_ONLY: tl.constexpr = KEY_MASK and ONE_QUERY and not HAS_WINDOW and not HAS_SOFTCAP
     seq = tl.program_id(0)
     kv_head = tl.program_id(1)
     if SPLIT:
@@ -269,7 +284,7 @@ def _attention_kernel(
             )
         else:
             tile_pages = _page_bases(
-                table_row, tile_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N
+                table_row, tile_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N, KEY_MASK_ONLY
             )
         # Every load of the tile first (K and V bytes and norms), so they are in flight
         # together; then the arithmetic.
@@ -277,7 +292,7 @@ def _attention_kernel(
             cache_ptr, tile_pages, tile_start, key_end, kv_head, BLOCK_SIZE, BLOCK_N, D,
             K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W, K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16,
             V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W, V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16,
-            K_PAIRS and LOOKUP == 3 and not K_AFFINE, V_QUADS,
+            K_PAIRS and LOOKUP == 3 and not K_AFFINE, V_QUADS, KEY_MASK_ONLY,
         )  # fmt: skip
         if K_PAIRS:
             if K_AFFINE:
@@ -322,18 +337,24 @@ def _attention_kernel(
             scores = tl.dot(q_a, tl.trans(k))
         if K_AFFINE:
             k_norm = k_norm * K_STEP
-        if HAS_SOFTCAP:
-            scores = scores * (k_norm * scale)[None, :]
-            # softcap * tanh(s / softcap), with tanh from exp (no libdevice in the interpreter).
-            scores = softcap * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap) + 1.0))
-            scores = scores * 1.4426950408889634  # log2(e): exp2 below
+        if KEY_MASK_ONLY:
+            # log2(e) for exp2 below rides on the per-key factor, and keys past the end get
+            # -inf from a per-key bias: one FFMA per score, no compare and select.
+            key_bias = tl.where(pos_ok, 0.0, float("-inf"))
+            scores = scores * (k_norm * (scale * 1.4426950408889634))[None, :] + key_bias[None, :]
         else:
-            # log2(e) for exp2 below rides on the per-token factor: no multiply per score.
-            scores = scores * (k_norm * (scale * 1.4426950408889634))[None, :]
-        visible = pos_ok[None, :] & (pos[None, :] <= query_pos[:, None])
-        if HAS_WINDOW:
-            visible = visible & (pos[None, :] > query_pos[:, None] - window)
-        scores = tl.where(visible, scores, float("-inf"))
+            if HAS_SOFTCAP:
+                scores = scores * (k_norm * scale)[None, :]
+                # softcap * tanh(s / softcap), with tanh from exp (no libdevice in the
+                # interpreter).
+                scores = softcap * (1.0 - 2.0 / (tl.exp(2.0 * scores / softcap) + 1.0))
+                scores = scores * 1.4426950408889634  # log2(e): exp2 below
+            else:
+                scores = scores * (k_norm * (scale * 1.4426950408889634))[None, :]
+            visible = pos_ok[None, :] & (pos[None, :] <= query_pos[:, None])
+            if HAS_WINDOW:
+                visible = visible & (pos[None, :] > query_pos[:, None] - window)
+            scores = tl.where(visible, scores, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(scores, axis=1))
         m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
         alpha = tl.exp2(m_i - m_use)
@@ -831,6 +852,9 @@ TUNING = {
         "max_split_tiles": 24,
         "merge_in_kernel": 4,
         "merge_in_place": 0,
+        # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
+        # the last key), not per score; 0 restores the per-score compare and select.
+        "key_mask": 1,
         "pdl": 0,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
@@ -1005,7 +1029,7 @@ def _launch(
         UNROTATE=unrotate, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
-        MERGE_IN_KERNEL=merge_in_kernel,
+        MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=bool(tuning.get("key_mask", 1)),
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
         **_kernel_constants(layout, _setting(tuning, layout, "lookup")),
