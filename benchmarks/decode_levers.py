@@ -90,11 +90,6 @@ VARIANTS = [
     ("3 stages, L2 prefetch", {"prefetch": 1}, 1.0),
     ("3 stages, 64-token tiles", {"block_n": 64}, 1.0),
     ("3 stages, splits x1.33", {}, 4 / 3),
-    # The merge launch with each split's statistics read into the output tile's layout (inline
-    # PTX), 4 splits' loads in flight at once; alone and with twice the splits, which it
-    # makes cheaper.
-    ("merge in place", {"merge_in_place": 1}, 1.0),
-    ("merge in place, splits x2", {"merge_in_place": 1}, 2.0),
     # One query token: keys past the end masked per score (a compare and a select each) and
     # every load masked, as before 0bd3c9e; the default masks per key (static-cost JSON).
     ("per-score mask", {"key_mask": 0}, 1.0),
@@ -144,7 +139,7 @@ def _sign_magnitude_asm(head_dim: int, quads: bool) -> str:
 
 
 # Lookup 5's asm as it was at 35b2748, before the leaner permutes (no not per 8 codes, the V
-# words' bytes reordered so each output is one permute, the shifts as mul.hi on the FMA pipe):
+# words' bytes reordered so each output is one permute):
 # correct values, to time the change against the old code in one process.
 _IMMEDIATES_35B2748 = """
 .reg .b32 neg, flip, idx, lb, hb, lb2, hb2, sg, l0, l1, h0, h1, c80, e, f, e2, f2;
@@ -195,18 +190,21 @@ def _permutes_35b2748(head_dim: int, quads: bool) -> str:
     return "{" + immediates + _PERMUTES_35B2748 + epilogue + "}"
 
 
-def _shifts_on_the_alu(head_dim: int, quads: bool) -> str:
-    """Today's permutes with the three shifts as shr (the integer pipe) instead of mul.hi."""
+def _shifts_as_mul_hi(head_dim: int, quads: bool) -> str:
+    """Today's permutes with the three shifts per 8 codes as mul.hi by a power of two, which
+    ptxas keeps as IMAD.HI on the FMA pipe (10b3c47's default; slower by 1.5-2.5% on an H100
+    than shr on the integer pipe, decode-levers-permutes-mask-merge-h100-10b3c47)."""
     asm = triton_layout.nibble_group_asm(head_dim, quads)
     for old, new in (
-        ("mul.hi.u32 pos, x, 0x20000000;", "shr.u32 pos, x, 3;"),
-        ("mul.hi.u32 pos, $4, 0x20000000;", "shr.u32 pos, $4, 3;"),
-        ("mul.hi.u32 idx, idx, 0x10000;", "shr.u32 idx, idx, 16;"),
-        ("mul.hi.u32 pos, pos, 0x10000;", "shr.u32 pos, pos, 16;"),
+        ("shr.u32 pos, x, 3;", "mul.hi.u32 pos, x, 0x20000000;"),
+        ("shr.u32 pos, $4, 3;", "mul.hi.u32 pos, $4, 0x20000000;"),
+        ("shr.u32 idx, idx, 16;", "mul.hi.u32 idx, idx, 0x10000;"),
+        ("shr.u32 pos, pos, 16;", "mul.hi.u32 pos, pos, 0x10000;"),
     ):
-        asm = asm.replace(old, new)
-    if "mul.hi" in asm:
-        raise AssertionError("a mul.hi left in the ALU-shift variant")
+        if old in asm:
+            asm = asm.replace(old, new)
+    if "shr.u32" in asm:
+        raise AssertionError("a shr left in the mul.hi variant")
     return asm
 
 
@@ -229,7 +227,7 @@ PROBES = {
     "probe: sign-magnitude code order (wrong values)": (_sign_magnitude_asm, _sign_magnitude_asm),
     # Not probes: the same values as the default, other asm (timed against it in one process).
     "permutes at 35b2748": (_permutes_35b2748, _permutes_35b2748),
-    "permutes, shifts on the ALU": (_shifts_on_the_alu, _shifts_on_the_alu),
+    "permutes, shifts as mul.hi": (_shifts_as_mul_hi, _shifts_as_mul_hi),
     "permutes at 35b2748, per-score mask (the loop at 35b2748)": (
         _permutes_35b2748,
         _permutes_35b2748,

@@ -5,7 +5,7 @@ on a machine with no GPU (Triton's own ptxas and nvdisasm, as static_cost.py):
 
 - the decode key loop's instructions (the integer pipe's among them) with lookup 5's permutes as
   now and as at 35b2748, keys masked per key or per score;
-- the split-merge launch with ``merge_in_place`` 0 and 1: registers, barriers, global loads;
+- the split-merge launch: registers, barriers (inside loops too), global loads;
 - the store kernel's SASS instructions by opcode, per coordinate of one branch (K or V);
 - whether Triton 3.6's automatic warp specialization (``tl.range(warp_specialize=True)``)
   partitions a small flash-attention loop on Hopper, with plain loads and with tensor
@@ -32,12 +32,12 @@ from tq_core.ops import triton_attention
 SM90A = GPUTarget("cuda", 90, 32)
 
 
-def merge_launch(in_place: bool) -> dict:
+def merge_launch() -> dict:
     """The merge kernel of Llama-3-8B's decode (GQA 4, head_dim 128, rotated domain)."""
     kernel = triton_attention._merge_splits_kernel
     constants = dict(
         GROUP=4, NUM_KV_HEADS=8, D=128, BLOCK_M=16, UNIFORM_Q=1, UNROTATE=0, ROT_COLS=128,
-        WAIT_PRIOR=0, STATS_IN_PLACE=int(in_place),
+        WAIT_PRIOR=0,
     )  # fmt: skip
     signature = {}
     for name in kernel.arg_names:
@@ -56,7 +56,6 @@ def merge_launch(in_place: bool) -> dict:
     report, lines = static_cost._sass(compiled)
     ops = _opcodes(lines)
     return {
-        "merge_in_place": in_place,
         **static_cost._resources(report, lines),
         "barriers": sum(n for op, n in ops.items() if op.startswith("BAR.SYNC")),
         "barriers_inside_loops": _barriers_inside_loops(lines),
@@ -225,9 +224,9 @@ def main() -> None:
             decode_loop(None, False),
             decode_loop("permutes at 35b2748", True),
             decode_loop("permutes at 35b2748", False),
-            decode_loop("permutes, shifts on the ALU", True),
+            decode_loop("permutes, shifts as mul.hi", True),
         ],
-        "merge_launch": [merge_launch(False), merge_launch(True)],
+        "merge_launch": merge_launch(),
         "store": store_opcodes(),
         "warp_specialization": [
             warp_specialization(False, 4),

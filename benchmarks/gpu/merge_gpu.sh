@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The split merge's levers (at babecec merge_unroll 1/2/4/8, since d78bbbf merge_in_place; the
+# The split merge's levers (at babecec merge_unroll 1/2/4/8, d78bbbf-10b3c47 merge_in_place; the
 # in-kernel merge, programmatic launches, split counts) at 1-32 x 1-64K, then the decode section
 # of the kernel suite at the commit's defaults, then the GPU decode/merge op tests, in one call.
 # Results land in $OUT, named after the card.

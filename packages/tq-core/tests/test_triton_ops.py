@@ -238,18 +238,11 @@ def test_decode_matches_the_reference(
     assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
 
 
-@pytest.mark.parametrize(
-    "merge_in_place", [0, pytest.param(1, marks=pytest.mark.skipif(not ON_GPU, reason="PTX"))]
-)
 @pytest.mark.parametrize("rotate", [False, True])
-def test_merge_launch_over_many_splits_matches_the_reference(
-    rotate, merge_in_place, generator, monkeypatch
-):
-    """The merge launch over 19 splits of one key tile each (8 x 16K merges 17; in place: five
-    steps of 4, the last ragged): the short sequence leaves splits empty, and a padding sequence
-    (length 0) has none."""
+def test_merge_launch_over_many_splits_matches_the_reference(rotate, generator, monkeypatch):
+    """The merge launch over 19 splits of one key tile each (8 x 16K merges 17): the short
+    sequence leaves splits empty, and a padding sequence (length 0) has none."""
     monkeypatch.setitem(triton_attention.TUNING["decode"], "merge_in_kernel", 0)
-    monkeypatch.setitem(triton_attention.TUNING["decode"], "merge_in_place", merge_in_place)
     seq_lens = [2400, 300, 0, 1333]  # 2400: 19 splits of one 128-token tile each
     batch, dev = _batch(CODECS[0], seq_lens, 2, 16, generator)
     query = torch.randn(4, 1, 8, 64, generator=generator)

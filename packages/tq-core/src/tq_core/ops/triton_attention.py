@@ -33,7 +33,6 @@ from tq_core.ops.triton_common import (
     dequantize,
     grid_values,
     load_field,
-    load_in_place,
     nibble_centroids,
     nibble_magnitude_words,
     nibble_pair_lookup,
@@ -251,7 +250,9 @@ def _attention_kernel(
         lut = (0, 0, 0, 0, 0)
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
     if PREFETCH > 0:
-        tile_pages = _page_bases(table_row, key_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N)
+        tile_pages = _page_bases(
+            table_row, key_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N, KEY_MASK_ONLY
+        )
     if WAIT_PRIOR:
         # Launched programmatically after the query rotation (rotate=True): everything above
         # overlapped its tail; the rotated queries are read only once it has finished.
@@ -279,9 +280,12 @@ def _attention_kernel(
             # The next tile's page numbers now; its bytes are prefetched at the end of this
             # iteration, when the numbers have arrived (global-load waits are the largest
             # stall: decode-levers/ncu-default-h100-b70155a.txt).
+            # Clamped like the tile's loads (KEY_MASK_ONLY): a key past the end must read the
+            # last key's page, not page 0, whose bytes may not be finite numbers.
             next_pages = _page_bases(
-                table_row, tile_start + BLOCK_N, key_end, stride_page, BLOCK_SIZE, BLOCK_N
-            )
+                table_row, tile_start + BLOCK_N, key_end, stride_page, BLOCK_SIZE, BLOCK_N,
+                KEY_MASK_ONLY,
+            )  # fmt: skip
         else:
             tile_pages = _page_bases(
                 table_row, tile_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N, KEY_MASK_ONLY
@@ -452,7 +456,7 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS, False,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
@@ -520,7 +524,6 @@ def _merge_splits(
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    STATS_IN_PLACE: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
@@ -528,68 +531,34 @@ def _merge_splits(
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
     row_ok = rows < UNIFORM_Q * GROUP  # the rows the splits wrote
-    if STATS_IN_PLACE:
-        # Each split's statistics read straight into the output tile's layout ([rows, D], a
-        # row's value repeated along D: one address per warp), so no split waits on a layout
-        # change through shared memory, and MERGE_UNROLL splits' loads are in flight at once.
-        # One split after another with tl.load, the merge took 0.7-0.9 us per split on an H100
-        # (11.4 us of 8 x 16K's 106: decode-levers/decode-kernel-times-h100-144d3cf).
-        MERGE_UNROLL: tl.constexpr = 4
-        stat_rows = rows[:, None] + 0 * dims[None, :]
-        tile_ok = row_ok[:, None] & (dims[None, :] < D)
-        m_tile = tl.full([BLOCK_M, D], float("-inf"), dtype=tl.float32)
-        for first_split in range(0, num_splits, MERGE_UNROLL):
-            for step in tl.static_range(MERGE_UNROLL):
-                part = first + first_split + step
-                ok = tile_ok & (first_split + step < num_splits)
-                m_split = load_in_place(partial_stats_ptr + (part * 2) * BLOCK_M + stat_rows, ok)
-                m_tile = tl.maximum(m_tile, tl.where(ok, m_split, float("-inf")))
-        m_tile = tl.where(m_tile == float("-inf"), 0.0, m_tile)
-        total_tile = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        for first_split in range(0, num_splits, MERGE_UNROLL):
-            for step in tl.static_range(MERGE_UNROLL):
-                part = first + first_split + step
-                ok = tile_ok & (first_split + step < num_splits)
-                stats = partial_stats_ptr + (part * 2) * BLOCK_M + stat_rows
-                m_split = load_in_place(stats, ok)
-                l_split = load_in_place(stats + BLOCK_M, ok)
-                partial = load_in_place(
-                    partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :], ok
-                )
-                weight = tl.where(ok, tl.exp2(m_split - m_tile), 0.0)
-                total_tile += weight * l_split
-                acc += weight * partial
-        total = tl.max(total_tile, axis=1)  # equal along D
-    else:
-        m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-        for split in range(num_splits):
-            stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
-            m_max = tl.maximum(
-                m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-            )
-        m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-        for split in range(num_splits):
-            part = first + split
-            m_split = tl.load(
-                partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
-                cache_modifier=".cg",
-            )  # fmt: skip
-            weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
-            l_split = tl.load(
-                partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
-                cache_modifier=".cg",
-            )  # fmt: skip
-            total += weight * l_split
-            partial = tl.load(
-                partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
-                mask=row_ok[:, None],
-                other=0.0,
-                cache_modifier=".cg",
-            )
-            acc += weight[:, None] * partial
+    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    for split in range(num_splits):
+        stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
+        m_max = tl.maximum(
+            m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
+        )
+    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
+    total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
+    for split in range(num_splits):
+        part = first + split
+        m_split = tl.load(
+            partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
+        l_split = tl.load(
+            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
+            cache_modifier=".cg",
+        )  # fmt: skip
+        total += weight * l_split
+        partial = tl.load(
+            partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
+            mask=row_ok[:, None],
+            other=0.0,
+            cache_modifier=".cg",
+        )
+        acc += weight[:, None] * partial
     result = acc / tl.where(total > 0, total, 1.0)[:, None]
     token = rows // GROUP
     heads = kv_head * GROUP + rows % GROUP
@@ -614,7 +583,7 @@ def _merge_splits_kernel(
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    WAIT_PRIOR: tl.constexpr, STATS_IN_PLACE: tl.constexpr,
+    WAIT_PRIOR: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     if WAIT_PRIOR:
@@ -622,7 +591,7 @@ def _merge_splits_kernel(
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE, ROT_COLS, STATS_IN_PLACE,
+        UNIFORM_Q, UNROTATE, ROT_COLS,
     )  # fmt: skip
 
 
@@ -822,11 +791,6 @@ TUNING = {
     # (decode-levers-pdl-*-h200-2b53720, decode-levers-rotate-h200-1d0d68c). Opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
-    # merge_in_place 1: the merge launch reads each split's statistics straight into the output
-    # tile's layout with inline PTX (triton_common.load_in_place), 4 splits' loads in flight at
-    # once, instead of a tl.load per split whose result crosses shared memory behind a barrier
-    # (0.7-0.9 us per split on an H100: decode-levers/decode-kernel-times-h100-144d3cf). GPU only;
-    # compiled for sm_90a (no barrier in either loop), not yet timed, so opt-in.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -851,7 +815,6 @@ TUNING = {
         "programs_per_sm": 8,
         "max_split_tiles": 24,
         "merge_in_kernel": 4,
-        "merge_in_place": 0,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -1042,7 +1005,6 @@ def _launch(
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
             ROT_COLS=_rotation_cols(layout.head_dim), WAIT_PRIOR=programmatic,
-            STATS_IN_PLACE=not _INTERPRETED and bool(tuning["merge_in_place"]),
             **_pdl_option(programmatic),
         )  # fmt: skip
 

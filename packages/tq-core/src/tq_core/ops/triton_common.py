@@ -413,19 +413,3 @@ def prefetch_field(
         if P2_W > 0:
             prefetch_lines(base + P2_OFF + slot * (D * P2_W // 8), LEVEL)
         prefetch_lines(base + NORM_OFF + slot * (2 if NORM_F16 else 4), LEVEL)
-
-
-@triton.jit
-def load_in_place(ptrs, mask):
-    """float32 at ``ptrs`` read past L1 (``ld.global.cg``), 0 where ``mask`` is False, in the
-    layout the values are used in: inline PTX, which Triton's coalescing pass does not re-lay-out
-    (a ``tl.load`` of a per-row value gets a layout of its own, and moving it to the layout of
-    the tile it scales goes through shared memory behind a barrier). GPU only."""
-    return tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.ne.b32 p, $2, 0; mov.b32 $0, 0; @p ld.global.cg.b32 $0, [$1]; }",
-        "=r,l,r",
-        [ptrs, mask.to(tl.int32)],
-        dtype=tl.float32,
-        is_pure=False,
-        pack=1,
-    )

@@ -137,7 +137,7 @@ mov.b32 c08, 0x0080;"""
 # byte 0x80 of negative codes (byte 0 of c08 where pos is 0, its byte 1, 0, elsewhere) or'd
 # into hb. Testing pos, not its complement, spares a not per 8 codes.
 _NIBBLE_PERMUTES = """
-mul.hi.u32 pos, {src}, 0x20000000;
+shr.u32 pos, {src}, 3;
 and.b32 pos, pos, 0x11111111;
 mul.lo.u32 flip, pos, 7;
 lop3.b32 idx, {src}, flip, 0x77777777, 0x82;
@@ -145,8 +145,8 @@ prmt.b32 lb, {l0}, {l1}, idx;
 prmt.b32 hb, {h0}, {h1}, idx;
 prmt.b32 sg, c08, c08, pos;
 or.b32 hb, hb, sg;
-mul.hi.u32 idx, idx, 0x10000;
-mul.hi.u32 pos, pos, 0x10000;
+shr.u32 idx, idx, 16;
+shr.u32 pos, pos, 16;
 prmt.b32 lb2, {l0}, {l1}, idx;
 prmt.b32 hb2, {h0}, {h1}, idx;
 prmt.b32 sg, c08, c08, pos;
