@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# The GPU op tests selected by a -k expression, in N pytest processes at once (round-robin
+# shards of the collected test ids): most of a GPU test's time is Triton compiling on the CPU,
+# and the lent machine has 16 cores, so shards finish a selection in a fraction of one
+# process's time. Logs land in $OUT as kernel-tests-NAME-shardI.txt, a summary on stdout.
+#   bash benchmarks/gpu/kernel_tests_parallel.sh NAME "K-EXPRESSION" [SHARDS] [TIMEOUT_S]
+set -uo pipefail
+name=${1:?name for the logs}
+expression=${2:?pytest -k expression}
+shards=${3:-6}
+limit=${4:-400}
+export PYTHONPATH=$(pwd)/packages/tq-core/src:$(pwd)/integration-tests/conformance:$(pwd)/integration-tests/compat
+tests=packages/tq-core/tests/test_triton_ops.py
+list=$(mktemp)
+python3 -m pytest -q --collect-only -p no:cacheprovider -k "$expression" "$tests" \
+    | grep "::" | sed 's#^tests/#packages/tq-core/tests/#' > "$list"  # ids relative to tq-core
+echo "$(wc -l < "$list") tests in $shards shards"
+for ((i = 0; i < shards; i++)); do
+    mapfile -t ids < <(awk -v n="$shards" -v i="$i" '(NR - 1) % n == i' "$list")
+    timeout "$limit" python3 -m pytest -v -rf -p no:cacheprovider "${ids[@]}" \
+        > "$OUT/kernel-tests-$name-shard$i.txt" 2>&1 &
+done
+wait
+cat "$OUT"/kernel-tests-"$name"-shard*.txt > "$OUT/kernel-tests-$name.txt"
+echo "passed $(grep -c ' PASSED' "$OUT/kernel-tests-$name.txt"), skipped $(grep -c ' SKIPPED' "$OUT/kernel-tests-$name.txt"), failed $(grep -c ' FAILED' "$OUT/kernel-tests-$name.txt") of $(wc -l < "$list")"
+grep -E "^FAILED|^ERROR" "$OUT/kernel-tests-$name.txt" | head -20
+for f in "$OUT"/kernel-tests-"$name"-shard*.txt; do tail -1 "$f"; done
