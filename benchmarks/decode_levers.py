@@ -115,10 +115,8 @@ _AFFINE_QUADS_PROBE = triton_layout.AFFINE_QUADS_ASM.rstrip("}") + _SUBTRACT_102
 # in codebook order: lookup 5's permutes without the 5 instructions per 8 codes that find the
 # magnitude's index of a negative code. Also a ceiling: the cache holds codebook order, so the
 # values are wrong; its time says what that storage order would gain.
-_SIGN_MAGNITUDE_PERMUTES = """
-and.b32 idx, $4, 0x77777777;
-shr.u32 neg, $4, 3;
-and.b32 neg, neg, 0x11111111;
+# The permutes of 35b2748 once idx (magnitude index) and neg (1 per negative code) are known.
+_MAGNITUDES_35B2748 = """
 prmt.b32 lb, l0, l1, idx;
 prmt.b32 hb, h0, h1, idx;
 prmt.b32 sg, c80, c80, neg;
@@ -130,6 +128,13 @@ prmt.b32 hb2, h0, h1, idx;
 prmt.b32 sg, c80, c80, neg;
 or.b32 hb2, hb2, sg;
 """
+_SIGN_MAGNITUDE_PERMUTES = (
+    """
+and.b32 idx, $4, 0x77777777;
+shr.u32 neg, $4, 3;
+and.b32 neg, neg, 0x11111111;"""
+    + _MAGNITUDES_35B2748
+)
 
 
 def _sign_magnitude_asm(head_dim: int, quads: bool) -> str:
@@ -148,24 +153,16 @@ mov.b32 l1, {l1:#010x};
 mov.b32 h0, {h0:#010x};
 mov.b32 h1, {h1:#010x};
 mov.b32 c80, 0x8000;"""
-_PERMUTES_35B2748 = """
+_PERMUTES_35B2748 = (
+    """
 not.b32 neg, $4;
 shr.u32 neg, neg, 3;
 and.b32 neg, neg, 0x11111111;
 mul.lo.u32 flip, neg, 7;
 xor.b32 idx, $4, flip;
-and.b32 idx, idx, 0x77777777;
-prmt.b32 lb, l0, l1, idx;
-prmt.b32 hb, h0, h1, idx;
-prmt.b32 sg, c80, c80, neg;
-or.b32 hb, hb, sg;
-shr.u32 idx, idx, 16;
-shr.u32 neg, neg, 16;
-prmt.b32 lb2, l0, l1, idx;
-prmt.b32 hb2, h0, h1, idx;
-prmt.b32 sg, c80, c80, neg;
-or.b32 hb2, hb2, sg;
-"""
+and.b32 idx, idx, 0x77777777;"""
+    + _MAGNITUDES_35B2748
+)
 _QUADS_EPILOGUE_35B2748 = """
 prmt.b32 e, lb, hb, 0x5140;
 prmt.b32 f, lb, hb, 0x7362;
