@@ -184,31 +184,20 @@ _INTEGER_PIPE = ("PRMT", "LOP3", "SHF", "FSEL", "SEL", "ISETP", "PLOP3", "FMNMX"
 def decode_loop(asm_variant: str | None, key_mask: bool) -> dict:
     """The decode key loop at the default launch (K4V4, Llama-3-8B shape): lookup 5's asm as
     now or as ``asm_variant`` (a decode_levers row), keys masked per key or per score."""
-    captured = {}
-
-    def keep(compiled):
-        captured["sass"] = original(compiled)
-        return captured["sass"]
-
-    original, static_cost._sass = static_cost._sass, keep
     default = triton_attention.TUNING["decode"]
-    try:
-        with decode_levers._probed(asm_variant or ""):
-            row = static_cost.compile_decode(
-                4, 4, default["block_n"], default["num_warps"], default["lookup"],
-                default["maxnreg"], default["prefetch"], num_stages=default["num_stages"],
-                key_mask=key_mask,
-            )  # fmt: skip
-    finally:
-        static_cost._sass = original
-    body = static_cost.loop_body(captured["sass"][1])
-    ops = collections.Counter(body)
+    with decode_levers._probed(asm_variant or ""):
+        row = static_cost.compile_decode(
+            4, 4, default["block_n"], default["num_warps"], default["lookup"],
+            default["maxnreg"], default["prefetch"], num_stages=default["num_stages"],
+            key_mask=key_mask,
+        )  # fmt: skip
+    ops = row["loop_ops"]
     return {
         "asm": asm_variant or "default", "key_mask": key_mask,
         "registers": row["registers"], "spill_store_bytes": row["spill_store_bytes"],
-        "loop_instructions_per_thread": len(body),
+        "loop_instructions_per_thread": row["loop_instructions_per_thread"],
         "integer_pipe_ops": sum(n for op, n in ops.items() if op.split(".")[0] in _INTEGER_PIPE),
-        "loop_ops": dict(ops.most_common()),
+        "loop_ops": ops,
     }  # fmt: skip
 
 

@@ -118,6 +118,7 @@ def compile_decode(
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
         "top_ops": collections.Counter(body).most_common(12),
+        "loop_ops": dict(collections.Counter(body).most_common()),
         "key_mask": key_mask,
         # Shared-memory instructions of the loop (stores, loads, ldmatrix): the staging for
         # tl.dot that lookup 4 trims.

@@ -153,8 +153,8 @@ def _attention_kernel(
     QUARTER: tl.constexpr = D // 4
     # One query token per sequence (decode): every key before key_end is visible to it, and the
     # padding rows' results are never stored, so only keys past the end need masking: per key,
-    # not per (row, key) score (a compare and a select per score cost ~140 of ~1,370 loop
-    # instructions per thread at head_dim 128, compiled for sm_90a).
+    # not per (row, key) score (a compare and a select per score, and masked loads, cost 73 of
+    # 1,373 loop instructions per thread at head_dim 128 compiled for sm_90a: sm90a-probes JSON).
     # KEY_MASK (TUNING "key_mask", 1 by default) allows it, to time it against the per-score mask.
     ONE_QUERY: tl.constexpr = UNIFORM_Q == 1 and TOKENS_PER_TILE == 1
     KEY_MASK_ONLY: tl.constexpr = KEY_MASK and ONE_QUERY and not HAS_WINDOW and not HAS_SOFTCAP

@@ -122,7 +122,8 @@ def nibble_asm(head_dim: int, high: bool) -> str:
 # every output in one pure asm and the codebook as immediates (a register operand would stop
 # Triton from moving tl.dot's layout change above the lookup: its operands must trace back to
 # loads or constants). The words: l0, l1 (low bytes of the 8 magnitudes), h0, h1 (high bytes)
-# and c80 (0x8000), as immediates here, as operands in lookup 6.
+# as immediates here, as operands in lookup 6; c08 (0x0080) the sign byte's word, an immediate
+# here, nibble_pair_table's 0x8000 shifted down in lookup 6.
 _NIBBLE_REGS = ".reg .b32 pos, flip, idx, lb, hb, lb2, hb2, sg, c08, x;"
 _NIBBLE_IMMEDIATES = """
 .reg .b32 l0, l1, h0, h1;
