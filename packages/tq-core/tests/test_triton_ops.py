@@ -238,6 +238,31 @@ def test_decode_matches_the_reference(
     assert torch.equal(out[2].cpu(), torch.zeros_like(out[2].cpu()))
 
 
+@pytest.mark.parametrize("codec_spec", [CODECS[0], CODECS[4], UNIFORM_CODECS[1]])
+def test_per_key_mask_equals_the_per_score_mask(codec_spec, generator, monkeypatch):
+    """One query token: masking keys past the end per key (a -inf bias, loads clamped to the
+    last key: key_mask 1, the default) gives the per-score mask's output bit for bit, over
+    partial last tiles and splits, on a cache of random bytes (a key read past the end would
+    not be finite)."""
+    seq_lens = [37, 200, 0, 9]
+    batch, dev = _batch(codec_spec, seq_lens, 2, 16, generator)
+    query = torch.randn(4, 1, 4, codec_spec[0], generator=generator).to(DEVICE)
+    outputs = []
+    for key_mask in (0, 1):
+        monkeypatch.setitem(triton_attention.TUNING["decode"], "key_mask", key_mask)
+        out = torch.full(query.shape, float("nan"), device=DEVICE)
+        triton_attention.decode_attention(
+            query, dev["kv_cache"], dev["block_table"], dev["seq_lens"], batch.layout, 0.125,
+            out=out, num_splits=3,
+        )  # fmt: skip
+        outputs.append(out.cpu())
+    assert torch.equal(outputs[1], outputs[0])
+    expected = reference.decode_attention(
+        query.cpu(), batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.125
+    )
+    assert relative_error(outputs[1], expected) < TOLERANCE[torch.float32]
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_merge_launch_over_many_splits_matches_the_reference(rotate, generator, monkeypatch):
     """The merge launch over 19 splits of one key tile each (8 x 16K merges 17): the short
