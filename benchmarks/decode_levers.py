@@ -62,6 +62,13 @@ VARIANTS = [
     ("lookup 6 (words loaded), 128 registers", {"lookup": 6}, 1.0),
     # With the in-kernel merge a split costs less: twice the splits.
     ("lookup 5, splits x2", {}, 2.0),
+    # Batch 8's 17 splits are 2.06 waves of programs; half as many are one (8 x 16K 3% faster
+    # with the one-split-per-trip merge at 0099f59).
+    ("lookup 5, splits x0.5", {}, 0.5),
+    # The split merge's rounds: one split per round (the reads of the merge before 8 splits a
+    # round, one round trip to L2 each), or 16 a round (64 registers of partials a thread).
+    ("merge one split per round", {"merge_elements": 128}, 1.0),
+    ("merge 16 splits per round", {"merge_elements": 8192}, 1.0),
     # With --rotate: the query rotation launch's output columns per program (0: whole rows; 32,
     # the default, was 0.6-1.4 us faster per call than whole rows at 1-32 x 1-4K:
     # decode-levers-rotate-h200-909d2ab). No effect without --rotate.

@@ -37,7 +37,7 @@ def merge_launch() -> dict:
     kernel = triton_attention._merge_splits_kernel
     constants = dict(
         GROUP=4, NUM_KV_HEADS=8, D=128, BLOCK_M=16, UNIFORM_Q=1, UNROTATE=0, ROT_COLS=128,
-        WAIT_PRIOR=0,
+        WAIT_PRIOR=0, **static_cost._merge_constants(128, 4, False),
     )  # fmt: skip
     signature = {}
     for name in kernel.arg_names:

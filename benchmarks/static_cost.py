@@ -36,6 +36,14 @@ SHARED = ("STS", "LDS")  # STS*, LDS*, LDSM* (ldmatrix), STSM*
 _SASS_OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 
 
+def _merge_constants(head_dim: int, group: int, unrotate: bool) -> dict:
+    """The split merge's tile as the launch picks it, for one query token."""
+    rows, slots = triton_attention._merge_tile(
+        triton_attention.TUNING["decode"], head_dim, group, unrotate
+    )
+    return {"MERGE_ROWS": rows, "MERGE_SLOTS": slots}
+
+
 def compile_decode(
     k_bits: int,
     v_bits: int,
@@ -72,6 +80,7 @@ def compile_decode(
         TOKENS_PER_TILE=1, UNIFORM_Q=1, SPLIT=True, HAS_SOFTCAP=False, HAS_WINDOW=False,
         WAIT_PRIOR=False, LAUNCH_DEPENDENTS=False,
         MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=key_mask,
+        **_merge_constants(head_dim, group, unrotate),
         LOOKUP=lookup, UNROTATE=unrotate,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The split merge's levers (at babecec merge_unroll 1/2/4/8, d78bbbf-10b3c47 merge_in_place; the
-# in-kernel merge, programmatic launches, split counts) at 1-32 x 1-64K, then the decode section
-# of the kernel suite at the commit's defaults, then the GPU decode/merge op tests, in one call.
+# The split merge's levers (its splits per round, the in-kernel merge, programmatic launches,
+# split counts) at 1-32 x 1-64K, each launch's time from the profiler, the decode section of the
+# kernel suite at the commit's defaults, then the GPU op tests in parallel shards, in one call.
 # Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/merge_gpu.sh COMMIT
 set -uo pipefail
@@ -11,16 +11,23 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
 echo "$card"
 start=$(date +%s)
-timeout 150 python3 benchmarks/decode_levers.py --only "merge,programmatic,splits" \
+timeout "${LEVERS_TIMEOUT:-170}" python3 benchmarks/decode_levers.py --only "${LEVERS:-merge,programmatic,splits}" \
     --shapes 1x1024,8x1024,8x16384,8x32768,8x65536,32x16384,32x32768 \
     --out "$OUT/decode-levers-merge-$gpu-$sha" --git-sha "$sha" \
     > "$OUT/levers-merge-log-$gpu-$sha.txt" 2>&1
 echo "== levers rc=$? $(( $(date +%s) - start )) s"
 grep -E "^\| decode" "$OUT/decode-levers-merge-$gpu-$sha.md" | cut -c1-120
-timeout 220 python3 benchmarks/kernel_bench.py --suite full --only decode \
+timeout 60 python3 benchmarks/decode_kernel_times.py --out "$OUT/decode-kernel-times-$gpu-$sha" \
+    --git-sha "$sha" >> "$OUT/levers-merge-log-$gpu-$sha.txt" 2>&1
+echo "== kernel times rc=$? $(( $(date +%s) - start )) s"
+grep -E "^\|" "$OUT/decode-kernel-times-$gpu-$sha.md" | cut -c1-140
+timeout "${SUITE_TIMEOUT:-200}" python3 benchmarks/kernel_bench.py --suite full --only decode \
     --out "$OUT/kernels-decode-$gpu-$sha" --git-sha "$sha" > "$OUT/kernels-decode-log-$gpu-$sha.txt" 2>&1
 echo "== decode suite rc=$? $(( $(date +%s) - start )) s"
 grep -E "\| decode" "$OUT/kernels-decode-$gpu-$sha.md" | grep -E "llama3-8b \| (1|8|32) \|" | grep "K4V4 |" | cut -c1-110
-timeout "${TESTS_TIMEOUT:-150}" python3 -m pytest -q -p no:cacheprovider -k "merge or decode or split" \
-    packages/tq-core/tests/test_triton_ops.py > "$OUT/kernel-tests-merge-$gpu-$sha.txt" 2>&1
-echo "== tests rc=$? $(( $(date +%s) - start )) s"; tail -3 "$OUT/kernel-tests-merge-$gpu-$sha.txt"
+if [ "${TESTS:-1}" = 1 ]; then
+  bash benchmarks/gpu/kernel_tests_parallel.sh "merge-$gpu-$sha" "merge or decode or split or graph" 8 \
+      "${TESTS_TIMEOUT:-150}"
+  rm -f "$OUT"/kernel-tests-merge-*-shard*.txt
+  echo "== tests $(( $(date +%s) - start )) s"
+fi

@@ -110,7 +110,8 @@ def _attention_kernel(
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     TOKENS_PER_TILE: tl.constexpr, UNIFORM_Q: tl.constexpr, SPLIT: tl.constexpr,
-    MERGE_IN_KERNEL: tl.constexpr, KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
+    MERGE_IN_KERNEL: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
+    KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
     NIBBLE_HIGH: tl.constexpr,
@@ -456,7 +457,7 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_ROWS, MERGE_SLOTS,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
@@ -524,56 +525,75 @@ def _merge_splits(
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
+    MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
-    KV head). The partials are read past L1 (``.cg``): other programs wrote them."""
-    rows = tl.arange(0, BLOCK_M)
+    KV head). The partials are read past L1 (``.cg``): other programs wrote them.
+
+    MERGE_SLOTS splits per round, as one [MERGE_SLOTS * MERGE_ROWS, D] tile (MERGE_ROWS: the
+    query rows the splits wrote, padded to a power of two): the loads of a round depend on
+    nothing before them, so they are in flight together, and a merge of 17 splits waits on 3
+    round trips to L2 where reading one split's maximum, then its sum and partial, after
+    another waited on 51 (11.4 us of 8 x 16K's call on an H100, decode-kernel-times-h100-144d3cf).
+    Each slot keeps its own running maximum, so a round needs no change of layout; the slots of
+    each query row are merged once, at the end."""
+    SLOT_ROWS: tl.constexpr = MERGE_SLOTS * MERGE_ROWS
+    slot_rows = tl.arange(0, SLOT_ROWS)
+    slot = slot_rows // MERGE_ROWS
+    row = slot_rows % MERGE_ROWS
     dims = tl.arange(0, D)
     first = ((seq * NUM_KV_HEADS + kv_head) * num_splits).to(tl.int64)
-    row_ok = rows < UNIFORM_Q * GROUP  # the rows the splits wrote
-    m_max = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    for split in range(num_splits):
-        stats = partial_stats_ptr + ((first + split) * 2) * BLOCK_M + rows
-        m_max = tl.maximum(
-            m_max, tl.load(stats, mask=row_ok, other=float("-inf"), cache_modifier=".cg")
-        )
-    m_use = tl.where(m_max == float("-inf"), 0.0, m_max)
-    total = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, D], dtype=tl.float32)
-    for split in range(num_splits):
+    row_ok = row < UNIFORM_Q * GROUP  # the rows the splits wrote
+    m_slot = tl.full([SLOT_ROWS], float("-inf"), dtype=tl.float32)
+    l_slot = tl.zeros([SLOT_ROWS], dtype=tl.float32)
+    acc = tl.zeros([SLOT_ROWS, D], dtype=tl.float32)
+    for first_split in range(0, num_splits, MERGE_SLOTS):
+        split = first_split + slot
+        ok = row_ok & (split < num_splits)
         part = first + split
-        m_split = tl.load(
-            partial_stats_ptr + (part * 2) * BLOCK_M + rows, mask=row_ok, other=0.0,
-            cache_modifier=".cg",
-        )  # fmt: skip
-        weight = tl.where(row_ok, tl.exp2(m_split - m_use), 0.0)
-        l_split = tl.load(
-            partial_stats_ptr + (part * 2 + 1) * BLOCK_M + rows, mask=row_ok, other=0.0,
-            cache_modifier=".cg",
-        )  # fmt: skip
-        total += weight * l_split
+        stats = partial_stats_ptr + (part * 2) * BLOCK_M + row
+        m_split = tl.load(stats, mask=ok, other=float("-inf"), cache_modifier=".cg")
+        l_split = tl.load(stats + BLOCK_M, mask=ok, other=0.0, cache_modifier=".cg")
         partial = tl.load(
-            partial_acc_ptr + (part * BLOCK_M + rows)[:, None] * D + dims[None, :],
-            mask=row_ok[:, None],
+            partial_acc_ptr + (part * BLOCK_M + row)[:, None] * D + dims[None, :],
+            mask=ok[:, None],
             other=0.0,
             cache_modifier=".cg",
         )
-        acc += weight[:, None] * partial
-    result = acc / tl.where(total > 0, total, 1.0)[:, None]
-    token = rows // GROUP
-    heads = kv_head * GROUP + rows % GROUP
+        m_new = tl.maximum(m_slot, m_split)
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        old_scale = tl.exp2(m_slot - m_use)
+        new_scale = tl.exp2(m_split - m_use)
+        l_slot = l_slot * old_scale + l_split * new_scale
+        acc = acc * old_scale[:, None] + partial * new_scale[:, None]
+        m_slot = m_new
+    # Each query row over its slots: the row's maximum, and each slot's share of its sum.
+    m_grid = tl.reshape(m_slot, [MERGE_SLOTS, MERGE_ROWS])
+    m_row = tl.max(m_grid, axis=0)
+    slot_scale = tl.exp2(m_grid - tl.where(m_row == float("-inf"), 0.0, m_row)[None, :])
+    total = tl.sum(slot_scale * tl.reshape(l_slot, [MERGE_SLOTS, MERGE_ROWS]), axis=0)
+    share = slot_scale / tl.where(total > 0, total, 1.0)[None, :]
+    acc = acc * tl.reshape(share, [SLOT_ROWS])[:, None]
+    out_row = tl.arange(0, MERGE_ROWS)
+    token = out_row // GROUP
+    heads = kv_head * GROUP + out_row % GROUP
+    out_ok = out_row < UNIFORM_Q * GROUP
     out_rows = out_ptr + (seq * UNIFORM_Q + token).to(tl.int64)[:, None] * stride_or
     out_rows += heads[:, None] * stride_oh
     if UNROTATE:
+        # The rotation back is linear: each slot's share rotates before the slots are summed,
+        # so the product keeps SLOT_ROWS (at least 16) rows.
         for block in tl.static_range(D // ROT_COLS):
             cols = block * ROT_COLS + tl.arange(0, ROT_COLS)
-            part = times_signs(result, signs_ptr, dims, cols, D, True) * inv_sqrt_d
+            part = times_signs(acc, signs_ptr, dims, cols, D, True) * inv_sqrt_d
+            result = tl.sum(tl.reshape(part, [MERGE_SLOTS, MERGE_ROWS, ROT_COLS]), axis=0)
             tl.store(
-                out_rows + cols[None, :], part.to(out_ptr.dtype.element_ty), mask=row_ok[:, None]
+                out_rows + cols[None, :], result.to(out_ptr.dtype.element_ty), mask=out_ok[:, None]
             )
     else:
+        result = tl.sum(tl.reshape(acc, [MERGE_SLOTS, MERGE_ROWS, D]), axis=0)
         tl.store(
-            out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None]
+            out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=out_ok[:, None]
         )
 
 
@@ -583,7 +603,7 @@ def _merge_splits_kernel(
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
     UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    WAIT_PRIOR: tl.constexpr,
+    MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr, WAIT_PRIOR: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     if WAIT_PRIOR:
@@ -591,7 +611,7 @@ def _merge_splits_kernel(
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE, ROT_COLS,
+        UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_ROWS, MERGE_SLOTS,
     )  # fmt: skip
 
 
@@ -791,6 +811,9 @@ TUNING = {
     # (decode-levers-pdl-*-h200-2b53720, decode-levers-rotate-h200-1d0d68c). Opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
+    # merge_elements 4096: each round of the split merge reads as many splits as fill a tile of
+    # about 4,096 partial values (_merge_tile): 8 splits of a GQA-4 decode token at head_dim 128,
+    # 32 registers a thread; at most rows * head_dim reads one split per round.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -815,6 +838,7 @@ TUNING = {
         "programs_per_sm": 8,
         "max_split_tiles": 24,
         "merge_in_kernel": 4,
+        "merge_elements": 4096,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -907,6 +931,18 @@ def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
     return {"maxnreg": cap} if cap else {}
 
 
+def _merge_tile(tuning: dict, head_dim: int, query_rows: int, unrotate: bool) -> tuple[int, int]:
+    """(rows, slots) of the split merge's tile: the query rows each split wrote, padded to a
+    power of two, and how many splits one round reads, so that a round's tile holds about
+    ``merge_elements`` partial values (32 rows of head_dim 128 at 4,096). rotate=True's merge
+    multiplies the tile on tensor cores, which needs at least 16 rows."""
+    rows = triton.next_power_of_2(query_rows)
+    slot_rows = max(rows, triton.next_power_of_2(max(1, tuning["merge_elements"] // head_dim)))
+    if unrotate:
+        slot_rows = max(slot_rows, 16)
+    return rows, slot_rows // rows
+
+
 def _merges_in_kernel(tuning: dict, block_table, layout: CacheLayout, num_splits: int) -> bool:
     """Whether the last split merges inside the attention kernel rather than in a second
     launch: where a split spans at most ``merge_in_kernel`` key tiles (0: never). Short splits
@@ -970,6 +1006,9 @@ def _launch(
     partial_stats = workspace[partials * layout.head_dim :]
     merge_in_kernel = num_splits > 1 and _merges_in_kernel(tuning, block_table, layout, num_splits)
     merge_launch = num_splits > 1 and not merge_in_kernel
+    merge_rows, merge_slots = (1, 1)  # prefill and unsplit decode merge nothing
+    if num_splits > 1:
+        merge_rows, merge_slots = _merge_tile(tuning, layout.head_dim, uniform_q * group, unrotate)
     programmatic = _programmatic_launches(tuning, device)
     attention_pdl = programmatic and after_rotation
     # One int32 per (sequence, KV head) for the in-kernel merge: each split counts itself in
@@ -992,7 +1031,8 @@ def _launch(
         UNROTATE=unrotate, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
-        MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=bool(tuning.get("key_mask", 1)),
+        MERGE_IN_KERNEL=merge_in_kernel, MERGE_ROWS=merge_rows, MERGE_SLOTS=merge_slots,
+        KEY_MASK=bool(tuning.get("key_mask", 1)),
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
         **_kernel_constants(layout, _setting(tuning, layout, "lookup")),
@@ -1004,7 +1044,8 @@ def _launch(
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
-            ROT_COLS=_rotation_cols(layout.head_dim), WAIT_PRIOR=programmatic,
+            ROT_COLS=_rotation_cols(layout.head_dim), MERGE_ROWS=merge_rows,
+            MERGE_SLOTS=merge_slots, WAIT_PRIOR=programmatic,
             **_pdl_option(programmatic),
         )  # fmt: skip
 
