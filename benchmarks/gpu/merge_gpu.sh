@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The split merge's levers (its splits per round, the in-kernel merge, programmatic launches,
-# split counts) at 1-32 x 1-64K, each launch's time from the profiler, the decode section of the
-# kernel suite at the commit's defaults, then the GPU op tests in parallel shards, in one call.
+# split counts) at 1-32 x 1-64K, rotate=True levers at 1-8 x 1-4K (ROTATE_LEVERS, optional),
+# each launch's time from the profiler, the decode section of the kernel suite at the commit's
+# defaults, then the GPU op tests in parallel shards, in one call.
 # Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/merge_gpu.sh COMMIT
 set -uo pipefail
@@ -17,6 +18,13 @@ timeout "${LEVERS_TIMEOUT:-170}" python3 benchmarks/decode_levers.py --only "${L
     > "$OUT/levers-merge-log-$gpu-$sha.txt" 2>&1
 echo "== levers rc=$? $(( $(date +%s) - start )) s"
 grep -E "^\| decode" "$OUT/decode-levers-merge-$gpu-$sha.md" | cut -c1-120
+if [ -n "${ROTATE_LEVERS:-}" ]; then
+  timeout 90 python3 benchmarks/decode_levers.py --rotate --only "$ROTATE_LEVERS" \
+      --shapes 1x1024,8x1024,1x4096 --out "$OUT/decode-levers-rotate-$gpu-$sha" --git-sha "$sha" \
+      >> "$OUT/levers-merge-log-$gpu-$sha.txt" 2>&1
+  echo "== rotate=True levers rc=$? $(( $(date +%s) - start )) s"
+  grep -E "^\| decode" "$OUT/decode-levers-rotate-$gpu-$sha.md" | cut -c1-120
+fi
 timeout 60 python3 benchmarks/decode_kernel_times.py --out "$OUT/decode-kernel-times-$gpu-$sha" \
     --git-sha "$sha" >> "$OUT/levers-merge-log-$gpu-$sha.txt" 2>&1
 echo "== kernel times rc=$? $(( $(date +%s) - start )) s"

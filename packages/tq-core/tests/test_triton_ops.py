@@ -298,6 +298,30 @@ def test_query_rotation_launch_rotates_every_head_like_fp64(head_dim, heads, gen
     assert relative_error(rotated.double().cpu(), expected) < 1e-6
 
 
+def test_long_splits_merge_in_the_kernel_only_where_pairs_are_fewer_than_multiprocessors(
+    monkeypatch,
+):
+    """The in-kernel merge's shape rule: short splits always; long splits only where the
+    (sequence, KV head) pairs are fewer than the multiprocessors (merge_in_kernel_few_pairs);
+    merge_in_kernel 0 means a merge launch everywhere."""
+    layout = TQCodec(128, 4, 4).cache_layout(8, 16)
+    block_table = torch.zeros(1, 1024, dtype=torch.int32)  # 16K tokens: 128 tiles of 128
+    monkeypatch.setattr(triton_attention, "_multiprocessors", lambda device: 132)
+    decode = dict(triton_attention.TUNING["decode"], merge_in_kernel=4)
+
+    def in_kernel(num_seqs, num_splits, **settings):
+        tuning = {**decode, **settings}
+        return triton_attention._merges_in_kernel(
+            tuning, block_table, layout, num_splits, num_seqs, torch.device("cpu")
+        )
+
+    assert in_kernel(8, 17, merge_in_kernel_few_pairs=1)  # 64 pairs: 8-tile splits in kernel
+    assert not in_kernel(8, 17, merge_in_kernel_few_pairs=0)
+    assert not in_kernel(17, 17, merge_in_kernel_few_pairs=1)  # 136 pairs: a launch
+    assert in_kernel(17, 32, merge_in_kernel_few_pairs=0)  # 4-tile splits: in kernel
+    assert not in_kernel(8, 32, merge_in_kernel=0, merge_in_kernel_few_pairs=1)
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
     rotate, generator, monkeypatch

@@ -810,7 +810,9 @@ TUNING = {
     # 1 x 4K, 8 x 4K and 32 x 1K, 1.3 us more at 8 x 1K both times, 1% either way at 16-32K
     # (decode-levers-pdl-*-h200-2b53720, decode-levers-rotate-h200-1d0d68c). Opt-in.
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
-    # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch).
+    # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch);
+    # merge_in_kernel_few_pairs 1: so are all splits where (sequence, KV head) pairs are fewer
+    # than multiprocessors (batch 8 of Llama-3-8B: 2-4% faster at 16-32K on an H100).
     # merge_elements 4096: each round of the split merge reads as many splits as fill a tile of
     # about 4,096 partial values (_merge_tile): 8 splits of a GQA-4 decode token at head_dim 128,
     # 32 registers a thread; at most rows * head_dim reads one split per round.
@@ -838,6 +840,7 @@ TUNING = {
         "programs_per_sm": 8,
         "max_split_tiles": 24,
         "merge_in_kernel": 4,
+        "merge_in_kernel_few_pairs": 1,
         "merge_elements": 4096,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
@@ -943,16 +946,26 @@ def _merge_tile(tuning: dict, head_dim: int, query_rows: int, unrotate: bool) ->
     return rows, slot_rows // rows
 
 
-def _merges_in_kernel(tuning: dict, block_table, layout: CacheLayout, num_splits: int) -> bool:
+def _merges_in_kernel(
+    tuning: dict, block_table, layout: CacheLayout, num_splits: int, num_seqs: int, device
+) -> bool:
     """Whether the last split merges inside the attention kernel rather than in a second
-    launch: where a split spans at most ``merge_in_kernel`` key tiles (0: never). Short splits
-    gain the launch (1 x 1K: 0.0077 ms against 0.0083, 8 x 1K: 0.0129 against 0.0141); long
-    ones lose 1-3% to the release fence every split then waits for before it exits (8 x 16K,
-    eight tiles per split: 0.1092 against 0.1076; decode-levers-h200-0e40444). Shapes only,
-    so a CUDA graph fixes the choice."""
+    launch: where a split spans at most ``merge_in_kernel`` key tiles (0: never anywhere),
+    and with ``merge_in_kernel_few_pairs`` wherever there are fewer (sequence, KV head) pairs than
+    multiprocessors. Short splits gain the launch (1 x 1K: 0.0060 ms against 0.0070, 8 x 1K:
+    0.0119 against 0.0130). With few pairs the merge launch leaves most multiprocessors idle,
+    while the merges in the kernel overlap the splits still running: 8 x 16K 0.0849 ms
+    against 0.0885, 8 x 32K 0.1588 against 0.1624, 8 x 64K within 0.1%; with many pairs
+    the fence each split waits on before it exits costs more than the launch (32 x 32K 0.5795
+    against 0.5710; all on an H100, decode-levers-merge-h100-dee70ff). Shapes only, so a CUDA
+    graph fixes the choice."""
     block_n = _setting(tuning, layout, "block_n")
     tiles = triton.cdiv(block_table.shape[1] * layout.block_size, block_n)
-    return triton.cdiv(tiles, num_splits) <= tuning.get("merge_in_kernel", 0)
+    limit = tuning.get("merge_in_kernel", 0)
+    if limit == 0 or triton.cdiv(tiles, num_splits) <= limit:
+        return limit > 0
+    few_pairs = num_seqs * layout.num_kv_heads < _multiprocessors(device)
+    return bool(tuning.get("merge_in_kernel_few_pairs", 0)) and few_pairs
 
 
 def _programmatic_launches(tuning: dict, device: torch.device) -> bool:
@@ -1004,7 +1017,9 @@ def _launch(
     limits = _register_cap(tuning, layout)
     partial_acc = workspace[: partials * layout.head_dim]
     partial_stats = workspace[partials * layout.head_dim :]
-    merge_in_kernel = num_splits > 1 and _merges_in_kernel(tuning, block_table, layout, num_splits)
+    merge_in_kernel = num_splits > 1 and _merges_in_kernel(
+        tuning, block_table, layout, num_splits, num_seqs, device
+    )
     merge_launch = num_splits > 1 and not merge_in_kernel
     merge_rows, merge_slots = (1, 1)  # prefill and unsplit decode merge nothing
     if num_splits > 1:
