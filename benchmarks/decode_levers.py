@@ -70,8 +70,8 @@ VARIANTS = [
     ("lookup 5, splits x0.5", {}, 0.5),
     # The split merge's rounds: one split per round (the reads of the merge before 8 splits a
     # round, one round trip to L2 each), or 16 a round (64 registers of partials a thread).
-    ("merge one split per round", {"merge_elements": 128}, 1.0),
-    ("merge 16 splits per round", {"merge_elements": 8192}, 1.0),
+    ("merge one split per round", {"merge_rows": 1}, 1.0),
+    ("merge 16 splits per round", {"merge_rows": 64}, 1.0),
     # With --rotate: the query rotation launch's output columns per program (0: whole rows; 32,
     # the default, was 0.6-1.4 us faster per call than whole rows at 1-32 x 1-4K:
     # decode-levers-rotate-h200-909d2ab). No effect without --rotate.

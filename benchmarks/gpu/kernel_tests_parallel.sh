@@ -15,13 +15,21 @@ list=$(mktemp)
 python3 -m pytest -q --collect-only -p no:cacheprovider -k "$expression" "$tests" \
     | grep "::" | sed 's#^tests/#packages/tq-core/tests/#' > "$list"  # ids relative to tq-core
 echo "$(wc -l < "$list") tests in $shards shards"
+# SANITIZER=memcheck (or another compute-sanitizer tool) runs each shard under it, with
+# PyTorch's caching allocator off so an access past a tensor's end is caught.
+wrapper=(env)
+if [ -n "${SANITIZER:-}" ]; then
+  wrapper=(env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$SANITIZER"
+           --error-exitcode 9 --print-limit 100)
+fi
 for ((i = 0; i < shards; i++)); do
     mapfile -t ids < <(awk -v n="$shards" -v i="$i" '(NR - 1) % n == i' "$list")
-    timeout "$limit" python3 -m pytest -v -rf -p no:cacheprovider "${ids[@]}" \
+    timeout "$limit" "${wrapper[@]}" python3 -m pytest -v -rf -p no:cacheprovider "${ids[@]}" \
         > "$OUT/kernel-tests-$name-shard$i.txt" 2>&1 &
 done
 wait
 cat "$OUT"/kernel-tests-"$name"-shard*.txt > "$OUT/kernel-tests-$name.txt"
 echo "passed $(grep -c ' PASSED' "$OUT/kernel-tests-$name.txt"), skipped $(grep -c ' SKIPPED' "$OUT/kernel-tests-$name.txt"), failed $(grep -c ' FAILED' "$OUT/kernel-tests-$name.txt") of $(wc -l < "$list")"
 grep -E "^FAILED|^ERROR" "$OUT/kernel-tests-$name.txt" | head -20
+grep -h "ERROR SUMMARY" "$OUT"/kernel-tests-"$name"-shard*.txt
 for f in "$OUT"/kernel-tests-"$name"-shard*.txt; do tail -1 "$f"; done

@@ -813,9 +813,10 @@ TUNING = {
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch);
     # merge_in_kernel_few_pairs 1: so are all splits where (sequence, KV head) pairs are fewer
     # than multiprocessors (batch 8 of Llama-3-8B: 2-4% faster at 16-32K on an H100).
-    # merge_elements 4096: each round of the split merge reads as many splits as fill a tile of
-    # about 4,096 partial values (_merge_tile): 8 splits of a GQA-4 decode token at head_dim 128,
-    # 32 registers a thread; at most rows * head_dim reads one split per round.
+    # merge_rows 32: each round of the split merge reads as many splits as fill a tile of 32
+    # rows (_merge_tile): 8 splits of a GQA-4 decode token. One split per round (the merge's
+    # reads before) and 16 were 1-3% slower at 8 x 16-64K on an H100; at 1 x 1K 16 per round
+    # took 0.0070 ms against 0.0060 (decode-levers-merge-h100-dee70ff).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -841,7 +842,7 @@ TUNING = {
         "max_split_tiles": 24,
         "merge_in_kernel": 4,
         "merge_in_kernel_few_pairs": 1,
-        "merge_elements": 4096,
+        "merge_rows": 32,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -936,11 +937,12 @@ def _register_cap(tuning: dict, layout: CacheLayout) -> dict:
 
 def _merge_tile(tuning: dict, head_dim: int, query_rows: int, unrotate: bool) -> tuple[int, int]:
     """(rows, slots) of the split merge's tile: the query rows each split wrote, padded to a
-    power of two, and how many splits one round reads, so that a round's tile holds about
-    ``merge_elements`` partial values (32 rows of head_dim 128 at 4,096). rotate=True's merge
-    multiplies the tile on tensor cores, which needs at least 16 rows."""
+    power of two, and how many splits one round reads, so that a round's tile has
+    ``merge_rows`` rows up to head_dim 128 (half as many at 256: 32 registers a thread for
+    the partials either way). rotate=True's merge multiplies the tile on tensor cores, which
+    needs at least 16 rows."""
     rows = triton.next_power_of_2(query_rows)
-    slot_rows = max(rows, triton.next_power_of_2(max(1, tuning["merge_elements"] // head_dim)))
+    slot_rows = max(rows, tuning["merge_rows"] * 128 // max(128, head_dim))
     if unrotate:
         slot_rows = max(slot_rows, 16)
     return rows, slot_rows // rows
