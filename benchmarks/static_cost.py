@@ -119,6 +119,7 @@ def compile_decode(
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
+        "merge_tile": list(_merge_constants(head_dim, group, unrotate).values()),
         "rot_cols": constants["ROT_COLS"], "num_stages": num_stages, "codebooks": list(codebooks),
         "shared_memory_bytes": compiled.metadata.shared,
         # Loads the pipeliner turned into cp.async copies into shared memory (num_stages > 1).
@@ -373,6 +374,24 @@ def main() -> None:
                 ((256, 2, 8), True, 64),
                 ((256, 2, 8), True, None),
             )
+        ),
+        # SmolLM2's kernel that merges its splits (lookup 2, 128 registers, one stage and the
+        # prefetch: small_head_*), rotating back or not, at the split merge's tile (merge_rows).
+        *(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["small_head_lookup"],
+                default["small_head_maxnreg"],
+                default["small_head_prefetch"],
+                shape=(64, 3, 3),
+                merge_in_kernel=True,
+                unrotate=unrotate,
+                num_stages=default["small_head_num_stages"],
+            )
+            for unrotate in (False, True)
         ),
         # Software pipelining (the sweep's "N stages" rows): the loads lookup 5 stages in
         # shared memory become cp.async copies N - 1 tiles ahead, with or without the L2
