@@ -812,11 +812,13 @@ TUNING = {
     # merge_in_kernel 4: splits of at most 4 key tiles are merged by the last of them inside
     # the attention kernel, not by a second launch (_merges_in_kernel; 0 = always a launch);
     # merge_in_kernel_few_pairs 1: so are all splits where (sequence, KV head) pairs are fewer
-    # than multiprocessors (batch 8 of Llama-3-8B: 2-4% faster at 16-32K on an H100).
+    # than multiprocessors (batch 8 of Llama-3-8B: 2.6-3.4% faster at 16-64K on an H100,
+    # decode-levers-merge-h100-1140488).
     # merge_rows 32: each round of the split merge reads as many splits as fill a tile of 32
     # rows (_merge_tile): 8 splits of a GQA-4 decode token. One split per round (the merge's
-    # reads before) and 16 were 1-3% slower at 8 x 16-64K on an H100; at 1 x 1K 16 per round
-    # took 0.0070 ms against 0.0060 (decode-levers-merge-h100-dee70ff).
+    # reads before) was 1-3% slower at 8 x 16-64K on an H100; 16 per round 1% faster there as
+    # a launch but 0.7-1 us slower at 1-8 x 1K, where the merge is in the kernel (0.0070 ms
+    # against 0.0060 at 1 x 1K; decode-levers-merge-h100-dee70ff).
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
