@@ -50,7 +50,7 @@ VARIANTS = [
     ("lookup 5, merge launch always", {"merge_in_kernel": 0}, 1.0),
     ("lookup 5, merge in kernel always", {"merge_in_kernel": 1 << 20}, 1.0),
     # The merge in the kernel for short splits only, not also wherever pairs are fewer than
-    # multiprocessors (the default since 8 x 16-32K ran 2-4% faster with it on an H100).
+    # multiprocessors (the default since 8 x 16-64K ran 2.6-3.4% faster with it on an H100).
     ("lookup 5, merge in kernel for short splits only", {"merge_in_kernel_few_pairs": 0}, 1.0),
     # The fp16 tiles staged, magnitudes permuted from registers (lookup 2) at the 128 registers
     # it ran best at.

@@ -114,12 +114,13 @@ def compile_decode(
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
     report, lines = _sass(compiled)
     body = loop_body(lines)
+    ops = collections.Counter(body)
     return {
         "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
-        "merge_tile": list(_merge_constants(head_dim, group, unrotate).values()),
+        "merge_tile": [constants["MERGE_ROWS"], constants["MERGE_SLOTS"]],
         "rot_cols": constants["ROT_COLS"], "num_stages": num_stages, "codebooks": list(codebooks),
         "shared_memory_bytes": compiled.metadata.shared,
         # Loads the pipeliner turned into cp.async copies into shared memory (num_stages > 1).
@@ -127,13 +128,13 @@ def compile_decode(
         **_resources(report, lines),
         "loop_instructions_per_thread": len(body),
         "warp_instructions_per_token_and_kv_head": len(body) * num_warps / block_n,
-        "top_ops": collections.Counter(body).most_common(12),
-        "loop_ops": dict(collections.Counter(body).most_common()),
+        "top_ops": ops.most_common(12),
+        "loop_ops": dict(ops.most_common()),
         "key_mask": key_mask,
         # Shared-memory instructions of the loop (stores, loads, ldmatrix): the staging for
         # tl.dot that lookup 4 trims.
         "shared_memory_ops": dict(
-            sorted((op, n) for op, n in collections.Counter(body).items() if op[:3] in SHARED)
+            sorted((op, n) for op, n in ops.items() if op[:3] in SHARED)
         ),
     }  # fmt: skip
 

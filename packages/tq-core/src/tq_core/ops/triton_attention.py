@@ -966,8 +966,10 @@ def _merges_in_kernel(
     block_n = _setting(tuning, layout, "block_n")
     tiles = triton.cdiv(block_table.shape[1] * layout.block_size, block_n)
     limit = tuning.get("merge_in_kernel", 0)
-    if limit == 0 or triton.cdiv(tiles, num_splits) <= limit:
-        return limit > 0
+    if limit == 0:
+        return False
+    if triton.cdiv(tiles, num_splits) <= limit:
+        return True
     few_pairs = num_seqs * layout.num_kv_heads < _multiprocessors(device)
     return bool(tuning.get("merge_in_kernel_few_pairs", 0)) and few_pairs
 
