@@ -78,6 +78,17 @@ VARIANTS = [
     ("query rotation, whole rows per program", {"query_rotation_cols": 0}, 1.0),
     ("query rotation, 64 columns per program", {"query_rotation_cols": 64}, 1.0),
     ("query rotation, 16 columns per program", {"query_rotation_cols": 16}, 1.0),
+    # With --rotate: where the query is rotated. query_rotation_in_kernel 4 (the default): each
+    # attention program rotates its own query rows where a split spans at most 4 key tiles,
+    # instead of the rotation launch before it (0: that launch everywhere).
+    ("in-kernel query rotation off (a launch)", {"query_rotation_in_kernel": 0}, 1.0),
+    ("in-kernel query rotation up to 8 tiles a split", {"query_rotation_in_kernel": 8}, 1.0),
+    ("in-kernel query rotation always", {"query_rotation_in_kernel": 1 << 20}, 1.0),
+    (
+        "in-kernel query rotation off, programmatic launches",
+        {"query_rotation_in_kernel": 0, "pdl": 1},
+        1.0,
+    ),
     # Programmatic dependent launches (pdl 1, opt-in): the attention after rotate=True's query
     # rotation and the merge after the attention start while the launch before drains.
     ("programmatic launches", {"pdl": 1}, 1.0),

@@ -29,7 +29,7 @@ from tq_core.ops import triton_attention, triton_decompress, triton_layout, trit
 
 _POINTERS = {
     "q_ptr": "*bf16", "out_ptr": "*bf16", "cache_ptr": "*u8", "block_table_ptr": "*i32",
-    "seq_lens_ptr": "*i32", "query_start_ptr": "*i32", "signs_ptr": "*fp16",
+    "seq_lens_ptr": "*i32", "query_start_ptr": "*i32", "signs_ptr": "*fp16", "q_signs_ptr": "*fp16",
     "split_counts_ptr": "*i32",
 }  # fmt: skip
 SHARED = ("STS", "LDS")  # STS*, LDS*, LDSM* (ldmatrix), STSM*
@@ -59,11 +59,13 @@ def compile_decode(
     num_stages: int = 1,
     codebooks: tuple[str, str] = ("lloyd-max", "lloyd-max"),
     key_mask: bool = True,
+    rotate_query: bool = False,
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
     (``rotate=True``'s launch), ``rot_cols`` columns of the sign matrix at a time (default: the
-    launches'); ``num_stages``: Triton's software pipelining of the key loop."""
+    launches'); ``num_stages``: Triton's software pipelining of the key loop; ``rotate_query``:
+    each program rotates its own query (rotate=True's short splits)."""
     head_dim, group, num_kv_heads = shape
     codec = TQCodec(
         head_dim, k_bits, v_bits, key_codebook=codebooks[0], value_codebook=codebooks[1]
@@ -81,7 +83,7 @@ def compile_decode(
         WAIT_PRIOR=False, LAUNCH_DEPENDENTS=False,
         MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=key_mask,
         **_merge_constants(head_dim, group, unrotate),
-        LOOKUP=lookup, UNROTATE=unrotate,
+        LOOKUP=lookup, UNROTATE=unrotate, ROTATE_Q=rotate_query,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout, lookup),
@@ -119,7 +121,7 @@ def compile_decode(
         "head_dim": head_dim, "group": group, "k_bits": k_bits, "v_bits": v_bits,
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
-        "merge_in_kernel": merge_in_kernel, "unrotate": unrotate,
+        "merge_in_kernel": merge_in_kernel, "unrotate": unrotate, "rotate_query": rotate_query,
         "merge_tile": [constants["MERGE_ROWS"], constants["MERGE_SLOTS"]],
         "rot_cols": constants["ROT_COLS"], "num_stages": num_stages, "codebooks": list(codebooks),
         "shared_memory_bytes": compiled.metadata.shared,

@@ -298,6 +298,72 @@ def test_query_rotation_launch_rotates_every_head_like_fp64(head_dim, heads, gen
     assert relative_error(rotated.double().cpu(), expected) < 1e-6
 
 
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_sign_matrix_halves_are_the_rotations_even_then_odd_columns(head_dim, generator):
+    """The matrix a decode program rotates its own query with (4-bit keys): x @ halves /
+    sqrt(D) is R x's even dimensions, then its odd ones, against fp64."""
+    codec = TQCodec(head_dim, 4, 4)
+    halves = triton_layout.sign_hadamard_halves(head_dim, codec.seed, DEVICE).double().cpu()
+    x = torch.randn(5, head_dim, generator=generator, dtype=torch.float64)
+    rotated = rotate(x, codec.seed)
+    expected = torch.cat((rotated[:, 0::2], rotated[:, 1::2]), dim=1)
+    assert torch.allclose(x @ halves / math.sqrt(head_dim), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize("codec_spec", [CODECS[0], CODECS[1], UNIFORM_CODECS[4]])
+def test_decode_programs_rotate_their_own_query_like_the_rotation_launch(
+    codec_spec, num_splits, generator, monkeypatch
+):
+    """rotate=True with the query rotated by each attention program (short splits) and by the
+    launch before it: both match the reference, and each other far inside its tolerance (the
+    same products; a wrong column of the matrix would be off by the whole score). 4-bit keys
+    (both halves of the query, Lloyd-Max and on the grid) and 3-bit keys (the whole row)."""
+    batch, dev = _batch(codec_spec, [70, 33, 0], 2, 16, generator)
+    query = torch.randn(3, 1, 8, codec_spec[0], generator=generator) * 3
+    expected = reference.decode_attention(
+        query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1, rotate=True
+    )
+    outputs = {}
+    for in_kernel in (0, 4):
+        monkeypatch.setitem(
+            triton_attention.TUNING["decode"], "query_rotation_in_kernel", in_kernel
+        )
+        if in_kernel:
+            # The programs must rotate the query themselves: no rotation launch.
+            monkeypatch.setattr(triton_attention, "_rotated_queries", None)
+        out = torch.full(query.shape, float("nan"), device=DEVICE)
+        triton_attention.decode_attention(
+            query.to(DEVICE), dev["kv_cache"], dev["block_table"], dev["seq_lens"],
+            batch.layout, 0.1, out=out, rotate=True, num_splits=num_splits,
+        )  # fmt: skip
+        outputs[in_kernel] = out.cpu()
+        assert relative_error(outputs[in_kernel], expected) < TOLERANCE[torch.float32]
+    assert relative_error(outputs[4], outputs[0]) < 1e-4
+    assert torch.equal(outputs[4][2], torch.zeros_like(outputs[4][2]))
+
+
+def test_queries_rotate_in_the_kernel_only_for_short_splits_up_to_head_dim_128(monkeypatch):
+    """The shape rule: splits of at most query_rotation_in_kernel key tiles (1 x 1K's one-tile
+    splits, not 8 x 16K's eight-tile ones), head_dim 64-128 only, never with the setting 0."""
+    block_table = torch.zeros(1, 64, dtype=torch.int32)  # 1K tokens: 8 tiles of 128
+    long_table = torch.zeros(1, 1024, dtype=torch.int32)  # 16K tokens: 128 tiles
+    decode = dict(triton_attention.TUNING["decode"], query_rotation_in_kernel=4)
+
+    def in_kernel(head_dim, table, num_splits, **settings):
+        layout = TQCodec(head_dim, 4, 4).cache_layout(8, 16)
+        tuning = {**decode, **settings}
+        return triton_attention._rotates_query_in_kernel(tuning, table, layout, num_splits)
+
+    assert in_kernel(128, block_table, 8)
+    assert in_kernel(128, block_table, 2)  # 4 tiles a split
+    assert in_kernel(64, block_table, 8)
+    assert not in_kernel(128, block_table, 1)  # 8 tiles a split
+    assert not in_kernel(128, long_table, 17)
+    assert not in_kernel(256, block_table, 8)
+    assert not in_kernel(128, block_table, 8, query_rotation_in_kernel=0)
+
+
 def test_long_splits_merge_in_the_kernel_only_where_pairs_are_fewer_than_multiprocessors(
     monkeypatch,
 ):

@@ -105,7 +105,7 @@ def _tile_fields(
 def _attention_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
     partial_acc_ptr, partial_stats_ptr, split_counts_ptr, k_cent_ptr, v_cent_ptr, signs_ptr,
-    stride_qr, stride_qh, stride_or, stride_oh, stride_page, stride_bt,
+    q_signs_ptr, stride_qr, stride_qh, stride_or, stride_oh, stride_page, stride_bt,
     num_seqs, num_rows, scale, softcap, window, num_splits, inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -113,8 +113,8 @@ def _attention_kernel(
     MERGE_IN_KERNEL: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
     KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
-    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr, NIBBLE_LOW: tl.constexpr,
-    NIBBLE_HIGH: tl.constexpr,
+    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROTATE_Q: tl.constexpr, ROT_COLS: tl.constexpr,
+    NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr, AFFINE_PAIRS: tl.constexpr,
     AFFINE_QUADS: tl.constexpr, PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
@@ -260,9 +260,25 @@ def _attention_kernel(
         gdc_wait()
     q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
     even = 2 * tl.arange(0, HALF)
-    if K_PAIRS:
+    if ROTATE_Q:
+        # The query arrives in the model's domain (rotate=True with short splits,
+        # _rotates_query_in_kernel): R q = q @ S / sqrt(D) here, instead of a launch before this
+        # one. For 4-bit keys q_signs_ptr is S with its even columns first
+        # (triton_layout.sign_hadamard_halves), so each half is one contiguous tile.
+        q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
+        q = q.to(tl.float32)
+        if K_PAIRS:
+            halves = tl.arange(0, HALF)
+            q_a = times_signs(q, q_signs_ptr, dims, halves, D, False) * inv_sqrt_d
+            q_b = times_signs(q, q_signs_ptr, dims, HALF + halves, D, False) * inv_sqrt_d
+        else:
+            q_a = times_signs(q, q_signs_ptr, dims, dims, D, False) * inv_sqrt_d
+    elif K_PAIRS:
         q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
         q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
+    else:
+        q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
+    if K_PAIRS:
         q_a = q_a.to(K_DOT)
         q_b = q_b.to(K_DOT)
         if K_AFFINE:
@@ -271,7 +287,6 @@ def _attention_kernel(
                 tl.sum(q_a.to(tl.float32), axis=1) + tl.sum(q_b.to(tl.float32), axis=1)
             )
     else:
-        q_a = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
         q_a = q_a.to(K_DOT)
         q_b = q_a
     for tile_start in range(key_start, key_end, BLOCK_N):
@@ -845,6 +860,7 @@ TUNING = {
         "merge_in_kernel": 4,
         "merge_in_kernel_few_pairs": 1,
         "merge_rows": 32,
+        "query_rotation_in_kernel": 4,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -974,6 +990,24 @@ def _merges_in_kernel(
     return bool(tuning.get("merge_in_kernel_few_pairs", 0)) and few_pairs
 
 
+def _rotates_query_in_kernel(
+    tuning: dict, block_table, layout: CacheLayout, num_splits: int
+) -> bool:
+    """Whether rotate=True's attention programs rotate their own query rows instead of reading
+    them from the query-rotation launch before (:func:`_rotated_queries`): where a split spans
+    at most ``query_rotation_in_kernel`` key tiles (0: never), there the launch costs as much
+    as a split's keys. Each program then reads the [D, D] sign matrix (32 KB at head_dim 128)
+    and multiplies its query rows by it on tensor cores, as that launch does (the same
+    products, so the same rotated query). Up to head_dim 128: wider rows would hold a
+    [256, 128] matrix tile in registers. Shapes only, so a CUDA graph fixes the choice."""
+    limit = tuning.get("query_rotation_in_kernel", 0)
+    if limit == 0 or layout.head_dim > 128:
+        return False
+    block_n = _setting(tuning, layout, "block_n")
+    tiles = triton.cdiv(block_table.shape[1] * layout.block_size, block_n)
+    return triton.cdiv(tiles, num_splits) <= limit
+
+
 def _programmatic_launches(tuning: dict, device: torch.device) -> bool:
     """Whether decode's second and third launches (attention after the query rotation, the
     split merge after the attention) are programmatic dependent launches: each starts while the
@@ -1005,11 +1039,13 @@ def _prefetch(tuning: dict, layout: CacheLayout) -> int:
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
-    tuning, unrotate=False, after_rotation=False,
+    tuning, unrotate=False, after_rotation=False, rotate_query=False,
 ):  # fmt: skip
     """``unrotate``: rotate the output back to the model's domain (the query rows arrive
-    rotated). ``after_rotation``: the launch just before this one rotated the queries
-    (:func:`_rotated_queries`), so the attention may launch programmatically after it."""
+    rotated unless ``rotate_query``). ``after_rotation``: the launch just before this one
+    rotated the queries (:func:`_rotated_queries`), so the attention may launch
+    programmatically after it. ``rotate_query``: the query rows arrive in the model's domain
+    and every program rotates its own (:func:`_rotates_query_in_kernel`)."""
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
@@ -1018,6 +1054,10 @@ def _launch(
         "split partials", device, max(1, partials * (layout.head_dim + 2)), torch.float32
     )
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
+    constants = _kernel_constants(layout, _setting(tuning, layout, "lookup"))
+    query_signs = signs
+    if rotate_query and constants["K_BITS"] == 4:
+        query_signs = triton_layout.sign_hadamard_halves(layout.head_dim, layout.codec.seed, device)
     inv_sqrt_d = layout.head_dim**-0.5
     lookup = _lookup(tuning, layout)
     limits = _register_cap(tuning, layout)
@@ -1041,7 +1081,7 @@ def _launch(
         query_rows, kv_cache, block_table, seq_lens, query_start_loc, out_rows,
         partial_acc, partial_stats, counters,
         triton_layout.attention_table(layout, "key", device),
-        triton_layout.attention_table(layout, "value", device), signs,
+        triton_layout.attention_table(layout, "value", device), signs, query_signs,
         query_rows.stride(0), query_rows.stride(1), out_rows.stride(0), out_rows.stride(1),
         kv_cache.stride(0), block_table.stride(0),
         num_seqs, query_rows.shape[0], float(scale),
@@ -1049,14 +1089,14 @@ def _launch(
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=_setting(tuning, layout, "block_n"),
         LOOKUP=lookup,
-        UNROTATE=unrotate, **_nibble_constants(layout, lookup),
+        UNROTATE=unrotate, ROTATE_Q=rotate_query, **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         MERGE_IN_KERNEL=merge_in_kernel, MERGE_ROWS=merge_rows, MERGE_SLOTS=merge_slots,
         KEY_MASK=bool(tuning.get("key_mask", 1)),
         HAS_SOFTCAP=logit_softcap is not None, HAS_WINDOW=sliding_window is not None,
         WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
-        **_kernel_constants(layout, _setting(tuning, layout, "lookup")),
+        **constants,
         num_warps=tuning["num_warps"],
         num_stages=_setting(tuning, layout, "num_stages"), **limits, **_pdl_option(attention_pdl),
     )  # fmt: skip
@@ -1115,13 +1155,17 @@ def decode_attention(
     block_m = max(16, triton.next_power_of_2(num_query_tokens * group))
     max_tokens = block_table.shape[1] * layout.block_size
     splits = num_splits or _split_count(num_seqs, layout, max_tokens, query.device)
-    if rotate:
+    rotate_query = rotate and _rotates_query_in_kernel(
+        TUNING["decode"], block_table, layout, splits
+    )
+    if rotate and not rotate_query:
         query_rows = _rotated_queries(query_rows, layout)
     _launch(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
-        num_splits=splits, tuning=TUNING["decode"], unrotate=rotate, after_rotation=rotate,
+        num_splits=splits, tuning=TUNING["decode"], unrotate=rotate,
+        after_rotation=rotate and not rotate_query, rotate_query=rotate_query,
     )  # fmt: skip
     return result
 

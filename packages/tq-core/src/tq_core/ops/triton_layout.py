@@ -349,7 +349,7 @@ def boundaries(layout: CacheLayout, tensor: str, device: torch.device) -> torch.
     return _tables(layout, tensor, device)[1]
 
 
-_ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device, torch.dtype], torch.Tensor] = {}
+_ROTATION_ON_DEVICE: dict[tuple[int, int, torch.device, torch.dtype | str], torch.Tensor] = {}
 
 
 def sign_hadamard(
@@ -366,6 +366,19 @@ def sign_hadamard(
     if key not in _ROTATION_ON_DEVICE:
         exact = rotation_matrix(head_dim, seed, "cpu", torch.float64) * math.sqrt(head_dim)
         _ROTATION_ON_DEVICE[key] = exact.round().to(dtype).to(device).contiguous()
+    return _ROTATION_ON_DEVICE[key]
+
+
+def sign_hadamard_halves(head_dim: int, seed: int, device: torch.device) -> torch.Tensor:
+    """:func:`sign_hadamard` (fp16) with its even columns first, then its odd ones: the decode
+    kernel that rotates its own query (4-bit keys, whose even and odd dimensions multiply
+    separate halves of the query) reads each half as one contiguous [head_dim, head_dim / 2]
+    tile instead of gathering every other column."""
+    key = (head_dim, seed, torch.device(device), "halves")
+    if key not in _ROTATION_ON_DEVICE:
+        matrix = sign_hadamard(head_dim, seed, device)
+        order = torch.cat((torch.arange(0, head_dim, 2), torch.arange(1, head_dim, 2)))
+        _ROTATION_ON_DEVICE[key] = matrix[:, order.to(matrix.device)].contiguous()
     return _ROTATION_ON_DEVICE[key]
 
 
