@@ -79,10 +79,15 @@ VARIANTS = [
     ("query rotation, 64 columns per program", {"query_rotation_cols": 64}, 1.0),
     ("query rotation, 16 columns per program", {"query_rotation_cols": 16}, 1.0),
     # With --rotate: where the query is rotated. query_rotation_in_kernel 4 (the default): each
-    # attention program rotates its own query rows where a split spans at most 4 key tiles,
-    # instead of the rotation launch before it (0: that launch everywhere).
+    # attention program rotates its own query rows where they number at most 4 per
+    # multiprocessor, instead of the rotation launch before them (0: that launch everywhere).
     ("in-kernel query rotation off (a launch)", {"query_rotation_in_kernel": 0}, 1.0),
-    ("in-kernel query rotation up to 8 tiles a split", {"query_rotation_in_kernel": 8}, 1.0),
+    (
+        "in-kernel query rotation up to 8 programs a multiprocessor",
+        {"query_rotation_in_kernel": 8},
+        1.0,
+    ),
+    ("in-kernel query rotation, sign matrix prefetched", {"signs_prefetch": 1}, 1.0),
     ("in-kernel query rotation always", {"query_rotation_in_kernel": 1 << 20}, 1.0),
     (
         "in-kernel query rotation off, programmatic launches",
@@ -251,6 +256,13 @@ PROBES = {
         _permutes_35b2748,
     ),
 }
+# With --rotate: rotate=True's two extra pieces of work, each left out in turn (wrong values):
+# what is left of the call's time says what the other costs.
+ROTATION_PROBES = (
+    "probe: rotate=True without the output's rotation back (wrong values)",
+    "probe: rotate=True without the query's rotation (wrong values)",
+    "probe: the rotated-domain call, rotate=False (other values)",
+)
 # Launch settings a PROBES row runs with (none by default).
 PROBE_TUNING = {"permutes at 35b2748, per-score mask (the loop at 35b2748)": {"key_mask": 0}}
 
@@ -259,6 +271,20 @@ PROBE_TUNING = {"permutes at 35b2748, per-score mask (the loop at 35b2748)": {"k
 def _probed(name: str):
     """The attention kernel given probe ``name``'s asm in place of lookup 5's, if it is one."""
     saved = triton_attention._nibble_constants
+    saved_launch = triton_attention._launch
+    saved_rule = triton_attention._rotates_query_in_kernel
+    saved_rotation = triton_attention._rotated_queries
+    global ROTATE
+    saved_rotate = ROTATE
+    if name == ROTATION_PROBES[2]:
+        ROTATE = False
+    if name == ROTATION_PROBES[0]:
+        triton_attention._launch = lambda *args, **kw: saved_launch(
+            *args, **{**kw, "unrotate": False}
+        )
+    elif name == ROTATION_PROBES[1]:
+        triton_attention._rotates_query_in_kernel = lambda *args: False
+        triton_attention._rotated_queries = lambda query_rows, layout: query_rows
     if name in PROBES:
         pairs, quads_asm = PROBES[name]
 
@@ -280,6 +306,10 @@ def _probed(name: str):
         yield
     finally:
         triton_attention._nibble_constants = saved
+        triton_attention._launch = saved_launch
+        triton_attention._rotates_query_in_kernel = saved_rule
+        triton_attention._rotated_queries = saved_rotation
+        ROTATE = saved_rotate
 
 
 # The probes --only names (none by default).
@@ -491,7 +521,9 @@ def main() -> None:
         VARIANTS = [
             v for v in VARIANTS if v[0].startswith("default") or any(w in v[0] for w in wanted)
         ]
-        WANTED_PROBES.extend(name for name in PROBES if any(w in name for w in wanted))
+        WANTED_PROBES.extend(
+            name for name in (*PROBES, *ROTATION_PROBES) if any(w in name for w in wanted)
+        )
     bits = tuple(int(part) for part in args.bits.split("x"))
     shapes = shapes_from(args.shapes, SHAPES)
     env = measured_environment(args.git_sha)

@@ -325,7 +325,7 @@ def test_decode_programs_rotate_their_own_query_like_the_rotation_launch(
         query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1, rotate=True
     )
     outputs = {}
-    for in_kernel in (0, 4):
+    for in_kernel in (0, 1 << 20):
         monkeypatch.setitem(
             triton_attention.TUNING["decode"], "query_rotation_in_kernel", in_kernel
         )
@@ -339,29 +339,31 @@ def test_decode_programs_rotate_their_own_query_like_the_rotation_launch(
         )  # fmt: skip
         outputs[in_kernel] = out.cpu()
         assert relative_error(outputs[in_kernel], expected) < TOLERANCE[torch.float32]
-    assert relative_error(outputs[4], outputs[0]) < 1e-4
-    assert torch.equal(outputs[4][2], torch.zeros_like(outputs[4][2]))
+    assert relative_error(outputs[1 << 20], outputs[0]) < 1e-4
+    assert torch.equal(outputs[1 << 20][2], torch.zeros_like(outputs[1 << 20][2]))
 
 
-def test_queries_rotate_in_the_kernel_only_for_short_splits_up_to_head_dim_128(monkeypatch):
-    """The shape rule: splits of at most query_rotation_in_kernel key tiles (1 x 1K's one-tile
-    splits, not 8 x 16K's eight-tile ones), head_dim 64-128 only, never with the setting 0."""
-    block_table = torch.zeros(1, 64, dtype=torch.int32)  # 1K tokens: 8 tiles of 128
-    long_table = torch.zeros(1, 1024, dtype=torch.int32)  # 16K tokens: 128 tiles
+def test_queries_rotate_in_the_kernel_only_in_one_wave_of_programs(monkeypatch):
+    """The shape rule: at most query_rotation_in_kernel programs per multiprocessor (1 x 1K's
+    64 and 1 x 16K's 512 on 132 multiprocessors, not 8 x 4K's 1,024), head_dim 64-128 only,
+    never with the setting 0."""
+    monkeypatch.setattr(triton_attention, "_multiprocessors", lambda device: 132)
     decode = dict(triton_attention.TUNING["decode"], query_rotation_in_kernel=4)
 
-    def in_kernel(head_dim, table, num_splits, **settings):
+    def in_kernel(head_dim, num_seqs, num_splits, **settings):
         layout = TQCodec(head_dim, 4, 4).cache_layout(8, 16)
         tuning = {**decode, **settings}
-        return triton_attention._rotates_query_in_kernel(tuning, table, layout, num_splits)
+        return triton_attention._rotates_query_in_kernel(
+            tuning, layout, num_seqs, num_splits, torch.device("cpu")
+        )
 
-    assert in_kernel(128, block_table, 8)
-    assert in_kernel(128, block_table, 2)  # 4 tiles a split
-    assert in_kernel(64, block_table, 8)
-    assert not in_kernel(128, block_table, 1)  # 8 tiles a split
-    assert not in_kernel(128, long_table, 17)
-    assert not in_kernel(256, block_table, 8)
-    assert not in_kernel(128, block_table, 8, query_rotation_in_kernel=0)
+    assert in_kernel(128, 1, 8)  # 1 x 1K: 64 programs
+    assert in_kernel(128, 1, 64)  # 1 x 16K: 512
+    assert in_kernel(64, 8, 8)
+    assert not in_kernel(128, 8, 16)  # 8 x 4K: 1,024
+    assert not in_kernel(128, 8, 17)  # 8 x 16K
+    assert not in_kernel(256, 1, 8)
+    assert not in_kernel(128, 1, 8, query_rotation_in_kernel=0)
 
 
 def test_long_splits_merge_in_the_kernel_only_where_pairs_are_fewer_than_multiprocessors(

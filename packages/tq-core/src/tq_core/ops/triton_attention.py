@@ -42,6 +42,7 @@ from tq_core.ops.triton_common import (
     nibble_quads,
     nibble_quads_operands,
     prefetch_field,
+    prefetch_lines,
     times_signs,
 )
 from tq_core.rotation import rotate_query, unrotate_output
@@ -113,7 +114,8 @@ def _attention_kernel(
     MERGE_IN_KERNEL: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
     KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
-    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROTATE_Q: tl.constexpr, ROT_COLS: tl.constexpr,
+    LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROTATE_Q: tl.constexpr,
+    PREFETCH_SIGNS: tl.constexpr, ROT_COLS: tl.constexpr,
     NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr, AFFINE_PAIRS: tl.constexpr,
     AFFINE_QUADS: tl.constexpr, PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
@@ -198,6 +200,10 @@ def _attention_kernel(
     if first_token >= query_len:
         return
 
+    if PREFETCH_SIGNS:
+        # The sign matrix the output is rotated back with, on its way into L2 while the keys
+        # are read (one prefetch per 128-byte line of the fp16 matrix).
+        prefetch_lines(signs_ptr + tl.arange(0, D * D // 64) * 64, 1)
     seq_len = tl.load(seq_lens_ptr + seq)
     context = seq_len - query_len  # keys before the first new token
     query_pos = context + token
@@ -834,6 +840,12 @@ TUNING = {
     # reads before) was 1-3% slower at 8 x 16-64K on an H100; 16 per round 1% faster there as
     # a launch but 0.7-1 us slower at 1-8 x 1K, where the merge is in the kernel (0.0070 ms
     # against 0.0060 at 1 x 1K; decode-levers-merge-h100-dee70ff).
+    # query_rotation_in_kernel 4: rotate=True's attention programs rotate their own query rows,
+    # with no rotation launch before them, where they number at most 4 per multiprocessor
+    # (_rotates_query_in_kernel; 0: the launch everywhere).
+    # signs_prefetch 0: with 1, rotate=True's programs that may rotate the output back (the
+    # last split's merge, or an unsplit program's epilogue) prefetch the sign matrix into L2
+    # when they start, so the end of the call does not wait on DRAM for it. Untimed: opt-in.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -861,6 +873,7 @@ TUNING = {
         "merge_in_kernel_few_pairs": 1,
         "merge_rows": 32,
         "query_rotation_in_kernel": 4,
+        "signs_prefetch": 0,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -991,21 +1004,26 @@ def _merges_in_kernel(
 
 
 def _rotates_query_in_kernel(
-    tuning: dict, block_table, layout: CacheLayout, num_splits: int
+    tuning: dict, layout: CacheLayout, num_seqs: int, num_splits: int, device
 ) -> bool:
     """Whether rotate=True's attention programs rotate their own query rows instead of reading
-    them from the query-rotation launch before (:func:`_rotated_queries`): where a split spans
-    at most ``query_rotation_in_kernel`` key tiles (0: never), there the launch costs as much
-    as a split's keys. Each program then reads the [D, D] sign matrix (32 KB at head_dim 128)
-    and multiplies its query rows by it on tensor cores, as that launch does (the same
-    products, so the same rotated query). Up to head_dim 128: wider rows would hold a
-    [256, 128] matrix tile in registers. Shapes only, so a CUDA graph fixes the choice."""
-    limit = tuning.get("query_rotation_in_kernel", 0)
-    if limit == 0 or layout.head_dim > 128:
+    them from the query-rotation launch before (:func:`_rotated_queries`): where the programs
+    number at most ``query_rotation_in_kernel`` per multiprocessor (0: never), one wave at the
+    four a multiprocessor holds. Each program then reads the [D, D] sign matrix (32 KB at
+    head_dim 128) and multiplies its query rows by it on tensor cores, as that launch does
+    (the same products, so the same rotated query); in one wave that prologue is paid once,
+    in parallel, where the launch costs a launch. On an H100 against the launch
+    (decode-levers-query-rotation-h100-e238451): 1 x 1K 0.0090 ms against 0.0095, 8 x 1K
+    0.0153 against 0.0165, 1 x 4K 0.0133 against 0.0141, 1 x 16K 0.0236 against 0.0241 (64 to
+    512 programs); with 1,024 and more programs every one repeats it and the launch wins (8 x 4K
+    0.0352 against 0.0327, 32 x 1K 0.0359 against 0.0340, 128 x 1K 0.1035 against 0.0993).
+    Up to head_dim 128: wider rows would hold a [256, 128] matrix tile in registers. Shapes
+    only, so a CUDA graph fixes the choice."""
+    per_multiprocessor = tuning.get("query_rotation_in_kernel", 0)
+    if per_multiprocessor == 0 or layout.head_dim > 128:
         return False
-    block_n = _setting(tuning, layout, "block_n")
-    tiles = triton.cdiv(block_table.shape[1] * layout.block_size, block_n)
-    return triton.cdiv(tiles, num_splits) <= limit
+    programs = num_seqs * layout.num_kv_heads * num_splits
+    return programs <= per_multiprocessor * _multiprocessors(device)
 
 
 def _programmatic_launches(tuning: dict, device: torch.device) -> bool:
@@ -1036,16 +1054,22 @@ def _prefetch(tuning: dict, layout: CacheLayout) -> int:
     return 0 if _INTERPRETED else _setting(tuning, layout, "prefetch") or 0
 
 
+def _signs_prefetch(tuning: dict) -> bool:
+    """Whether rotate=True's programs prefetch the sign matrix (``signs_prefetch``): inline
+    PTX, which Triton's interpreter cannot run."""
+    return not _INTERPRETED and bool(tuning.get("signs_prefetch", 0))
+
+
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
-    tuning, unrotate=False, after_rotation=False, rotate_query=False,
+    tuning, unrotate=False, after_rotation=False, programs_rotate_query=False,
 ):  # fmt: skip
     """``unrotate``: rotate the output back to the model's domain (the query rows arrive
-    rotated unless ``rotate_query``). ``after_rotation``: the launch just before this one
-    rotated the queries (:func:`_rotated_queries`), so the attention may launch
-    programmatically after it. ``rotate_query``: the query rows arrive in the model's domain
-    and every program rotates its own (:func:`_rotates_query_in_kernel`)."""
+    rotated unless ``programs_rotate_query``). ``after_rotation``: the launch just before this
+    one rotated the queries (:func:`_rotated_queries`), so the attention may launch
+    programmatically after it. ``programs_rotate_query``: the query rows arrive in the model's
+    domain and every program rotates its own (:func:`_rotates_query_in_kernel`)."""
     device = query_rows.device
     group = query_rows.shape[1] // layout.num_kv_heads
     num_seqs = seq_lens.shape[0]
@@ -1056,7 +1080,7 @@ def _launch(
     signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
     constants = _kernel_constants(layout, _setting(tuning, layout, "lookup"))
     query_signs = signs
-    if rotate_query and constants["K_BITS"] == 4:
+    if programs_rotate_query and constants["K_BITS"] == 4:
         query_signs = triton_layout.sign_hadamard_halves(layout.head_dim, layout.codec.seed, device)
     inv_sqrt_d = layout.head_dim**-0.5
     lookup = _lookup(tuning, layout)
@@ -1089,7 +1113,10 @@ def _launch(
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=_setting(tuning, layout, "block_n"),
         LOOKUP=lookup,
-        UNROTATE=unrotate, ROTATE_Q=rotate_query, **_nibble_constants(layout, lookup),
+        UNROTATE=unrotate, ROTATE_Q=programs_rotate_query,
+        PREFETCH_SIGNS=unrotate and (merge_in_kernel or num_splits == 1)
+        and _signs_prefetch(tuning),
+        **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
         MERGE_IN_KERNEL=merge_in_kernel, MERGE_ROWS=merge_rows, MERGE_SLOTS=merge_slots,
@@ -1155,17 +1182,18 @@ def decode_attention(
     block_m = max(16, triton.next_power_of_2(num_query_tokens * group))
     max_tokens = block_table.shape[1] * layout.block_size
     splits = num_splits or _split_count(num_seqs, layout, max_tokens, query.device)
-    rotate_query = rotate and _rotates_query_in_kernel(
-        TUNING["decode"], block_table, layout, splits
+    programs_rotate_query = rotate and _rotates_query_in_kernel(
+        TUNING["decode"], layout, num_seqs, splits, query.device
     )
-    if rotate and not rotate_query:
+    if rotate and not programs_rotate_query:
         query_rows = _rotated_queries(query_rows, layout)
     _launch(
         query_rows, out_rows, kv_cache, block_table, seq_lens, seq_lens, layout, scale,
         sliding_window, logit_softcap, grid=(num_seqs, layout.num_kv_heads, splits),
         block_m=block_m, tokens_per_tile=num_query_tokens, uniform_q=num_query_tokens,
         num_splits=splits, tuning=TUNING["decode"], unrotate=rotate,
-        after_rotation=rotate and not rotate_query, rotate_query=rotate_query,
+        after_rotation=rotate and not programs_rotate_query,
+        programs_rotate_query=programs_rotate_query,
     )  # fmt: skip
     return result
 
