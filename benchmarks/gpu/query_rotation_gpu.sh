@@ -10,7 +10,7 @@ card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
 gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
 echo "$card"
 start=$(date +%s)
-timeout "${LEVERS_TIMEOUT:-240}" python3 benchmarks/decode_levers.py --rotate --only "in-kernel query" \
+timeout "${LEVERS_TIMEOUT:-240}" python3 benchmarks/decode_levers.py --rotate --only "${ONLY:-in-kernel query,probe: rotate=True,probe: the rotated}" \
     --shapes "${SHAPES:-1x1024,8x1024,32x1024,128x1024,1x4096,8x4096,1x16384,8x16384}" \
     --out "$OUT/decode-levers-query-rotation-$gpu-$sha" --git-sha "$sha" \
     > "$OUT/levers-query-rotation-log-$gpu-$sha.txt" 2>&1
