@@ -310,15 +310,17 @@ def test_sign_matrix_halves_are_the_rotations_even_then_odd_columns(head_dim, ge
     assert torch.allclose(x @ halves / math.sqrt(head_dim), expected, atol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("num_splits", [1, 3])
 @pytest.mark.parametrize("codec_spec", [CODECS[0], CODECS[1], UNIFORM_CODECS[4]])
 def test_decode_programs_rotate_their_own_query_like_the_rotation_launch(
-    codec_spec, num_splits, generator, monkeypatch
+    codec_spec, num_splits, dtype, generator, monkeypatch
 ):
     """rotate=True with the query rotated by each attention program (short splits) and by the
     launch before it: both match the reference, and each other far inside its tolerance (the
     same products; a wrong column of the matrix would be off by the whole score). 4-bit keys
-    (both halves of the query, Lloyd-Max and on the grid) and 3-bit keys (the whole row)."""
+    (both halves of the query, Lloyd-Max and on the grid) and 3-bit keys (the whole row); fp32
+    queries in two fp16 parts, bf16 ones in one."""
     batch, dev = _batch(codec_spec, [70, 33, 0], 2, 16, generator)
     query = torch.randn(3, 1, 8, codec_spec[0], generator=generator) * 3
     expected = reference.decode_attention(
@@ -332,13 +334,13 @@ def test_decode_programs_rotate_their_own_query_like_the_rotation_launch(
         if in_kernel:
             # The programs must rotate the query themselves: no rotation launch.
             monkeypatch.setattr(triton_attention, "_rotated_queries", None)
-        out = torch.full(query.shape, float("nan"), device=DEVICE)
+        out = torch.full(query.shape, float("nan"), device=DEVICE, dtype=dtype)
         triton_attention.decode_attention(
-            query.to(DEVICE), dev["kv_cache"], dev["block_table"], dev["seq_lens"],
+            query.to(DEVICE, dtype), dev["kv_cache"], dev["block_table"], dev["seq_lens"],
             batch.layout, 0.1, out=out, rotate=True, num_splits=num_splits,
         )  # fmt: skip
-        outputs[in_kernel] = out.cpu()
-        assert relative_error(outputs[in_kernel], expected) < TOLERANCE[torch.float32]
+        outputs[in_kernel] = out.float().cpu()
+        assert relative_error(outputs[in_kernel], expected) < TOLERANCE[dtype]
     assert relative_error(outputs[1 << 20], outputs[0]) < 1e-4
     assert torch.equal(outputs[1 << 20][2], torch.zeros_like(outputs[1 << 20][2]))
 

@@ -32,6 +32,7 @@ from tq_core.ops.triton_common import (
     codebook_words,
     dequantize,
     grid_values,
+    half_times_signs,
     load_field,
     nibble_centroids,
     nibble_magnitude_words,
@@ -271,12 +272,21 @@ def _attention_kernel(
         # _rotates_query_in_kernel): R q = q @ S / sqrt(D) here, instead of a launch before this
         # one. For 4-bit keys q_signs_ptr is S with its even columns first
         # (triton_layout.sign_hadamard_halves), so each half is one contiguous tile.
+        # Half-precision queries are one fp16 part (bf16's 8-bit significand fits fp16's 11),
+        # so one product per half; fp32 queries take two fp16 parts (times_signs).
         q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
-        q = q.to(tl.float32)
+        Q_HALF: tl.constexpr = q_ptr.dtype.element_ty != tl.float32
+        q = q.to(tl.float16) if Q_HALF else q.to(tl.float32)
         if K_PAIRS:
             halves = tl.arange(0, HALF)
-            q_a = times_signs(q, q_signs_ptr, dims, halves, D, False) * inv_sqrt_d
-            q_b = times_signs(q, q_signs_ptr, dims, HALF + halves, D, False) * inv_sqrt_d
+            if Q_HALF:
+                q_a = half_times_signs(q, q_signs_ptr, dims, halves, D) * inv_sqrt_d
+                q_b = half_times_signs(q, q_signs_ptr, dims, HALF + halves, D) * inv_sqrt_d
+            else:
+                q_a = times_signs(q, q_signs_ptr, dims, halves, D, False) * inv_sqrt_d
+                q_b = times_signs(q, q_signs_ptr, dims, HALF + halves, D, False) * inv_sqrt_d
+        elif Q_HALF:
+            q_a = half_times_signs(q, q_signs_ptr, dims, dims, D) * inv_sqrt_d
         else:
             q_a = times_signs(q, q_signs_ptr, dims, dims, D, False) * inv_sqrt_d
     elif K_PAIRS:

@@ -380,6 +380,14 @@ def times_signs(x, signs_ptr, rows, cols, D: tl.constexpr, TRANSPOSE: tl.constex
 
 
 @triton.jit
+def half_times_signs(x, signs_ptr, rows, cols, D: tl.constexpr):
+    """x (fp16 [M, len(rows)]) @ S[rows, cols]: one tensor-core product, exact but for the fp32
+    sums (:func:`times_signs` for an x already in fp16)."""
+    signs = tl.load(signs_ptr + rows[:, None] * D + cols[None, :])
+    return tl.dot(x, signs)
+
+
+@triton.jit
 def prefetch_lines(ptrs, LEVEL: tl.constexpr):
     """Start bringing the cache lines at ``ptrs`` into L2 (LEVEL 1) or L1 (LEVEL 2) ahead of
     the loads that will read them; no registers are held meanwhile (GPU only: inline PTX)."""
