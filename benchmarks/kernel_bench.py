@@ -577,6 +577,8 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
         {"block_rows": 128, "num_warps": 4, "searched_squares": 0}, {"num_warps": 8},
         {"searched_squares": 0, "binary_search": 0}, {"searched_squares": 0, "byte_squares": 0},
         {"searched_squares": 0, "native_matrix": 0}, before,
+        # The rows of the program a wave later (4 per multiprocessor) or two prefetched into L2.
+        {"prefetch_ahead": 4}, {"prefetch_ahead": 8}, {"prefetch_ahead": 4, "maxnreg": 80},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

@@ -229,12 +229,14 @@ def compile_store(
     fwht: bool,
     raw_dot: bool = True,
     quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
+    prefetch: bool = False,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
     instead of the sign matrix, bf16 K/V rotated as they are (``raw_dot``) or as fp16 parts of
     the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
-    searched_squares) as in triton_store.TUNING. Instructions per row count both of the
+    searched_squares) as in triton_store.TUNING; ``prefetch``: the rows of a later program
+    prefetched into L2 (prefetch_ahead). Instructions per row count both of the
     kernel's branches (K and V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
@@ -244,7 +246,7 @@ def compile_store(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
-        SEARCHED_SQUARES=int(searched),
+        SEARCHED_SQUARES=int(searched), PREFETCH=prefetch,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip

@@ -22,7 +22,7 @@ import triton.language as tl
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import INTERPRETED
+from tq_core.ops.triton_common import INTERPRETED, prefetch_lines
 from tq_core.rotation import hadamard_signs
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
@@ -61,9 +61,14 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 65,536 tokens, equal at 2,048. maxnreg: a register cap; 80 (6 programs per multiprocessor
 # instead of 4) was 7% faster at 65,536 tokens and 6% slower at 2,048, so none
 # (store/kernels-tune-store-h100-3ae28b7, -f68c684).
+# prefetch_ahead 0: with N, each program starts the input rows of the program N x (the
+# multiprocessors) later on their way into L2 (a prefetch per 128-byte line, no registers), so
+# that program's loads, a wave of programs later, wait on L2 rather than DRAM: ncu at 65,536
+# tokens found 1.1 of 3.9 warps eligible and the DRAM 26% busy (latency-bound). Untimed: opt-in.
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
+    "prefetch_ahead": 0,
 }  # fmt: skip
 
 
@@ -186,6 +191,21 @@ def _walsh_hadamard(x, ROWS: tl.constexpr, D: tl.constexpr, LOG_D: tl.constexpr)
 
 
 @triton.jit
+def _prefetch_rows_ahead(
+    x_ptr, stride_xt, stride_xh, num_rows, AHEAD, H: tl.constexpr, D: tl.constexpr,
+    BLOCK_T: tl.constexpr,
+):  # fmt: skip
+    """Prefetch into L2 the input rows of the program AHEAD programs after this one along grid
+    axis 0 (clamped to the last row: a prefetch needs a valid address)."""
+    PER_LINE: tl.constexpr = 1024 // x_ptr.dtype.element_ty.primitive_bitwidth  # 128 bytes
+    LINES: tl.constexpr = D // PER_LINE if D > PER_LINE else 1
+    rows = (tl.program_id(0) + AHEAD) * BLOCK_T + tl.arange(0, BLOCK_T)
+    rows = tl.minimum(rows, num_rows - 1)
+    offsets = (rows // H).to(tl.int64) * stride_xt + (rows % H) * stride_xh
+    prefetch_lines(x_ptr + offsets[:, None] + (tl.arange(0, LINES) * PER_LINE)[None, :], 1)
+
+
+@triton.jit
 def _row_targets(
     slot_ptr, num_rows, stride_page, H: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_T: tl.constexpr,
@@ -294,17 +314,20 @@ def _store_norm(
 @triton.jit
 def _encode_rows(
     x_ptr, stride_xt, stride_xh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, cent_ptr, bound_ptr,
-    square_ptr, stride_page, num_rows, inv_sqrt_d,
+    square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, BITS: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
+    BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
     NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
 ):  # fmt: skip
     """K or V of this program's rows."""
+    if PREFETCH:
+        _prefetch_rows_ahead(x_ptr, stride_xt, stride_xh, num_rows, prefetch_ahead, H, D, BLOCK_T)
     token, head, keep, page_base, vector = _row_targets(
         slot_ptr, num_rows, stride_page, H, BLOCK_SIZE, BLOCK_T
     )
@@ -356,11 +379,12 @@ def _encode_rows(
 def _store_kernel(
     key_ptr, value_ptr, stride_kt, stride_kh, stride_vt, stride_vh, cache_ptr, slot_ptr,
     rot_ptr, signs_ptr, k_cent_ptr, k_bound_ptr, k_square_ptr, v_cent_ptr, v_bound_ptr,
-    v_square_ptr, stride_page, num_rows, inv_sqrt_d,
+    v_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
-    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, K_BITS: tl.constexpr,
+    BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
+    K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -374,9 +398,9 @@ def _store_kernel(
     if tl.program_id(1) == 0:
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
-            k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
-            CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
-            SEARCHED_SQUARES, K_BITS,
+            k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
+            BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -384,9 +408,9 @@ def _store_kernel(
     else:
         _encode_rows(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
-            v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, H, BLOCK_SIZE, D,
-            CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY, BYTE_SQUARES,
-            SEARCHED_SQUARES, V_BITS,
+            v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
+            BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -440,6 +464,10 @@ def store(
     fwht = bool(TUNING.get("fwht"))
     raw_dot = _raw_dot(key.dtype, value.dtype, fwht)
     grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
+    prefetch_ahead = 0
+    if TUNING.get("prefetch_ahead") and not INTERPRETED and device.type == "cuda":
+        multiprocessors = torch.cuda.get_device_properties(device).multi_processor_count
+        prefetch_ahead = TUNING["prefetch_ahead"] * multiprocessors
     _store_kernel[grid](
         key, value, key.stride(0), key.stride(1), value.stride(0), value.stride(1),
         kv_cache, slot_mapping,
@@ -453,14 +481,14 @@ def store(
         triton_layout.centroids(layout, "value", device),
         triton_layout.boundaries(layout, "value", device),
         triton_layout.byte_square_sums(layout, "value", device),
-        kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim),
+        kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim), prefetch_ahead,
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
         BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
-        **triton_layout.field_constants(layout, "key", "K_"),
+        PREFETCH=prefetch_ahead > 0, **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
     )  # fmt: skip
