@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# One call: rotate=True's levers and probes (where the query is rotated, what each rotation
+# costs) at 1-32 x 1-16K, the store's tune suite (prefetch_ahead among its settings), the
+# rotation and store op tests in parallel shards, then SmolLM2's decode section of the suite.
+# Results land in $OUT, named after the card.
+#   bash benchmarks/gpu/rotation_store_gpu.sh COMMIT
+set -uo pipefail
+sha=${1:?git sha of the measured commit}
+export PYTHONPATH=$(pwd)/packages/tq-core/src:$(pwd)/integration-tests/conformance:$(pwd)/integration-tests/compat
+card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
+echo "$card"
+start=$(date +%s)
+log="$OUT/log-rotation-store-$gpu-$sha.txt"
+SHAPES=${SHAPES:-1x1024,8x1024,1x4096,1x16384,8x4096,32x1024} TESTS=0 \
+    bash benchmarks/gpu/query_rotation_gpu.sh "$sha" | sed 's/| decode | llama3-8b //' | cut -c1-120
+rm -f "$OUT"/levers-query-rotation-log-*.txt
+timeout "${STORE_TIMEOUT:-150}" python3 benchmarks/kernel_bench.py --suite tune --only tune_store \
+    --out "$OUT/kernels-tune-store-$gpu-$sha" --git-sha "$sha" >> "$log" 2>&1
+echo "== store tune rc=$? $(( $(date +%s) - start )) s"
+grep -E "^\| store" "$OUT/kernels-tune-store-$gpu-$sha.md" | cut -c1-120
+rm -f "$OUT/kernels-tune-store-$gpu-$sha.md"  # the JSON has every row; the .md is rewritten here
+bash benchmarks/gpu/kernel_tests_parallel.sh "rotation-store-$gpu-$sha" \
+    "${TEST_EXPR:-rotat or halves or store or graph}" 8 "${TESTS_TIMEOUT:-150}"
+rm -f "$OUT"/kernel-tests-rotation-store-*-shard*.txt
+echo "== tests $(( $(date +%s) - start )) s"
+if [ "${SMOLLM2:-1}" = 1 ]; then
+  timeout "${SUITE_TIMEOUT:-150}" python3 benchmarks/kernel_bench.py --suite full --only decode \
+      --models smollm2 --out "$OUT/kernels-decode-smollm2-$gpu-$sha" --git-sha "$sha" >> "$log" 2>&1
+  echo "== SmolLM2 decode rc=$? $(( $(date +%s) - start )) s"
+  rm -f "$OUT/kernels-decode-smollm2-$gpu-$sha.md"
+fi
