@@ -1211,12 +1211,14 @@ def decode_attention(
 def _rotated_queries(query_rows: torch.Tensor, layout: CacheLayout) -> torch.Tensor:
     """R q of every query row and head, float32 [rows, heads, head_dim], in one launch, into a
     buffer kept per device and grown on demand (CUDA-graph safe once sized), which every split
-    program then reads. Each split program rotating its own query instead (over a thousand
-    programs per call at 8 x 4K) tripled the attention kernel's time there (ncu: 150.7 us
-    against 50.2) and made rotate=True 1.25-2.8x slower than with this launch at 1-128 x 1-16K
-    on an H200; with it, rotate=True costs 3-8 us more than the rotated-domain call (this
-    launch and the output's rotation back): 1.02-1.03x its time at 8 x 16K, 32 x 16K and
-    128 x 4K, 1.6x at 1 x 1K (benchmarks/results/decode-levers/rotate-h200-c5a676c.md)."""
+    program then reads; where the programs fit one wave they rotate their own query instead
+    (:func:`_rotates_query_in_kernel`). Each program rotating its own through a gather of every
+    other column of the sign matrix (over a thousand programs per call at 8 x 4K) tripled the
+    attention kernel's time there (ncu: 150.7 us against 50.2) and made rotate=True 1.25-2.8x
+    slower than with this launch at 1-128 x 1-16K on an H200; with it, rotate=True costs 3-8 us
+    more than the rotated-domain call (this launch and the output's rotation back): 1.02-1.03x
+    its time at 8 x 16K, 32 x 16K and 128 x 4K, 1.6x at 1 x 1K
+    (benchmarks/results/decode-levers/rotate-h200-c5a676c.md)."""
     rows, heads, head_dim = query_rows.shape
     device = query_rows.device
     numel = rows * heads * head_dim
