@@ -88,6 +88,7 @@ VARIANTS = [
         1.0,
     ),
     ("in-kernel query rotation, sign matrix prefetched", {"signs_prefetch": 1}, 1.0),
+    ("in-kernel query rotation, programmatic launches elsewhere", {"pdl": 1}, 1.0),
     ("in-kernel query rotation always", {"query_rotation_in_kernel": 1 << 20}, 1.0),
     (
         "in-kernel query rotation off, programmatic launches",
