@@ -12,7 +12,7 @@ gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
 echo "$card"
 start=$(date +%s)
 log="$OUT/log-rotation-store-$gpu-$sha.txt"
-SHAPES=${SHAPES:-1x1024,8x1024,1x4096,1x16384,8x4096,32x1024} TESTS=0 \
+SHAPES=${SHAPES:-1x1024,8x1024,1x4096,1x16384,8x4096,32x1024,8x16384,32x16384} TESTS=0 \
     bash benchmarks/gpu/query_rotation_gpu.sh "$sha" | sed 's/| decode | llama3-8b //' | cut -c1-120
 rm -f "$OUT"/levers-query-rotation-log-*.txt
 timeout "${STORE_TIMEOUT:-150}" python3 benchmarks/kernel_bench.py --suite tune --only tune_store \
