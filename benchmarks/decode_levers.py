@@ -88,6 +88,12 @@ VARIANTS = [
         1.0,
     ),
     ("in-kernel query rotation, sign matrix prefetched", {"signs_prefetch": 1}, 1.0),
+    ("in-kernel query rotation, first key tile prefetched", {"query_rotation_prefetch": 1}, 1.0),
+    (
+        "in-kernel query rotation, first key tile and sign matrix prefetched",
+        {"query_rotation_prefetch": 1, "signs_prefetch": 1},
+        1.0,
+    ),
     ("in-kernel query rotation, programmatic launches elsewhere", {"pdl": 1}, 1.0),
     ("in-kernel query rotation always", {"query_rotation_in_kernel": 1 << 20}, 1.0),
     (

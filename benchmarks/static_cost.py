@@ -61,13 +61,15 @@ def compile_decode(
     key_mask: bool = True,
     rotate_query: bool = False,
     prefetch_signs: bool = False,
+    prefetch_first: bool = False,
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
     (``rotate=True``'s launch), ``rot_cols`` columns of the sign matrix at a time (default: the
     launches'); ``num_stages``: Triton's software pipelining of the key loop; ``rotate_query``:
     each program rotates its own query (rotate=True's one wave of programs);
-    ``prefetch_signs``: the sign matrix prefetched into L2 at the start."""
+    ``prefetch_signs``: the sign matrix prefetched into L2 at the start; ``prefetch_first``:
+    the first key tile prefetched into L2 before the query's rotation."""
     head_dim, group, num_kv_heads = shape
     codec = TQCodec(
         head_dim, k_bits, v_bits, key_codebook=codebooks[0], value_codebook=codebooks[1]
@@ -86,6 +88,7 @@ def compile_decode(
         MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=key_mask,
         **_merge_constants(head_dim, group, unrotate),
         LOOKUP=lookup, UNROTATE=unrotate, ROTATE_Q=rotate_query, PREFETCH_SIGNS=prefetch_signs,
+        PREFETCH_FIRST=prefetch_first,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout, lookup),

@@ -116,7 +116,7 @@ def _attention_kernel(
     KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROTATE_Q: tl.constexpr,
-    PREFETCH_SIGNS: tl.constexpr, ROT_COLS: tl.constexpr,
+    PREFETCH_SIGNS: tl.constexpr, PREFETCH_FIRST: tl.constexpr, ROT_COLS: tl.constexpr,
     NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr, AFFINE_PAIRS: tl.constexpr,
     AFFINE_QUADS: tl.constexpr, PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
@@ -257,6 +257,21 @@ def _attention_kernel(
     else:
         lut = (0, 0, 0, 0, 0)
     table_row = block_table_ptr + seq.to(tl.int64) * stride_bt
+    if PREFETCH_FIRST and key_start < key_end:
+        # The first key tile on its way into L2 before the query's rotation, whose loads and
+        # products would otherwise come before that tile's loads.
+        first_pages = _page_bases(
+            table_row, key_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N, KEY_MASK_ONLY
+        )
+        first_slot = kv_head * BLOCK_SIZE + (key_start + tl.arange(0, BLOCK_N)) % BLOCK_SIZE
+        prefetch_field(
+            cache_ptr, first_pages, first_slot, D, K_BITS, K_P0_OFF, K_P0_W, K_P1_OFF, K_P1_W,
+            K_P2_OFF, K_P2_W, K_NORM_OFF, K_NORM_F16, 1,
+        )  # fmt: skip
+        prefetch_field(
+            cache_ptr, first_pages, first_slot, D, V_BITS, V_P0_OFF, V_P0_W, V_P1_OFF, V_P1_W,
+            V_P2_OFF, V_P2_W, V_NORM_OFF, V_NORM_F16, 1,
+        )  # fmt: skip
     if PREFETCH > 0:
         tile_pages = _page_bases(
             table_row, key_start, key_end, stride_page, BLOCK_SIZE, BLOCK_N, KEY_MASK_ONLY
@@ -856,6 +871,8 @@ TUNING = {
     # signs_prefetch 0: with 1, rotate=True's programs that may rotate the output back (the
     # last split's merge, or an unsplit program's epilogue) prefetch the sign matrix into L2
     # when they start, so the end of the call does not wait on DRAM for it. Untimed: opt-in.
+    # query_rotation_prefetch 0: with 1, programs that rotate their own query prefetch their
+    # first key tile into L2 before the rotation's loads and products. Untimed: opt-in.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -884,6 +901,7 @@ TUNING = {
         "merge_rows": 32,
         "query_rotation_in_kernel": 4,
         "signs_prefetch": 0,
+        "query_rotation_prefetch": 0,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -1070,6 +1088,12 @@ def _signs_prefetch(tuning: dict) -> bool:
     return not _INTERPRETED and bool(tuning.get("signs_prefetch", 0))
 
 
+def _first_tile_prefetch(tuning: dict) -> bool:
+    """Whether programs that rotate their own query first prefetch their first key tile into L2
+    (``query_rotation_prefetch``): inline PTX, which Triton's interpreter cannot run."""
+    return not _INTERPRETED and bool(tuning.get("query_rotation_prefetch", 0))
+
+
 def _launch(
     query_rows, out_rows, kv_cache, block_table, seq_lens, query_start_loc, layout, scale,
     sliding_window, logit_softcap, *, grid, block_m, tokens_per_tile, uniform_q, num_splits,
@@ -1126,6 +1150,7 @@ def _launch(
         UNROTATE=unrotate, ROTATE_Q=programs_rotate_query,
         PREFETCH_SIGNS=unrotate and (merge_in_kernel or num_splits == 1)
         and _signs_prefetch(tuning),
+        PREFETCH_FIRST=programs_rotate_query and _first_tile_prefetch(tuning),
         **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
