@@ -15,11 +15,13 @@ log="$OUT/log-rotation-store-$gpu-$sha.txt"
 SHAPES=${SHAPES:-1x1024,8x1024,1x4096,1x16384,8x4096,32x1024,8x16384,32x16384} TESTS=0 \
     bash benchmarks/gpu/query_rotation_gpu.sh "$sha" | sed 's/| decode | llama3-8b //' | cut -c1-120
 rm -f "$OUT"/levers-query-rotation-log-*.txt
-timeout "${STORE_TIMEOUT:-150}" python3 benchmarks/kernel_bench.py --suite tune --only tune_store \
-    --out "$OUT/kernels-tune-store-$gpu-$sha" --git-sha "$sha" >> "$log" 2>&1
-echo "== store tune rc=$? $(( $(date +%s) - start )) s"
-grep -E "^\| store" "$OUT/kernels-tune-store-$gpu-$sha.md" | cut -c1-120
-rm -f "$OUT/kernels-tune-store-$gpu-$sha.md"  # the JSON has every row; the .md is rewritten here
+if [ "${STORE:-1}" = 1 ]; then
+  timeout "${STORE_TIMEOUT:-150}" python3 benchmarks/kernel_bench.py --suite tune --only tune_store \
+      --out "$OUT/kernels-tune-store-$gpu-$sha" --git-sha "$sha" >> "$log" 2>&1
+  echo "== store tune rc=$? $(( $(date +%s) - start )) s"
+  grep -E "^\| store" "$OUT/kernels-tune-store-$gpu-$sha.md" | cut -c1-120
+  rm -f "$OUT/kernels-tune-store-$gpu-$sha.md"  # the JSON has every row; the .md is rewritten here
+fi
 bash benchmarks/gpu/kernel_tests_parallel.sh "rotation-store-$gpu-$sha" \
     "${TEST_EXPR:-rotat or halves or store or graph}" 8 "${TESTS_TIMEOUT:-150}"
 rm -f "$OUT"/kernel-tests-rotation-store-*-shard*.txt
