@@ -127,6 +127,7 @@ def compile_decode(
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate, "rotate_query": rotate_query,
+        "prefetch_signs": prefetch_signs, "prefetch_first": prefetch_first,
         "merge_tile": [constants["MERGE_ROWS"], constants["MERGE_SLOTS"]],
         "rot_cols": constants["ROT_COLS"], "num_stages": num_stages, "codebooks": list(codebooks),
         "shared_memory_bytes": compiled.metadata.shared,
@@ -278,6 +279,7 @@ def compile_store(
     return {
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
+        "prefetch_ahead": prefetch,
         "native_matrix": raw and native_matrix, "searched_squares": searched,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
@@ -289,7 +291,16 @@ def compile_store(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="path of the JSON to write")
+    parser.add_argument(
+        "--only-rotation",
+        action="store_true",
+        help="only rotate=True's kernel that merges its splits, with the query rotated in it or "
+        "not and its opt-in prefetches, and the store with and without prefetch_ahead",
+    )
     args = parser.parse_args()
+    if args.only_rotation:
+        _write(args.out, *_rotation_rows())
+        return
     default = triton_attention.TUNING["decode"]
     rows = [
         compile_decode(4, 4, 64, 4),  # the tiles of the committed H200 decode grid, L1 table
@@ -473,6 +484,56 @@ def main() -> None:
             (64, 4, 32, False, False, before), (32, 4, 32, True, False, before),
         )
     ]  # fmt: skip
+    _write(args.out, rows, decompress, store)
+
+
+def _rotation_rows() -> tuple[list, list, list]:
+    """rotate=True's kernel that merges its splits (Llama-3-8B's and SmolLM2's launches) with
+    the rotation launch's query or its own, the latter with the opt-in prefetches; the store
+    with and without prefetch_ahead."""
+    default = triton_attention.TUNING["decode"]
+    rows = []
+    for rotate_query, prefetch in ((False, False), (True, False), (True, True)):
+        rows.append(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["lookup"],
+                default["maxnreg"],
+                default["prefetch"],
+                merge_in_kernel=True,
+                unrotate=True,
+                num_stages=default["num_stages"],
+                rotate_query=rotate_query,
+                prefetch_signs=prefetch,
+                prefetch_first=prefetch,
+            )
+        )
+    for rotate_query in (False, True):
+        rows.append(
+            compile_decode(
+                4,
+                4,
+                default["block_n"],
+                default["num_warps"],
+                default["small_head_lookup"],
+                default["small_head_maxnreg"],
+                default["small_head_prefetch"],
+                shape=(64, 3, 3),
+                merge_in_kernel=True,
+                unrotate=True,
+                num_stages=default["small_head_num_stages"],
+                rotate_query=rotate_query,
+            )
+        )
+    store = [compile_store(64, 4, 32, False, prefetch=prefetch) for prefetch in (False, True)]
+    return rows, [], store
+
+
+def _write(out: str, rows: list, decompress: list, store: list) -> None:
+    """Print every row and write them as JSON."""
     for row in rows:
         print(
             f"head_dim {row['head_dim']} K{row['k_bits']}V{row['v_bits']} "
@@ -505,7 +566,7 @@ def main() -> None:
         "target": "sm_90a", "rows": rows, "decompress": decompress, "store": store,
         "environment": environment_record(),
     }  # fmt: skip
-    path = pathlib.Path(args.out)
+    path = pathlib.Path(out)
     path.write_text(json.dumps(record, indent=1) + "\n")
 
 
