@@ -398,22 +398,7 @@ def main() -> None:
         ),
         # SmolLM2's kernel that merges its splits (lookup 2, 128 registers, one stage and the
         # prefetch: small_head_*), rotating back or not, at the split merge's tile (merge_rows).
-        *(
-            compile_decode(
-                4,
-                4,
-                default["block_n"],
-                default["num_warps"],
-                default["small_head_lookup"],
-                default["small_head_maxnreg"],
-                default["small_head_prefetch"],
-                shape=(64, 3, 3),
-                merge_in_kernel=True,
-                unrotate=unrotate,
-                num_stages=default["small_head_num_stages"],
-            )
-            for unrotate in (False, True)
-        ),
+        *(_smollm2_merging(unrotate) for unrotate in (False, True)),
         # Software pipelining (the sweep's "N stages" rows): the loads lookup 5 stages in
         # shared memory become cp.async copies N - 1 tiles ahead, with or without the L2
         # prefetch.
@@ -487,6 +472,18 @@ def main() -> None:
     _write(args.out, rows, decompress, store)
 
 
+def _smollm2_merging(unrotate: bool, rotate_query: bool = False) -> dict:
+    """SmolLM2's kernel that merges its splits as it launches (small_head_*: lookup 2, 128
+    registers, one stage and the prefetch), at the split merge's tile (merge_rows)."""
+    default = triton_attention.TUNING["decode"]
+    return compile_decode(
+        4, 4, default["block_n"], default["num_warps"], default["small_head_lookup"],
+        default["small_head_maxnreg"], default["small_head_prefetch"], shape=(64, 3, 3),
+        merge_in_kernel=True, unrotate=unrotate, num_stages=default["small_head_num_stages"],
+        rotate_query=rotate_query,
+    )  # fmt: skip
+
+
 def _rotation_rows() -> tuple[list, list, list]:
     """rotate=True's kernel that merges its splits (Llama-3-8B's and SmolLM2's launches) with
     the rotation launch's query or its own, the latter with the opt-in prefetches; the store
@@ -511,23 +508,7 @@ def _rotation_rows() -> tuple[list, list, list]:
                 prefetch_first=prefetch,
             )
         )
-    for rotate_query in (False, True):
-        rows.append(
-            compile_decode(
-                4,
-                4,
-                default["block_n"],
-                default["num_warps"],
-                default["small_head_lookup"],
-                default["small_head_maxnreg"],
-                default["small_head_prefetch"],
-                shape=(64, 3, 3),
-                merge_in_kernel=True,
-                unrotate=True,
-                num_stages=default["small_head_num_stages"],
-                rotate_query=rotate_query,
-            )
-        )
+    rows += [_smollm2_merging(True, rotate_query) for rotate_query in (False, True)]
     store = [compile_store(64, 4, 32, False, prefetch=prefetch) for prefetch in (False, True)]
     return rows, [], store
 

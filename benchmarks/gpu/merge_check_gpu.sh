@@ -4,13 +4,7 @@
 # decode op tests under compute-sanitizer memcheck in parallel shards, in one call.
 #   bash benchmarks/gpu/merge_check_gpu.sh COMMIT
 # Results land in $OUT, named after the card.
-set -uo pipefail
-sha=${1:?git sha of the measured commit}
-export PYTHONPATH=$(pwd)/packages/tq-core/src
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
-echo "$card"
-start=$(date +%s)
+source "$(dirname "$0")/card.sh" "$@"
 # The SmolLM2 rows compare with an H100 suite (kernels-decode-h100-1140488): H100 only.
 [ "$gpu" = h100 ] && timeout 150 python3 benchmarks/kernel_bench.py --suite full --only decode --models smollm2 \
     --out "$OUT/kernels-decode-smollm2-$gpu-$sha" --git-sha "$sha" \

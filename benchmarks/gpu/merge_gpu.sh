@@ -5,13 +5,7 @@
 # defaults, then the GPU op tests in parallel shards, in one call.
 # Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/merge_gpu.sh COMMIT
-set -uo pipefail
-sha=${1:?git sha of the measured commit}
-export PYTHONPATH=$(pwd)/packages/tq-core/src:$(pwd)/integration-tests/conformance:$(pwd)/integration-tests/compat
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
-echo "$card"
-start=$(date +%s)
+source "$(dirname "$0")/card.sh" "$@"
 timeout "${LEVERS_TIMEOUT:-170}" python3 benchmarks/decode_levers.py --only "${LEVERS:-merge,programmatic,splits}" \
     --shapes 1x1024,8x1024,8x16384,8x32768,8x65536,32x16384,32x32768 \
     --out "$OUT/decode-levers-merge-$gpu-$sha" --git-sha "$sha" \

@@ -3,13 +3,7 @@
 # rotation launch, at 1-128 x 1-16K, then the rotation, merge and decode op tests in parallel
 # shards, in one call. Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/query_rotation_gpu.sh COMMIT
-set -uo pipefail
-sha=${1:?git sha of the measured commit}
-export PYTHONPATH=$(pwd)/packages/tq-core/src:$(pwd)/integration-tests/conformance:$(pwd)/integration-tests/compat
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
-echo "$card"
-start=$(date +%s)
+source "$(dirname "$0")/card.sh" "$@"
 timeout "${LEVERS_TIMEOUT:-240}" python3 benchmarks/decode_levers.py --rotate --only "${ONLY:-in-kernel query,probe: rotate=True,probe: the rotated}" \
     --shapes "${SHAPES:-1x1024,8x1024,32x1024,128x1024,1x4096,8x4096,1x16384,8x16384}" \
     --out "$OUT/decode-levers-query-rotation-$gpu-$sha" --git-sha "$sha" \

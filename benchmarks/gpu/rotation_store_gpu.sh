@@ -4,13 +4,7 @@
 # rotation and store op tests in parallel shards, then SmolLM2's decode section of the suite.
 # Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/rotation_store_gpu.sh COMMIT
-set -uo pipefail
-sha=${1:?git sha of the measured commit}
-export PYTHONPATH=$(pwd)/packages/tq-core/src:$(pwd)/integration-tests/conformance:$(pwd)/integration-tests/compat
-card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
-gpu=$(echo "$card" | grep -q H200 && echo h200 || echo h100)
-echo "$card"
-start=$(date +%s)
+source "$(dirname "$0")/card.sh" "$@"
 log="$OUT/log-rotation-store-$gpu-$sha.txt"
 SHAPES=${SHAPES:-1x1024,8x1024,1x4096,1x16384,8x4096,32x1024,8x16384,32x16384} TESTS=0 \
     bash benchmarks/gpu/query_rotation_gpu.sh "$sha" | sed 's/| decode | llama3-8b //' | cut -c1-120
