@@ -104,6 +104,17 @@ def _tile_fields(
 
 
 @triton.jit
+def _query_times_signs(q, signs_ptr, dims, cols, D: tl.constexpr):
+    """q @ S[:, cols] for query rows as loaded: a half-precision query is one fp16 part (bf16's
+    8-bit significand fits fp16's 11), one product; an fp32 one takes two (times_signs)."""
+    if q.dtype != tl.float32:
+        product = half_times_signs(q.to(tl.float16), signs_ptr, dims, cols, D)
+    else:
+        product = times_signs(q, signs_ptr, dims, cols, D, False)
+    return product
+
+
+@triton.jit
 def _attention_kernel(
     q_ptr, cache_ptr, block_table_ptr, seq_lens_ptr, query_start_ptr, out_ptr,
     partial_acc_ptr, partial_stats_ptr, split_counts_ptr, k_cent_ptr, v_cent_ptr, signs_ptr,
@@ -283,27 +294,17 @@ def _attention_kernel(
     q_off = (start + token).to(tl.int64) * stride_qr + heads * stride_qh
     even = 2 * tl.arange(0, HALF)
     if ROTATE_Q:
-        # The query arrives in the model's domain (rotate=True with short splits,
+        # The query arrives in the model's domain (rotate=True in one wave of programs,
         # _rotates_query_in_kernel): R q = q @ S / sqrt(D) here, instead of a launch before this
         # one. For 4-bit keys q_signs_ptr is S with its even columns first
         # (triton_layout.sign_hadamard_halves), so each half is one contiguous tile.
-        # Half-precision queries are one fp16 part (bf16's 8-bit significand fits fp16's 11),
-        # so one product per half; fp32 queries take two fp16 parts (times_signs).
         q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
-        Q_HALF: tl.constexpr = q_ptr.dtype.element_ty != tl.float32
-        q = q.to(tl.float16) if Q_HALF else q.to(tl.float32)
         if K_PAIRS:
             halves = tl.arange(0, HALF)
-            if Q_HALF:
-                q_a = half_times_signs(q, q_signs_ptr, dims, halves, D) * inv_sqrt_d
-                q_b = half_times_signs(q, q_signs_ptr, dims, HALF + halves, D) * inv_sqrt_d
-            else:
-                q_a = times_signs(q, q_signs_ptr, dims, halves, D, False) * inv_sqrt_d
-                q_b = times_signs(q, q_signs_ptr, dims, HALF + halves, D, False) * inv_sqrt_d
-        elif Q_HALF:
-            q_a = half_times_signs(q, q_signs_ptr, dims, dims, D) * inv_sqrt_d
+            q_a = _query_times_signs(q, q_signs_ptr, dims, halves, D) * inv_sqrt_d
+            q_b = _query_times_signs(q, q_signs_ptr, dims, HALF + halves, D) * inv_sqrt_d
         else:
-            q_a = times_signs(q, q_signs_ptr, dims, dims, D, False) * inv_sqrt_d
+            q_a = _query_times_signs(q, q_signs_ptr, dims, dims, D) * inv_sqrt_d
     elif K_PAIRS:
         q_a = tl.load(q_ptr + q_off[:, None] + even[None, :], mask=row_ok[:, None], other=0.0)
         q_b = tl.load(q_ptr + q_off[:, None] + even[None, :] + 1, mask=row_ok[:, None], other=0.0)
@@ -1082,16 +1083,10 @@ def _prefetch(tuning: dict, layout: CacheLayout) -> int:
     return 0 if _INTERPRETED else _setting(tuning, layout, "prefetch") or 0
 
 
-def _signs_prefetch(tuning: dict) -> bool:
-    """Whether rotate=True's programs prefetch the sign matrix (``signs_prefetch``): inline
-    PTX, which Triton's interpreter cannot run."""
-    return not _INTERPRETED and bool(tuning.get("signs_prefetch", 0))
-
-
-def _first_tile_prefetch(tuning: dict) -> bool:
-    """Whether programs that rotate their own query first prefetch their first key tile into L2
-    (``query_rotation_prefetch``): inline PTX, which Triton's interpreter cannot run."""
-    return not _INTERPRETED and bool(tuning.get("query_rotation_prefetch", 0))
+def _compiled_setting(tuning: dict, name: str) -> bool:
+    """A setting that compiles to inline PTX (the opt-in prefetches ``signs_prefetch`` and
+    ``query_rotation_prefetch``): off under Triton's interpreter, which cannot run PTX."""
+    return not _INTERPRETED and bool(tuning.get(name, 0))
 
 
 def _launch(
@@ -1149,8 +1144,9 @@ def _launch(
         LOOKUP=lookup,
         UNROTATE=unrotate, ROTATE_Q=programs_rotate_query,
         PREFETCH_SIGNS=unrotate and (merge_in_kernel or num_splits == 1)
-        and _signs_prefetch(tuning),
-        PREFETCH_FIRST=programs_rotate_query and _first_tile_prefetch(tuning),
+        and _compiled_setting(tuning, "signs_prefetch"),
+        PREFETCH_FIRST=programs_rotate_query
+        and _compiled_setting(tuning, "query_rotation_prefetch"),
         **_nibble_constants(layout, lookup),
         PREFETCH=_prefetch(tuning, layout),
         TOKENS_PER_TILE=tokens_per_tile, UNIFORM_Q=uniform_q, SPLIT=num_splits > 1,
