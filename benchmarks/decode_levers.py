@@ -96,6 +96,19 @@ VARIANTS = [
     ),
     ("in-kernel query rotation, programmatic launches elsewhere", {"pdl": 1}, 1.0),
     ("in-kernel query rotation always", {"query_rotation_in_kernel": 1 << 20}, 1.0),
+    # kronecker_rotation 1: the query's and the output's rotations multiply by H = H_(D/32) (x)
+    # H_32 with the 32 x 32 factor built in registers, reading the sign vector, not the matrix.
+    ("in-kernel query rotation, H from registers", {"kronecker_rotation": 1}, 1.0),
+    (
+        "in-kernel query rotation, H from registers, first key tile prefetched",
+        {"kronecker_rotation": 1, "query_rotation_prefetch": 1},
+        1.0,
+    ),
+    (
+        "in-kernel query rotation always, H from registers",
+        {"kronecker_rotation": 1, "query_rotation_in_kernel": 1 << 20},
+        1.0,
+    ),
     (
         "in-kernel query rotation off, programmatic launches",
         {"query_rotation_in_kernel": 0, "pdl": 1},

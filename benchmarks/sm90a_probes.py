@@ -36,7 +36,8 @@ def merge_launch() -> dict:
     """The merge kernel of Llama-3-8B's decode (GQA 4, head_dim 128, rotated domain)."""
     kernel = triton_attention._merge_splits_kernel
     constants = dict(
-        GROUP=4, NUM_KV_HEADS=8, D=128, BLOCK_M=16, UNIFORM_Q=1, UNROTATE=0, ROT_COLS=128,
+        GROUP=4, NUM_KV_HEADS=8, D=128, BLOCK_M=16, UNIFORM_Q=1, UNROTATE=0, KRONECKER=0,
+        ROT_COLS=128,
         WAIT_PRIOR=0, **static_cost._merge_constants(128, 4, False),
     )  # fmt: skip
     signature = {}

@@ -62,6 +62,7 @@ def compile_decode(
     rotate_query: bool = False,
     prefetch_signs: bool = False,
     prefetch_first: bool = False,
+    kronecker: bool = False,
 ) -> dict:
     """``shape``: (head_dim, GQA group, KV heads), Llama-3-8B's by default; ``merge_in_kernel``:
     the last split merges (short splits' launch); ``unrotate``: the output is rotated back
@@ -69,7 +70,8 @@ def compile_decode(
     launches'); ``num_stages``: Triton's software pipelining of the key loop; ``rotate_query``:
     each program rotates its own query (rotate=True's one wave of programs);
     ``prefetch_signs``: the sign matrix prefetched into L2 at the start; ``prefetch_first``:
-    the first key tile prefetched into L2 before the query's rotation."""
+    the first key tile prefetched into L2 before the query's rotation; ``kronecker``: the
+    rotations multiply by H from registers and read the sign vector (``kronecker_rotation``)."""
     head_dim, group, num_kv_heads = shape
     codec = TQCodec(
         head_dim, k_bits, v_bits, key_codebook=codebooks[0], value_codebook=codebooks[1]
@@ -80,6 +82,8 @@ def compile_decode(
         "k_cent_ptr": "*i32" if k_bits == 4 else "*fp32",
         "v_cent_ptr": "*i32" if v_bits == 4 else "*fp32",
     }
+    if kronecker:  # the sign vector (float32), not the fp16 matrices
+        tables.update(signs_ptr="*fp32", q_signs_ptr="*fp32")
     constants = dict(
         GROUP=group, NUM_KV_HEADS=num_kv_heads, BLOCK_SIZE=16, D=head_dim, BLOCK_M=16,
         BLOCK_N=block_n,
@@ -87,8 +91,8 @@ def compile_decode(
         WAIT_PRIOR=False, LAUNCH_DEPENDENTS=False,
         MERGE_IN_KERNEL=merge_in_kernel, KEY_MASK=key_mask,
         **_merge_constants(head_dim, group, unrotate),
-        LOOKUP=lookup, UNROTATE=unrotate, ROTATE_Q=rotate_query, PREFETCH_SIGNS=prefetch_signs,
-        PREFETCH_FIRST=prefetch_first,
+        LOOKUP=lookup, UNROTATE=unrotate, ROTATE_Q=rotate_query, KRONECKER=kronecker,
+        PREFETCH_SIGNS=prefetch_signs, PREFETCH_FIRST=prefetch_first,
         **triton_attention._nibble_constants(layout, lookup),
         PREFETCH=prefetch,
         **triton_attention._kernel_constants(layout, lookup),
@@ -101,7 +105,7 @@ def compile_decode(
         if name in constants:
             signature[name] = "constexpr"
         elif name.endswith("_ptr"):
-            signature[name] = _POINTERS.get(name) or tables.get(name, "*fp32")
+            signature[name] = tables.get(name) or _POINTERS.get(name, "*fp32")
         elif name in ("scale", "softcap", "inv_sqrt_d"):
             signature[name] = "fp32"
         else:
@@ -127,7 +131,7 @@ def compile_decode(
         "block_n": block_n, "num_warps": num_warps,
         "lookup": lookup, "maxnreg": maxnreg, "prefetch": prefetch,
         "merge_in_kernel": merge_in_kernel, "unrotate": unrotate, "rotate_query": rotate_query,
-        "prefetch_signs": prefetch_signs, "prefetch_first": prefetch_first,
+        "prefetch_signs": prefetch_signs, "prefetch_first": prefetch_first, "kronecker": kronecker,
         "merge_tile": [constants["MERGE_ROWS"], constants["MERGE_SLOTS"]],
         "rot_cols": constants["ROT_COLS"], "num_stages": num_stages, "codebooks": list(codebooks),
         "shared_memory_bytes": compiled.metadata.shared,
@@ -472,7 +476,7 @@ def main() -> None:
     _write(args.out, rows, decompress, store)
 
 
-def _smollm2_merging(unrotate: bool, rotate_query: bool = False) -> dict:
+def _smollm2_merging(unrotate: bool, rotate_query: bool = False, kronecker: bool = False) -> dict:
     """SmolLM2's kernel that merges its splits as it launches (small_head_*: lookup 2, 128
     registers, one stage and the prefetch), at the split merge's tile (merge_rows)."""
     default = triton_attention.TUNING["decode"]
@@ -480,17 +484,19 @@ def _smollm2_merging(unrotate: bool, rotate_query: bool = False) -> dict:
         4, 4, default["block_n"], default["num_warps"], default["small_head_lookup"],
         default["small_head_maxnreg"], default["small_head_prefetch"], shape=(64, 3, 3),
         merge_in_kernel=True, unrotate=unrotate, num_stages=default["small_head_num_stages"],
-        rotate_query=rotate_query,
+        rotate_query=rotate_query, kronecker=kronecker,
     )  # fmt: skip
 
 
 def _rotation_rows() -> tuple[list, list, list]:
     """rotate=True's kernel that merges its splits (Llama-3-8B's and SmolLM2's launches) with
-    the rotation launch's query or its own, the latter with the opt-in prefetches; the store
-    with and without prefetch_ahead."""
+    the rotation launch's query or its own, the latter with the opt-in prefetches or with H
+    from registers (kronecker_rotation); the store with and without prefetch_ahead."""
     default = triton_attention.TUNING["decode"]
     rows = []
-    for rotate_query, prefetch in ((False, False), (True, False), (True, True)):
+    # (query rotated in the kernel, opt-in prefetches, H from registers)
+    variants = ((0, 0, 0), (1, 0, 0), (1, 1, 0), (1, 0, 1))
+    for rotate_query, prefetch, kronecker in variants:
         rows.append(
             compile_decode(
                 4,
@@ -506,9 +512,10 @@ def _rotation_rows() -> tuple[list, list, list]:
                 rotate_query=rotate_query,
                 prefetch_signs=prefetch,
                 prefetch_first=prefetch,
+                kronecker=kronecker,
             )
         )
-    rows += [_smollm2_merging(True, rotate_query) for rotate_query in (False, True)]
+    rows += [_smollm2_merging(True, query, kron) for query, kron in ((0, 0), (1, 0), (1, 1))]
     store = [compile_store(64, 4, 32, False, prefetch=prefetch) for prefetch in (False, True)]
     return rows, [], store
 

@@ -18,10 +18,13 @@ from tq_core import TQCodec, ops
 from tq_core.codebook import codebook_tensors
 from tq_core.errors import TQConfigError, TQInputError
 from tq_core.ops import reference
-from tq_core.rotation import rotate
+from tq_core.rotation import rotate, walsh_hadamard
 
 pytest.importorskip("triton")
-from tq_core.ops import triton_attention, triton_layout, triton_store
+import triton
+import triton.language as tl
+
+from tq_core.ops import triton_attention, triton_common, triton_layout, triton_store
 
 ON_GPU = torch.cuda.is_available()
 DEVICE = "cuda" if ON_GPU else "cpu"
@@ -343,6 +346,65 @@ def test_decode_programs_rotate_their_own_query_like_the_rotation_launch(
         assert relative_error(outputs[in_kernel], expected) < TOLERANCE[dtype]
     assert relative_error(outputs[1 << 20], outputs[0]) < 1e-4
     assert torch.equal(outputs[1 << 20][2], torch.zeros_like(outputs[1 << 20][2]))
+
+
+@triton.jit
+def _kronecker_hadamard_kernel(x_ptr, out_ptr, M: tl.constexpr, D: tl.constexpr):
+    offsets = tl.arange(0, M)[:, None] * D + tl.arange(0, D)[None, :]
+    product = triton_common.kronecker_hadamard(tl.load(x_ptr + offsets), D)
+    tl.store(out_ptr + offsets, product)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_kronecker_hadamard_is_the_walsh_hadamard_matrix_product(head_dim, dtype, generator):
+    """x @ H from a 32 x 32 tile built in registers and butterflies over the high index bits,
+    against fp64 x @ H (H from the reference rotation's transform): fp32 x in two fp16 parts
+    keeps about 22 bits, bf16 x is exact in one fp16 part."""
+    x = (torch.randn(16, head_dim, generator=generator, dtype=torch.float64) * 3).to(dtype)
+    out = torch.full((16, head_dim), float("nan"), device=DEVICE)
+    _kronecker_hadamard_kernel[(1,)](x.to(DEVICE), out, M=16, D=head_dim)
+    hadamard = walsh_hadamard(torch.eye(head_dim, dtype=torch.float64)) * math.sqrt(head_dim)
+    expected = x.double() @ hadamard
+    assert relative_error(out.double().cpu(), expected) < 1e-6
+
+
+@pytest.mark.parametrize("merge", ["in the kernel", "a launch"])
+@pytest.mark.parametrize("num_splits", [1, 3])
+@pytest.mark.parametrize(
+    "codec_spec", [CODECS[0], CODECS[1], CODECS[6], UNIFORM_CODECS[4], UNIFORM_CODECS[1]]
+)
+def test_decode_rotates_with_kronecker_hadamard_like_the_sign_matrix(
+    codec_spec, num_splits, merge, generator, monkeypatch
+):
+    """kronecker_rotation 1: the query rotated by each program and the output rotated back
+    (by the unsplit program, the last split or the merge launch) with H from registers and the
+    sign vector, against the reference and against the sign matrix's products (the same sums
+    but for fp32 rounding; a wrong sign or index would be off by the whole output). 4-bit keys
+    (both halves of the query), 3-bit keys, 4-bit values in pairs and in quads (the grid),
+    8-bit values; head_dim 256 rotates its query in a launch and its output in the kernel."""
+    decode = triton_attention.TUNING["decode"]
+    monkeypatch.setitem(decode, "query_rotation_in_kernel", 1 << 20)
+    if merge == "a launch":
+        monkeypatch.setitem(decode, "merge_in_kernel", 0)
+        monkeypatch.setitem(decode, "merge_in_kernel_few_pairs", 0)
+    batch, dev = _batch(codec_spec, [70, 33, 0], 2, 16, generator)
+    query = torch.randn(3, 1, 8, codec_spec[0], generator=generator) * 3
+    expected = reference.decode_attention(
+        query, batch.kv_cache, batch.block_table, batch.seq_lens, batch.layout, 0.1, rotate=True
+    )
+    outputs = {}
+    for kronecker in (0, 1):
+        monkeypatch.setitem(decode, "kronecker_rotation", kronecker)
+        out = torch.full(query.shape, float("nan"), device=DEVICE)
+        triton_attention.decode_attention(
+            query.to(DEVICE), dev["kv_cache"], dev["block_table"], dev["seq_lens"],
+            batch.layout, 0.1, out=out, rotate=True, num_splits=num_splits,
+        )  # fmt: skip
+        outputs[kronecker] = out.cpu()
+        assert relative_error(outputs[kronecker], expected) < TOLERANCE[torch.float32]
+    assert relative_error(outputs[1], outputs[0]) < 1e-4
+    assert torch.equal(outputs[1][2], torch.zeros_like(outputs[1][2]))
 
 
 def test_queries_rotate_in_the_kernel_only_in_one_wave_of_programs(monkeypatch):

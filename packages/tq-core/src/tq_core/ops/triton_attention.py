@@ -33,6 +33,7 @@ from tq_core.ops.triton_common import (
     dequantize,
     grid_values,
     half_times_signs,
+    kronecker_hadamard,
     load_field,
     nibble_centroids,
     nibble_magnitude_words,
@@ -46,7 +47,7 @@ from tq_core.ops.triton_common import (
     prefetch_lines,
     times_signs,
 )
-from tq_core.rotation import rotate_query, unrotate_output
+from tq_core.rotation import hadamard_signs, rotate_query, unrotate_output
 
 _LOG2E = 1.4426950408889634
 
@@ -127,7 +128,8 @@ def _attention_kernel(
     KEY_MASK: tl.constexpr, HAS_SOFTCAP: tl.constexpr,
     HAS_WINDOW: tl.constexpr, WAIT_PRIOR: tl.constexpr, LAUNCH_DEPENDENTS: tl.constexpr,
     LOOKUP: tl.constexpr, UNROTATE: tl.constexpr, ROTATE_Q: tl.constexpr,
-    PREFETCH_SIGNS: tl.constexpr, PREFETCH_FIRST: tl.constexpr, ROT_COLS: tl.constexpr,
+    KRONECKER: tl.constexpr, PREFETCH_SIGNS: tl.constexpr, PREFETCH_FIRST: tl.constexpr,
+    ROT_COLS: tl.constexpr,
     NIBBLE_LOW: tl.constexpr, NIBBLE_HIGH: tl.constexpr,
     NIBBLE_PAIRS: tl.constexpr, NIBBLE_QUADS: tl.constexpr, AFFINE_PAIRS: tl.constexpr,
     AFFINE_QUADS: tl.constexpr, PREFETCH: tl.constexpr, K_BITS: tl.constexpr,
@@ -299,7 +301,16 @@ def _attention_kernel(
         # one. For 4-bit keys q_signs_ptr is S with its even columns first
         # (triton_layout.sign_hadamard_halves), so each half is one contiguous tile.
         q = tl.load(q_ptr + q_off[:, None] + dims[None, :], mask=row_ok[:, None], other=0.0)
-        if K_PAIRS:
+        if KRONECKER:
+            # q_signs_ptr is the sign vector s (S = diag(s) H): R q = (q * s) @ H / sqrt(D),
+            # H from registers (kronecker_hadamard); flipping signs is exact in q's own type.
+            q_signs = tl.load(q_signs_ptr + dims).to(q.dtype)
+            rotated = kronecker_hadamard(q * q_signs[None, :], D) * inv_sqrt_d
+            if K_PAIRS:
+                q_a, q_b = tl.split(tl.reshape(rotated, [BLOCK_M, HALF, 2]))
+            else:
+                q_a = rotated
+        elif K_PAIRS:
             halves = tl.arange(0, HALF)
             q_a = _query_times_signs(q, q_signs_ptr, dims, halves, D) * inv_sqrt_d
             q_b = _query_times_signs(q, q_signs_ptr, dims, HALF + halves, D) * inv_sqrt_d
@@ -504,12 +515,29 @@ def _attention_kernel(
                 _merge_splits(
                     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or,
                     stride_oh, num_splits, inv_sqrt_d, seq, kv_head, GROUP, NUM_KV_HEADS, D,
-                    BLOCK_M, UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_ROWS, MERGE_SLOTS,
+                    BLOCK_M, UNIFORM_Q, UNROTATE, KRONECKER, ROT_COLS, MERGE_ROWS, MERGE_SLOTS,
                 )  # fmt: skip
     else:
         inv_l = 1.0 / tl.where(l_i > 0, l_i, 1.0)
         out_rows = out_ptr + out_off[:, None]
-        if UNROTATE:
+        if UNROTATE and KRONECKER:
+            # out = acc @ S^T / sqrt(D) = (acc @ H) * s / sqrt(D), signs_ptr the sign vector s:
+            # the parts interleaved back into dimension order first (V_QUADS: a b c d per
+            # four dimensions, V_PAIRS: a b per two; a join's new axis is the last, so the
+            # outer join picks between a and b).
+            if V_QUADS:
+                natural = tl.join(tl.join(acc_a, acc_c), tl.join(acc_b, acc_d))
+            elif V_PAIRS:
+                natural = tl.join(acc_a, acc_b)
+            else:
+                natural = acc_a
+            natural = tl.reshape(natural, [BLOCK_M, D]) * inv_l[:, None]
+            out_signs = tl.load(signs_ptr + dims) * inv_sqrt_d
+            result = kronecker_hadamard(natural, D) * out_signs[None, :]
+            tl.store(
+                out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None]
+            )
+        elif UNROTATE:
             # Back to the original domain: out = acc @ S^T / sqrt(D), rows of S^T matching the
             # accumulator's columns, ROT_COLS output columns at a time (each part normalized
             # once, before the column slices).
@@ -571,8 +599,8 @@ def _merge_splits(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d, seq, kv_head,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, KRONECKER: tl.constexpr,
+    ROT_COLS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
 ):  # fmt: skip
     """out = sum_s 2^(m_s - M) acc_s / sum_s 2^(m_s - M) l_s over the splits of one (sequence,
     KV head). The partials are read past L1 (``.cg``): other programs wrote them.
@@ -627,7 +655,16 @@ def _merge_splits(
     out_ok = out_row < UNIFORM_Q * GROUP
     out_rows = out_ptr + (seq * UNIFORM_Q + token).to(tl.int64)[:, None] * stride_or
     out_rows += heads[:, None] * stride_oh
-    if UNROTATE:
+    if UNROTATE and KRONECKER:
+        # (acc @ H) * s / sqrt(D) with signs_ptr the sign vector s, H from registers
+        # (kronecker_hadamard), every slot's rows in one product before the slots are summed.
+        out_signs = tl.load(signs_ptr + dims) * inv_sqrt_d
+        part = kronecker_hadamard(acc, D) * out_signs[None, :]
+        result = tl.sum(tl.reshape(part, [MERGE_SLOTS, MERGE_ROWS, D]), axis=0)
+        tl.store(
+            out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=out_ok[:, None]
+        )
+    elif UNROTATE:
         # The rotation back is linear: each slot's share rotates before the slots are summed,
         # so the product keeps SLOT_ROWS (at least 16) rows.
         for block in tl.static_range(D // ROT_COLS):
@@ -649,8 +686,9 @@ def _merge_splits_kernel(
     partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
     inv_sqrt_d,
     GROUP: tl.constexpr, NUM_KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, ROT_COLS: tl.constexpr,
-    MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr, WAIT_PRIOR: tl.constexpr,
+    UNIFORM_Q: tl.constexpr, UNROTATE: tl.constexpr, KRONECKER: tl.constexpr,
+    ROT_COLS: tl.constexpr, MERGE_ROWS: tl.constexpr, MERGE_SLOTS: tl.constexpr,
+    WAIT_PRIOR: tl.constexpr,
 ):  # fmt: skip
     """The merge as its own launch, a program per (sequence, KV head) (``merge`` 0)."""
     if WAIT_PRIOR:
@@ -658,7 +696,7 @@ def _merge_splits_kernel(
     _merge_splits(
         partial_acc_ptr, partial_stats_ptr, out_ptr, signs_ptr, stride_or, stride_oh, num_splits,
         inv_sqrt_d, tl.program_id(0), tl.program_id(1), GROUP, NUM_KV_HEADS, D, BLOCK_M,
-        UNIFORM_Q, UNROTATE, ROT_COLS, MERGE_ROWS, MERGE_SLOTS,
+        UNIFORM_Q, UNROTATE, KRONECKER, ROT_COLS, MERGE_ROWS, MERGE_SLOTS,
     )  # fmt: skip
 
 
@@ -874,6 +912,10 @@ TUNING = {
     # when they start, so the end of the call does not wait on DRAM for it. Untimed: opt-in.
     # query_rotation_prefetch 0: with 1, programs that rotate their own query prefetch their
     # first key tile into L2 before the rotation's loads and products. Untimed: opt-in.
+    # kronecker_rotation 0: with 1, the programs that rotate a query or an output (rotate=True)
+    # read the 128 signs instead of the [D, D] sign matrix (32 KB at head_dim 128, read by every
+    # program of one wave at once) and multiply by H = H_(D/32) (x) H_32 with the 32 x 32
+    # factor built in registers (triton_common.kronecker_hadamard). Untimed: opt-in.
     # wide_maxnreg 0 (no cap) where a field has more than 4 bits: such fields read a centroid
     # table through L1 and spill under the 4-bit cap; uncapped decode is 1.28-1.40x faster for
     # K8V4, 1.18x K4V8, 1.28-1.38x K6V4, 1.58-1.61x K8V8 at 8 x 16K and 32 x 32K on an H200,
@@ -903,6 +945,7 @@ TUNING = {
         "query_rotation_in_kernel": 4,
         "signs_prefetch": 0,
         "query_rotation_prefetch": 0,
+        "kronecker_rotation": 0,
         # One query token: mask keys past the end per key (an FFMA per score, loads clamped to
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
@@ -1106,11 +1149,19 @@ def _launch(
     workspace = _kept_buffer(
         "split partials", device, max(1, partials * (layout.head_dim + 2)), torch.float32
     )
-    signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
     constants = _kernel_constants(layout, _setting(tuning, layout, "lookup"))
-    query_signs = signs
-    if programs_rotate_query and constants["K_BITS"] == 4:
-        query_signs = triton_layout.sign_hadamard_halves(layout.head_dim, layout.codec.seed, device)
+    kronecker = bool(tuning.get("kronecker_rotation", 0))
+    if kronecker:
+        # The programs rotate with H from registers and read only the sign vector.
+        signs = hadamard_signs(layout.head_dim, layout.codec.seed, device)
+        query_signs = signs
+    else:
+        signs = triton_layout.sign_hadamard(layout.head_dim, layout.codec.seed, device)
+        query_signs = signs
+        if programs_rotate_query and constants["K_BITS"] == 4:
+            query_signs = triton_layout.sign_hadamard_halves(
+                layout.head_dim, layout.codec.seed, device
+            )
     inv_sqrt_d = layout.head_dim**-0.5
     lookup = _lookup(tuning, layout)
     limits = _register_cap(tuning, layout)
@@ -1142,8 +1193,8 @@ def _launch(
         GROUP=group, NUM_KV_HEADS=layout.num_kv_heads, BLOCK_SIZE=layout.block_size,
         D=layout.head_dim, BLOCK_M=block_m, BLOCK_N=_setting(tuning, layout, "block_n"),
         LOOKUP=lookup,
-        UNROTATE=unrotate, ROTATE_Q=programs_rotate_query,
-        PREFETCH_SIGNS=unrotate and (merge_in_kernel or num_splits == 1)
+        UNROTATE=unrotate, ROTATE_Q=programs_rotate_query, KRONECKER=kronecker,
+        PREFETCH_SIGNS=unrotate and (merge_in_kernel or num_splits == 1) and not kronecker
         and _compiled_setting(tuning, "signs_prefetch"),
         PREFETCH_FIRST=programs_rotate_query
         and _compiled_setting(tuning, "query_rotation_prefetch"),
@@ -1163,7 +1214,7 @@ def _launch(
             partial_acc, partial_stats, out_rows, signs, out_rows.stride(0), out_rows.stride(1),
             num_splits, inv_sqrt_d, GROUP=group, NUM_KV_HEADS=layout.num_kv_heads,
             D=layout.head_dim, BLOCK_M=block_m, UNIFORM_Q=uniform_q, UNROTATE=unrotate,
-            ROT_COLS=_rotation_cols(layout.head_dim), MERGE_ROWS=merge_rows,
+            KRONECKER=kronecker, ROT_COLS=_rotation_cols(layout.head_dim), MERGE_ROWS=merge_rows,
             MERGE_SLOTS=merge_slots, WAIT_PRIOR=programmatic,
             **_pdl_option(programmatic),
         )  # fmt: skip

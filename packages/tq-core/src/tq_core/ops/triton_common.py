@@ -388,6 +388,59 @@ def half_times_signs(x, signs_ptr, rows, cols, D: tl.constexpr):
 
 
 @triton.jit
+def walsh_hadamard_stages(x, ROWS: tl.constexpr, D: tl.constexpr, STAGES: tl.constexpr):
+    """The first STAGES butterfly stages of H x for every row of x [ROWS, D] (fp32,
+    unnormalized): stage s adds and subtracts the two halves of each block of D >> s entries,
+    moved next to each other by a reshape and a permute so tl.split / tl.join pair them (warp
+    shuffles and layout changes, no matrix). All log2(D) stages are the Walsh-Hadamard
+    transform; the first s of them are H_(2^s) over the index's s high bits, each block of
+    D >> s entries left as it is."""
+    for stage in tl.static_range(STAGES):
+        y = tl.permute(tl.reshape(x, [ROWS, 1 << stage, 2, D >> (stage + 1)]), (0, 1, 3, 2))
+        a, b = tl.split(y)
+        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, D])
+    return x
+
+
+@triton.jit
+def sylvester_tile(N: tl.constexpr):
+    """The [N, N] Walsh-Hadamard matrix (Sylvester's order, N <= 256) in fp16, from the indices:
+    entry (i, j) is -1 where i & j has an odd number of set bits. No memory read."""
+    both = tl.arange(0, N)[:, None] & tl.arange(0, N)[None, :]
+    both ^= both >> 4
+    both ^= both >> 2
+    both ^= both >> 1
+    return (1 - 2 * (both & 1)).to(tl.float16)
+
+
+@triton.jit
+def kronecker_hadamard(x, D: tl.constexpr):
+    """x [M, D] @ H_D (Sylvester's Walsh-Hadamard matrix, unnormalized; fp32 result).
+
+    H_D = H_(D/32) (x) H_32: one tensor-core product of x, as [M * D / 32, 32], with a 32 x 32
+    matrix built in registers (:func:`sylvester_tile`), then log2(D / 32) butterfly stages over
+    the index's high bits in fp32. The [D, D] sign matrix of :func:`times_signs` is 32 KB at
+    D = 128, read by every program; this reads nothing. Half-precision x is one fp16 part
+    (bf16's 8-bit significand fits fp16's 11); fp32 x two, so the products stay exact."""
+    M: tl.constexpr = x.shape[0]
+    INNER: tl.constexpr = 32 if D > 32 else D
+    OUTER: tl.constexpr = D // INNER
+    STAGES: tl.constexpr = 0 if OUTER == 1 else (1 if OUTER == 2 else (2 if OUTER == 4 else 3))
+    tile = sylvester_tile(INNER)
+    if x.dtype == tl.float32:
+        high = x.to(tl.float16)
+        low = (x - high.to(tl.float32)).to(tl.float16)
+        product = tl.dot(
+            tl.reshape(low, [M * OUTER, INNER]),
+            tile,
+            tl.dot(tl.reshape(high, [M * OUTER, INNER]), tile),
+        )
+    else:
+        product = tl.dot(tl.reshape(x.to(tl.float16), [M * OUTER, INNER]), tile)
+    return walsh_hadamard_stages(tl.reshape(product, [M, D]), M, D, STAGES)
+
+
+@triton.jit
 def prefetch_lines(ptrs, LEVEL: tl.constexpr):
     """Start bringing the cache lines at ``ptrs`` into L2 (LEVEL 1) or L1 (LEVEL 2) ahead of
     the loads that will read them; no registers are held meanwhile (GPU only: inline PTX)."""

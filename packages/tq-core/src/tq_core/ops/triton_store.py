@@ -22,7 +22,7 @@ import triton.language as tl
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import INTERPRETED, prefetch_lines
+from tq_core.ops.triton_common import INTERPRETED, prefetch_lines, walsh_hadamard_stages
 from tq_core.rotation import hadamard_signs
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
@@ -36,13 +36,13 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 0.5729 ms for 65,536 tokens
 # against 0.6510 for 16 rows / 2 warps / 64 columns, 0.0253 against 0.0247 for 2,048
 # (kernels-tune-store-h200-19d1ffa).
-# fwht 1: rotate with butterflies in registers instead of the matrix (_walsh_hadamard), then
-# quantize and pack whole rows: compiled for sm_90a it reads no matrix but takes 1.5-1.7x the
-# matrix path's instructions per row at the same rows and warps (168 registers at 16-32 rows;
-# static-cost-sm90a-c5ea5ce's store rows). Timed on an H200, slower at every setting tried:
-# 65,536 tokens 0.6385-0.8349 ms against the matrix path's 0.5705, 2,048 tokens 0.0253-0.0403
-# against 0.0250 (kernels-tune-store-h200-b3d9045), so opt-in: the L1 traffic it saves comes
-# back as instructions.
+# fwht 1: rotate with butterflies in registers instead of the matrix
+# (triton_common.walsh_hadamard_stages), then quantize and pack whole rows: compiled for sm_90a it
+# reads no matrix but takes 1.5-1.7x the matrix path's instructions per row at the same rows and
+# warps (168 registers at 16-32 rows; static-cost-sm90a-c5ea5ce's store rows). Timed on an H200,
+# slower at every setting tried: 65,536 tokens 0.6385-0.8349 ms against the matrix path's 0.5705,
+# 2,048 tokens 0.0253-0.0403 against 0.0250 (kernels-tune-store-h200-b3d9045), so opt-in: the L1
+# traffic it saves comes back as instructions.
 # raw_dot 1: half inputs rotate in their own type, one product per column chunk instead of
 # two over fp16 parts of the unit vector: 92 registers instead of 156 and 7% fewer
 # instructions per row at 64 rows / 4 warps (sm_90a, static-cost-sm90a-9003da6); 1.23-1.24x
@@ -175,19 +175,6 @@ def _quantize(
             boundary = tl.load(bound_ptr + candidate - 1)
             codes = tl.where(boundary < unit, candidate, codes)
     return codes, square
-
-
-@triton.jit
-def _walsh_hadamard(x, ROWS: tl.constexpr, D: tl.constexpr, LOG_D: tl.constexpr):
-    """H x for every row of x [ROWS, D] (unnormalized, fp32): stage s adds and subtracts the
-    two halves of each block of D >> s entries, moved next to each other by a reshape and a
-    permute so tl.split / tl.join pair them (the compiler's warp shuffles and layout changes,
-    no matrix)."""
-    for stage in tl.static_range(LOG_D):
-        y = tl.permute(tl.reshape(x, [ROWS, 1 << stage, 2, D >> (stage + 1)]), (0, 1, 3, 2))
-        a, b = tl.split(y)
-        x = tl.reshape(tl.permute(tl.join(a + b, a - b), (0, 1, 3, 2)), [ROWS, D])
-    return x
 
 
 @triton.jit
@@ -340,7 +327,7 @@ def _encode_rows(
         # The rotation H diag(signs) / sqrt(D) as butterflies in fp32: no [D, D] matrix read
         # per program (the matrix path is L1-bound on it), every column in one pass.
         signs = tl.load(signs_ptr + dims)
-        rotated = _walsh_hadamard(unit_x * signs[None, :], BLOCK_T, D, LOG_D) * inv_sqrt_d
+        rotated = walsh_hadamard_stages(unit_x * signs[None, :], BLOCK_T, D, LOG_D) * inv_sqrt_d
     elif not RAW_DOT:
         x_hi = unit_x.to(tl.float16)
         rest = unit_x - x_hi.to(tl.float32)
