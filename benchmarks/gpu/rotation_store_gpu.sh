@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call: rotate=True's levers and probes (where the query is rotated, what each rotation
-# costs) at 1-32 x 1-16K, the store's tune suite (prefetch_ahead among its settings), the
+# costs, H from registers: kronecker_rotation) at 1-32 x 1-16K, the store's tune suite (prefetch_ahead among its settings), the
 # rotation and store op tests in parallel shards, then SmolLM2's decode section of the suite.
 # Results land in $OUT, named after the card.
 #   bash benchmarks/gpu/rotation_store_gpu.sh COMMIT
@@ -17,7 +17,7 @@ if [ "${STORE:-1}" = 1 ]; then
   rm -f "$OUT/kernels-tune-store-$gpu-$sha.md"  # the JSON has every row; the .md is rewritten here
 fi
 bash benchmarks/gpu/kernel_tests_parallel.sh "rotation-store-$gpu-$sha" \
-    "${TEST_EXPR:-rotat or halves or store or graph}" 8 "${TESTS_TIMEOUT:-150}"
+    "${TEST_EXPR:-rotat or halves or kronecker or store or graph}" 8 "${TESTS_TIMEOUT:-150}"
 rm -f "$OUT"/kernel-tests-rotation-store-*-shard*.txt
 echo "== tests $(( $(date +%s) - start )) s"
 if [ "${SMOLLM2:-1}" = 1 ]; then
