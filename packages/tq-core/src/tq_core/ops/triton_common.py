@@ -414,15 +414,14 @@ def sylvester_tile(N: tl.constexpr):
 
 
 @triton.jit
-def kronecker_hadamard(x, D: tl.constexpr, PARTS: tl.constexpr = 2):
+def kronecker_hadamard(x, D: tl.constexpr):
     """x [M, D] @ H_D (Sylvester's Walsh-Hadamard matrix, unnormalized; fp32 result).
 
     H_D = H_(D/32) (x) H_32: one tensor-core product of x, as [M * D / 32, 32], with a 32 x 32
     matrix built in registers (:func:`sylvester_tile`), then log2(D / 32) butterfly stages over
     the index's high bits in fp32. The [D, D] sign matrix of :func:`times_signs` is 32 KB at
     D = 128, read by every program; this reads nothing. Half-precision x is one fp16 part
-    (bf16's 8-bit significand fits fp16's 11); fp32 x PARTS (2 or 3: 22 or 33 bits of it), whose
-    products stay exact."""
+    (bf16's 8-bit significand fits fp16's 11); fp32 x two, so the products stay exact."""
     M: tl.constexpr = x.shape[0]
     INNER: tl.constexpr = 32 if D > 32 else D
     OUTER: tl.constexpr = D // INNER
@@ -430,16 +429,12 @@ def kronecker_hadamard(x, D: tl.constexpr, PARTS: tl.constexpr = 2):
     tile = sylvester_tile(INNER)
     if x.dtype == tl.float32:
         high = x.to(tl.float16)
-        rest = x - high.to(tl.float32)
-        middle = rest.to(tl.float16)
+        low = (x - high.to(tl.float32)).to(tl.float16)
         product = tl.dot(
-            tl.reshape(middle, [M * OUTER, INNER]),
+            tl.reshape(low, [M * OUTER, INNER]),
             tile,
             tl.dot(tl.reshape(high, [M * OUTER, INNER]), tile),
         )
-        if PARTS > 2:
-            low = (rest - middle.to(tl.float32)).to(tl.float16)
-            product = tl.dot(tl.reshape(low, [M * OUTER, INNER]), tile, product)
     else:
         product = tl.dot(tl.reshape(x.to(tl.float16), [M * OUTER, INNER]), tile)
     return walsh_hadamard_stages(tl.reshape(product, [M, D]), M, D, STAGES)

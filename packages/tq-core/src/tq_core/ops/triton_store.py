@@ -24,7 +24,6 @@ from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
 from tq_core.ops.triton_common import (
     INTERPRETED,
-    kronecker_hadamard,
     prefetch_lines,
     walsh_hadamard_stages,
 )
@@ -48,9 +47,10 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # slower at every setting tried: 65,536 tokens 0.6385-0.8349 ms against the matrix path's 0.5705,
 # 2,048 tokens 0.0253-0.0403 against 0.0250 (kernels-tune-store-h200-b3d9045), so opt-in: the L1
 # traffic it saves comes back as instructions.
-# fwht 2: H = H_(D/32) (x) H_32 instead, the fp16 parts of the unit vector times a 32 x 32 tile
-# built in registers (one product per part over all columns), then log2(D / 32) fp32 butterfly
-# stages (2 at head_dim 128, against fwht 1's 7). Untimed: opt-in.
+# fwht 2 (c7a452a, removed): H = H_(D/32) (x) H_32, a 32 x 32 tile built in registers and two
+# fp32 butterfly stages, compiled to more warp-instructions per row than the matrix path at each
+# of 4 rows/warps settings (372 against 298 at 64 rows / 4 warps;
+# store/static-cost-sm90a-store-kronecker-c7a452a.txt).
 # raw_dot 1: half inputs rotate in their own type, one product per column chunk instead of
 # two over fp16 parts of the unit vector: 92 registers instead of 156 and 7% fewer
 # instructions per row at 64 rows / 4 warps (sm_90a, static-cost-sm90a-9003da6); 1.23-1.24x
@@ -331,12 +331,7 @@ def _encode_rows(
     quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
     if not RAW_DOT:
         unit_x = x * inv_norm[:, None]
-    if FWHT == 2:
-        # H = H_(D/32) (x) H_32: the fp16 parts of the unit vector times a 32 x 32 tile built
-        # in registers, then fp32 butterflies over the high index bits (no [D, D] matrix read).
-        signs = tl.load(signs_ptr + dims)
-        rotated = kronecker_hadamard(unit_x * signs[None, :], D, X_PARTS) * inv_sqrt_d
-    elif FWHT:
+    if FWHT:
         # The rotation H diag(signs) / sqrt(D) as butterflies in fp32: no [D, D] matrix read
         # per program (the matrix path is L1-bound on it), every column in one pass.
         signs = tl.load(signs_ptr + dims)
@@ -461,7 +456,7 @@ def store(
         return
     head_dim = layout.head_dim
     device = key.device
-    fwht = int(TUNING.get("fwht", 0))
+    fwht = bool(TUNING.get("fwht"))
     raw_dot = _raw_dot(key.dtype, value.dtype, fwht)
     grid = (triton.cdiv(num_rows, TUNING["block_rows"]), 2)
     prefetch_ahead = 0
