@@ -34,6 +34,7 @@ from tq_core.ops.triton_common import (
     grid_values,
     half_times_signs,
     kronecker_hadamard,
+    kronecker_unrotate,
     load_field,
     nibble_centroids,
     nibble_magnitude_words,
@@ -532,8 +533,7 @@ def _attention_kernel(
             else:
                 natural = acc_a
             natural = tl.reshape(natural, [BLOCK_M, D]) * inv_l[:, None]
-            out_signs = tl.load(signs_ptr + dims) * inv_sqrt_d
-            result = kronecker_hadamard(natural, D) * out_signs[None, :]
+            result = kronecker_unrotate(natural, signs_ptr, inv_sqrt_d, D)
             tl.store(
                 out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=row_ok[:, None]
             )
@@ -656,10 +656,9 @@ def _merge_splits(
     out_rows = out_ptr + (seq * UNIFORM_Q + token).to(tl.int64)[:, None] * stride_or
     out_rows += heads[:, None] * stride_oh
     if UNROTATE and KRONECKER:
-        # (acc @ H) * s / sqrt(D) with signs_ptr the sign vector s, H from registers
-        # (kronecker_hadamard), every slot's rows in one product before the slots are summed.
-        out_signs = tl.load(signs_ptr + dims) * inv_sqrt_d
-        part = kronecker_hadamard(acc, D) * out_signs[None, :]
+        # signs_ptr is the sign vector: every slot's rows in one product (kronecker_unrotate)
+        # before the slots are summed.
+        part = kronecker_unrotate(acc, signs_ptr, inv_sqrt_d, D)
         result = tl.sum(tl.reshape(part, [MERGE_SLOTS, MERGE_ROWS, D]), axis=0)
         tl.store(
             out_rows + dims[None, :], result.to(out_ptr.dtype.element_ty), mask=out_ok[:, None]

@@ -441,6 +441,14 @@ def kronecker_hadamard(x, D: tl.constexpr):
 
 
 @triton.jit
+def kronecker_unrotate(x, signs_ptr, inv_sqrt_d, D: tl.constexpr):
+    """x @ S^T / sqrt(D) for rows x [M, D] in the rotated domain, S = diag(s) H with signs_ptr
+    the sign vector s: (x @ H) * s / sqrt(D), H from registers (:func:`kronecker_hadamard`)."""
+    signs = tl.load(signs_ptr + tl.arange(0, D)) * inv_sqrt_d
+    return kronecker_hadamard(x, D) * signs[None, :]
+
+
+@triton.jit
 def prefetch_lines(ptrs, LEVEL: tl.constexpr):
     """Start bringing the cache lines at ``ptrs`` into L2 (LEVEL 1) or L1 (LEVEL 2) ahead of
     the loads that will read them; no registers are held meanwhile (GPU only: inline PTX)."""
