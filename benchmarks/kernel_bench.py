@@ -563,22 +563,20 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
 def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     saved = dict(triton_store.TUNING)
     rows = []
-    # Overrides of triton_store.TUNING, the default first. Compiled for sm_90a (static_cost.py's
-    # "store" rows): the binary search over the positive boundaries (binary_search), the norm
-    # correction's squares read per packed byte (byte_squares) and the sign matrix in bf16
-    # (native_matrix) take the kernel from 7,064 to 4,720 instructions at 64 rows / 4 warps;
-    # the squares selected by the search's decisions (searched_squares) 4,776 but a third of
-    # the barriers. Then warps and rows with and without it, each earlier lever off alone,
-    # and all off (the kernel before them).
-    before = {"binary_search": 0, "byte_squares": 0, "native_matrix": 0, "searched_squares": 0}
+    # Overrides of triton_store.TUNING, the default first. The quantizer's levers
+    # (binary_search, byte_squares, native_matrix, searched_squares) were timed on and are the
+    # default (store/kernels-tune-store-h100-24c0084, -3ae28b7, -f68c684); this round: the
+    # register cap that gave 6 programs per multiprocessor, the next chunk's slice of the sign
+    # matrix loaded during this chunk's encode (matrix_ahead), 64-column products (2 chunks:
+    # 260 warp-instructions a row against 298 compiled for sm_90a, static_cost.py's store rows),
+    # 128 rows on 8 warps, and the rows of a program one or two waves later prefetched into L2.
     settings = [
-        {}, {"searched_squares": 0}, {"maxnreg": 96}, {"maxnreg": 80},
-        {"block_rows": 128, "num_warps": 4}, {"block_rows": 128, "num_warps": 4, "maxnreg": 128},
-        {"block_rows": 128, "num_warps": 4, "searched_squares": 0}, {"num_warps": 8},
-        {"searched_squares": 0, "binary_search": 0}, {"searched_squares": 0, "byte_squares": 0},
-        {"searched_squares": 0, "native_matrix": 0}, before,
-        # The rows of the program a wave later (4 per multiprocessor) or two prefetched into L2.
+        {}, {"maxnreg": 80}, {"matrix_ahead": 1}, {"matrix_ahead": 1, "maxnreg": 128},
+        {"chunk": 64}, {"chunk": 64, "matrix_ahead": 1},
+        {"chunk": 64, "matrix_ahead": 1, "maxnreg": 96},
+        {"block_rows": 128, "num_warps": 8, "chunk": 64, "matrix_ahead": 1},
         {"prefetch_ahead": 4}, {"prefetch_ahead": 8}, {"prefetch_ahead": 4, "maxnreg": 80},
+        {"chunk": 64, "matrix_ahead": 1, "prefetch_ahead": 4},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

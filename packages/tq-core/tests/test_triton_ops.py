@@ -85,7 +85,8 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # parts of the unit vector on tensor cores (raw_dot 0, the path before raw_dot, half inputs
 # included); the norm correction's squares from the per-byte table (searched_squares 0); every
 # positive boundary compared and the squares read per code (the quantizer before the binary
-# search).
+# search); each chunk's slice of the sign matrix loaded during the previous chunk's encode
+# (matrix_ahead: at head_dim 256 four chunks of 64 columns, at 64 one).
 LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
     ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
@@ -102,6 +103,9 @@ STORE_SETTINGS = [
     (LINEAR_QUANTIZER, (64, 3, 5, "float16"), torch.float16),
     (LINEAR_QUANTIZER, (64, 8, 2, "float32"), torch.float32),
     (LINEAR_QUANTIZER, (128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+    ({"matrix_ahead": 1}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"matrix_ahead": 1, "chunk": 64}, (256, 3, 5, "float32"), torch.float16),
+    ({"matrix_ahead": 1, "chunk": 64}, (64, 8, 2, "float16"), torch.float32),
 ]
 
 

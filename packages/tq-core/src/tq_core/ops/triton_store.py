@@ -73,10 +73,14 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # multiprocessors) later on their way into L2 (a prefetch per 128-byte line, no registers), so
 # that program's loads, a wave of programs later, wait on L2 rather than DRAM: ncu at 65,536
 # tokens found 1.1 of 3.9 warps eligible and the DRAM 26% busy (latency-bound). Untimed: opt-in.
+# matrix_ahead 0: with 1, each chunk's slice of the sign matrix is loaded while the previous
+# chunk is encoded, so only the first product waits on L1/L2 (compiled for sm_90a at 64 rows /
+# 4 warps: 130 registers and 312 warp-instructions a row at 32 columns, 117 and 260 at 64,
+# against 112 and 298 now). Untimed: opt-in.
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
-    "prefetch_ahead": 0,
+    "prefetch_ahead": 0, "matrix_ahead": 0,
 }  # fmt: skip
 
 
@@ -314,7 +318,7 @@ def _encode_rows(
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
-    BITS: tl.constexpr,
+    MATRIX_AHEAD: tl.constexpr, BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -342,12 +346,21 @@ def _encode_rows(
         x_mid = rest.to(tl.float16)
         x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
     COLS: tl.constexpr = D if FWHT else CHUNK
+    if MATRIX_AHEAD and not FWHT:
+        matrix_next = tl.load(rot_ptr + dims[:, None] * D + tl.arange(0, COLS)[None, :])
     for chunk in tl.static_range(D // COLS):
         cols = chunk * COLS + tl.arange(0, COLS)
         if FWHT:
             unit = rotated
         else:
-            matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+            if MATRIX_AHEAD:
+                # This chunk's slice was loaded during the last one's encode; the next one's
+                # load starts now, so the product does not wait on L1/L2 after the first.
+                matrix = matrix_next
+                if chunk + 1 < D // COLS:
+                    matrix_next = tl.load(rot_ptr + dims[:, None] * D + (cols + COLS)[None, :])
+            else:
+                matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
             if RAW_DOT:
                 # One product per chunk (fp16 parts of the unit vector took two); the norm
                 # scales the result afterwards.
@@ -379,7 +392,7 @@ def _store_kernel(
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
-    K_BITS: tl.constexpr,
+    MATRIX_AHEAD: tl.constexpr, K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -395,7 +408,7 @@ def _store_kernel(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
             BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
-            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, K_BITS,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -405,7 +418,7 @@ def _store_kernel(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
             BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
-            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, V_BITS,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -483,7 +496,8 @@ def store(
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
         BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
-        PREFETCH=prefetch_ahead > 0, **triton_layout.field_constants(layout, "key", "K_"),
+        PREFETCH=prefetch_ahead > 0, MATRIX_AHEAD=TUNING["matrix_ahead"],
+        **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
     )  # fmt: skip
