@@ -571,12 +571,13 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # 260 warp-instructions a row against 298 compiled for sm_90a, static_cost.py's store rows),
     # 128 rows on 8 warps, and the rows of a program one or two waves later prefetched into L2.
     settings = [
-        {}, {"maxnreg": 80}, {"matrix_ahead": 1}, {"matrix_ahead": 1, "maxnreg": 128},
-        {"chunk": 64}, {"chunk": 64, "matrix_ahead": 1},
-        {"chunk": 64, "matrix_ahead": 1, "maxnreg": 96},
-        {"block_rows": 128, "num_warps": 8, "chunk": 64, "matrix_ahead": 1},
-        {"prefetch_ahead": 4}, {"prefetch_ahead": 8}, {"prefetch_ahead": 4, "maxnreg": 80},
-        {"chunk": 64, "matrix_ahead": 1, "prefetch_ahead": 4},
+        {}, {"chunk": 64}, {"chunk": 64, "maxnreg": 80}, {"chunk": 128},
+        {"chunk": 128, "maxnreg": 128}, {"chunk": 128, "maxnreg": 96},
+        {"block_rows": 128, "num_warps": 4, "chunk": 64},
+        {"block_rows": 128, "num_warps": 8, "chunk": 64},
+        {"block_rows": 32, "num_warps": 4, "chunk": 64}, {"block_rows": 32, "num_warps": 2, "chunk": 64},
+        {"block_rows": 64, "num_warps": 8, "chunk": 128},
+        {"chunk": 64, "searched_squares": 0},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
