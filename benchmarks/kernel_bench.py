@@ -565,19 +565,16 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     rows = []
     # Overrides of triton_store.TUNING, the default first. The quantizer's levers
     # (binary_search, byte_squares, native_matrix, searched_squares) were timed on and are the
-    # default (store/kernels-tune-store-h100-24c0084, -3ae28b7, -f68c684); this round: the
-    # register cap that gave 6 programs per multiprocessor, the next chunk's slice of the sign
-    # matrix loaded during this chunk's encode (matrix_ahead), 64-column products (2 chunks:
-    # 260 warp-instructions a row against 298 compiled for sm_90a, static_cost.py's store rows),
-    # 128 rows on 8 warps, and the rows of a program one or two waves later prefetched into L2.
+    # default (store/kernels-tune-store-h100-24c0084, -3ae28b7, -f68c684); so are 64-column
+    # products (store/kernels-tune-store-h100-60b44ae; 32 before, the row kept here). This
+    # round: the 4-bit quantizer in FMA-pipe arithmetic (fma_quantizer; ncu found the ALU pipe
+    # 73% busy and the FMA pipe 14%), at 64 columns (255 registers compiled for sm_90a) and 32
+    # (127), with register caps and 8 warps.
     settings = [
-        {}, {"chunk": 64}, {"chunk": 64, "maxnreg": 80}, {"chunk": 128},
-        {"chunk": 128, "maxnreg": 128}, {"chunk": 128, "maxnreg": 96},
-        {"block_rows": 128, "num_warps": 4, "chunk": 64},
-        {"block_rows": 128, "num_warps": 8, "chunk": 64},
-        {"block_rows": 32, "num_warps": 4, "chunk": 64}, {"block_rows": 32, "num_warps": 2, "chunk": 64},
-        {"block_rows": 64, "num_warps": 8, "chunk": 128},
-        {"chunk": 64, "searched_squares": 0},
+        {}, {"chunk": 32}, {"fma_quantizer": 1}, {"fma_quantizer": 1, "chunk": 32},
+        {"fma_quantizer": 1, "maxnreg": 128}, {"fma_quantizer": 1, "maxnreg": 168},
+        {"fma_quantizer": 1, "num_warps": 8}, {"fma_quantizer": 1, "chunk": 32, "maxnreg": 96},
+        {"fma_quantizer": 1, "block_rows": 32, "num_warps": 2},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

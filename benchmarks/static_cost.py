@@ -239,6 +239,7 @@ def compile_store(
     quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
     prefetch: bool = False,
     matrix_ahead: bool = False,
+    fma_quantizer: bool = False,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
@@ -246,7 +247,9 @@ def compile_store(
     the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
     searched_squares) as in triton_store.TUNING; ``prefetch``: the rows of a later program
     prefetched into L2 (prefetch_ahead); ``matrix_ahead``: each chunk's slice of the sign
-    matrix loaded during the previous chunk's encode. Instructions per row count both of the
+    matrix loaded during the previous chunk's encode; ``fma_quantizer``: 4-bit codes and
+    squares in FMA-pipe arithmetic (saturated differences) instead of compares and selects.
+    Instructions per row count both of the
     kernel's branches (K and V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
@@ -257,6 +260,7 @@ def compile_store(
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
         SEARCHED_SQUARES=int(searched), PREFETCH=prefetch, MATRIX_AHEAD=int(matrix_ahead),
+        FMA_QUANTIZER=int(fma_quantizer), ASM=True,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -285,7 +289,7 @@ def compile_store(
     return {
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
-        "prefetch_ahead": prefetch, "matrix_ahead": matrix_ahead,
+        "prefetch_ahead": prefetch, "matrix_ahead": matrix_ahead, "fma_quantizer": fma_quantizer,
         "native_matrix": raw and native_matrix, "searched_squares": searched,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),

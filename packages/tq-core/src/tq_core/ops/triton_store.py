@@ -75,12 +75,20 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # tokens found 1.1 of 3.9 warps eligible and the DRAM 26% busy (latency-bound). Untimed: opt-in.
 # matrix_ahead 0: with 1, each chunk's slice of the sign matrix is loaded while the previous
 # chunk is encoded, so only the first product waits on L1/L2 (compiled for sm_90a at 64 rows /
-# 4 warps: 130 registers and 312 warp-instructions a row at 32 columns, 117 and 260 at 64,
-# against 112 and 298 now). Untimed: opt-in.
+# 4 warps: 130 registers and 312 warp-instructions a row at 32 columns, 117 and 260 at 64).
+# Timed on an H100 (store/kernels-tune-store-h100-0ecd4cf): no faster at 64 columns (0.2746
+# against 0.2722 ms at 65,536 tokens), slower at 32 (0.3704 against 0.3315), so opt-in.
+# chunk 64 (60b44ae; 32 before): after the quantizer's levers the kernel is bound by the ALU
+# pipe (ncu at 65,536 tokens: 73% of its peak, 65% of the instructions; FMA pipe 14%,
+# store/ncu-store-65536-chunk64-pipes-h100-60b44ae.txt), and two 64-column products take 13%
+# fewer instructions a row than four of 32 (260 against 298 warp-instructions at 125
+# registers, still 4 programs per multiprocessor): on an H100 0.2691 ms (42% of the copy
+# bandwidth) against 0.3310 at 65,536 tokens, 0.0136 against 0.0153 at 2,048; 128 columns
+# 0.2894 / 0.0143, 128 rows 0.2872 / 0.0160 (store/kernels-tune-store-h100-60b44ae).
 TUNING = {
-    "block_rows": 64, "num_warps": 4, "chunk": 32, "fwht": 0, "raw_dot": 1, "binary_search": 1,
+    "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
-    "prefetch_ahead": 0, "matrix_ahead": 0,
+    "prefetch_ahead": 0, "matrix_ahead": 0, "fma_quantizer": 0,
 }  # fmt: skip
 
 
@@ -149,6 +157,100 @@ def _searched_square(upper, middle, lowest, cent_ptr, HALF: tl.constexpr, BITS: 
         )
         low = tl.where(upper, high, low)
     return low
+
+
+# fma_quantizer's scale of the rotated unit values: with |unit| <= 1 and the boundaries
+# above 1e-3, two distinct scaled values differ by far more than 1 (an ulp of 1e-3 * 2^40 is
+# about 65), so sat(x - t) is exactly 1 for x > t and 0 otherwise.
+_STEP_SCALE = tl.constexpr(2.0**40)
+
+
+@triton.jit
+def _step_above(x, threshold, ASM: tl.constexpr):
+    """1.0 where x > threshold, else 0.0, on the FMA pipe (sub.sat), not the ALU's compare
+    and select; exact for inputs scaled by _STEP_SCALE. The interpreter computes the same
+    clamp with min and max."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "sub.rn.sat.f32 $0, $1, $2;", "=r,r,r", [x, threshold], dtype=tl.float32,
+            is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        return tl.minimum(tl.maximum(x - threshold, 0.0), 1.0)
+
+
+@triton.jit
+def _positive(x, ASM: tl.constexpr):
+    """1.0 where x > 0, else 0.0 (mul.sat by 2^100: any normal positive float reaches 1)."""
+    if ASM:
+        return tl.inline_asm_elementwise(
+            "mul.rn.sat.f32 $0, $1, 0f71800000;", "=r,r", [x], dtype=tl.float32, is_pure=True,
+            pack=1,
+        )  # fmt: skip
+    else:
+        return tl.where(x > 0, 1.0, 0.0)
+
+
+@triton.jit
+def _quantize_on_fma(scaled, bound_ptr, cent_ptr, ASM: tl.constexpr):
+    """4-bit codes (as exact small floats) and squared centroids of unit values scaled by
+    _STEP_SCALE, in FMA-pipe arithmetic: the same 3-level search as _magnitude_index, but each
+    decision is a 0/1 float from a saturated difference, each next threshold is a multilinear
+    form of the decisions (exact where they are 0; within an ulp of the boundary otherwise,
+    which moves only a value within float32 rounding of it), the code is
+    7 - above + positive * (2 above + 1), and the squared centroid a multilinear form of the
+    three decisions. The compare-and-select quantizer kept the ALU pipe 73% busy while the FMA
+    pipe idled at 14% (store/ncu-store-65536-chunk64-pipes-h100-60b44ae.txt)."""
+    b0 = tl.load(bound_ptr + 8) * _STEP_SCALE
+    b1 = tl.load(bound_ptr + 9) * _STEP_SCALE
+    b2 = tl.load(bound_ptr + 10) * _STEP_SCALE
+    b3 = tl.load(bound_ptr + 11) * _STEP_SCALE
+    b4 = tl.load(bound_ptr + 12) * _STEP_SCALE
+    b5 = tl.load(bound_ptr + 13) * _STEP_SCALE
+    b6 = tl.load(bound_ptr + 14) * _STEP_SCALE
+    magnitude = tl.abs(scaled)
+    upper = _step_above(magnitude, b3, ASM)
+    middle = _step_above(magnitude, upper * (b5 - b1) + b1, ASM)
+    threshold = middle * (upper * (b6 - b4 - b2 + b0) + (b2 - b0)) + (upper * (b4 - b0) + b0)
+    lowest = _step_above(magnitude, threshold, ASM)
+    above = upper * 4.0 + (middle * 2.0 + lowest)
+    code = _positive(scaled, ASM) * (above * 2.0 + 1.0) + (7.0 - above)
+    c = tl.load(cent_ptr + 8)
+    s0 = c * c
+    c = tl.load(cent_ptr + 9)
+    s1 = c * c
+    c = tl.load(cent_ptr + 10)
+    s2 = c * c
+    c = tl.load(cent_ptr + 11)
+    s3 = c * c
+    c = tl.load(cent_ptr + 12)
+    s4 = c * c
+    c = tl.load(cent_ptr + 13)
+    s5 = c * c
+    c = tl.load(cent_ptr + 14)
+    s6 = c * c
+    c = tl.load(cent_ptr + 15)
+    s7 = c * c
+    # s(u, m, l) = s[4u + 2m + l] as A + uB + m(C + uD) + l(E + uF + m(G + uH)).
+    even = (upper * (s4 - s0) + s0) + middle * (upper * (s6 - s4 - s2 + s0) + (s2 - s0))
+    odd_low = upper * (s5 - s1 - s4 + s0) + (s1 - s0)
+    odd_high = upper * (s7 - s5 - s6 + s4 - s3 + s1 + s2 - s0) + (s3 - s1 - s2 + s0)
+    square = lowest * (middle * odd_high + odd_low) + even
+    return code, square
+
+
+@triton.jit
+def _pack_float_nibbles(code, cache_ptr, page_base, vector, keep, CHUNK_INDEX, D: tl.constexpr,
+                        CHUNK: tl.constexpr, OFF: tl.constexpr):  # fmt: skip
+    """_pack_and_store for 4-bit codes held as exact floats: a byte is low + 16 high (one
+    FFMA), and adding 2^23 puts it in the low mantissa bits (no float-to-int conversion)."""
+    ROWS: tl.constexpr = code.shape[0]
+    low, high = tl.split(code.reshape(ROWS, CHUNK // 2, 2))
+    byte = (high * 16.0 + low + 8388608.0).to(tl.int32, bitcast=True)
+    cols = CHUNK_INDEX * (CHUNK // 2) + tl.arange(0, CHUNK // 2)
+    row_off = page_base + vector * (D // 2)
+    ptr = cache_ptr + OFF + row_off[:, None] + cols[None, :]
+    tl.store(ptr, byte.to(tl.uint8), mask=keep[:, None])
 
 
 @triton.jit
@@ -256,10 +358,11 @@ def _encode_chunk(
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr,
+    NORM_OFF: tl.constexpr, ON_FMA: tl.constexpr, ASM: tl.constexpr,
 ):  # fmt: skip
     """Quantize and pack one chunk of rotated unit columns (raw bf16 values for a 16-bit
-    field); returns the rows' sums of squared centroids over the chunk (the norm correction's)."""
+    field; with ON_FMA, unit values times _STEP_SCALE); returns the rows' sums of squared
+    centroids over the chunk (the norm correction's)."""
     quantized_sq = tl.zeros([unit.shape[0]], dtype=tl.float32)
     if BITS == 16:
         cols = chunk * COLS + tl.arange(0, COLS)
@@ -268,6 +371,10 @@ def _encode_chunk(
         )
         y = unit * norm[:, None]
         tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
+    elif ON_FMA:
+        code, square = _quantize_on_fma(unit, bound_ptr, cent_ptr, ASM)
+        _pack_float_nibbles(code, cache_ptr, page_base, vector, keep, chunk, D, COLS, P0_OFF)
+        quantized_sq = tl.sum(square, axis=1)
     else:
         searched = SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4)
         codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
@@ -318,7 +425,8 @@ def _encode_rows(
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
-    MATRIX_AHEAD: tl.constexpr, BITS: tl.constexpr,
+    MATRIX_AHEAD: tl.constexpr, FMA_QUANTIZER: tl.constexpr, ASM: tl.constexpr,
+    BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
@@ -333,6 +441,14 @@ def _encode_rows(
     x_in, x, norm, inv_norm = _load_rows(x_ptr, stride_xt, stride_xh, token, head, keep, D)
     dims = tl.arange(0, D)
     quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
+    # fma_quantizer: 4-bit codes in one plane, from unit values scaled by _STEP_SCALE (a power
+    # of two: the same roundings, scaled). The row's factor is capped so that a zero row,
+    # whose inverse norm is huge, still scales to zeros instead of 0 * inf.
+    ON_FMA: tl.constexpr = FMA_QUANTIZER and BITS == 4 and P0_W == 4 and P1_W == 0
+    UNIT_SCALE: tl.constexpr = _STEP_SCALE if ON_FMA else 1.0
+    row_scale = inv_norm * inv_sqrt_d
+    if ON_FMA:
+        row_scale = tl.minimum(row_scale, 1e38 / UNIT_SCALE) * UNIT_SCALE
     if not RAW_DOT:
         unit_x = x * inv_norm[:, None]
     if FWHT:
@@ -364,18 +480,20 @@ def _encode_rows(
             if RAW_DOT:
                 # One product per chunk (fp16 parts of the unit vector took two); the norm
                 # scales the result afterwards.
-                unit = _raw_product(x_in, x, matrix, RAW_DOT) * (inv_norm * inv_sqrt_d)[:, None]
+                unit = _raw_product(x_in, x, matrix, RAW_DOT) * row_scale[:, None]
             else:
                 y = tl.dot(x_hi, matrix)
                 if X_PARTS > 1:
                     y += tl.dot(x_mid, matrix)
                 if X_PARTS > 2:
                     y += tl.dot(x_lo, matrix)
-                unit = y * inv_sqrt_d
+                unit = y * (inv_sqrt_d * UNIT_SCALE)
+        if FWHT and ON_FMA:
+            unit = unit * UNIT_SCALE
         quantized_sq += _encode_chunk(
             unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
             D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES, P0_OFF, P0_W, P0_SHIFT,
-            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF,
+            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, ON_FMA, ASM,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -392,7 +510,8 @@ def _store_kernel(
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
-    MATRIX_AHEAD: tl.constexpr, K_BITS: tl.constexpr,
+    MATRIX_AHEAD: tl.constexpr, FMA_QUANTIZER: tl.constexpr, ASM: tl.constexpr,
+    K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
@@ -408,7 +527,8 @@ def _store_kernel(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
             BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
-            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, K_BITS,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, FMA_QUANTIZER, ASM,
+            K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
@@ -418,7 +538,8 @@ def _store_kernel(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
             BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
-            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, V_BITS,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, FMA_QUANTIZER, ASM,
+            V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
@@ -497,6 +618,7 @@ def store(
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
         BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
         PREFETCH=prefetch_ahead > 0, MATRIX_AHEAD=TUNING["matrix_ahead"],
+        FMA_QUANTIZER=TUNING["fma_quantizer"], ASM=not INTERPRETED,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
