@@ -369,9 +369,11 @@ def peer_decode_rows(batch, context, copy_gbps) -> list[dict]:
     return _finish(rows, copy_gbps)
 
 
-def store_rows(num_tokens, copy_gbps, *, with_peers=True) -> list[dict]:
+def store_rows(num_tokens, copy_gbps, *, with_peers=True, codebook="lloyd-max") -> list[dict]:
+    """tq's store (K4V4, ``codebook`` for K and V) and, with_peers, the peers' encode."""
     _, num_kv, head_dim = MODELS["llama3-8b"]
-    layout = TQCodec(head_dim, 4, 4).cache_layout(num_kv, BLOCK_SIZE)
+    codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook=codebook)
+    layout = codec.cache_layout(num_kv, BLOCK_SIZE)
     nbytes = num_tokens * (num_kv * head_dim * 2 * 2 + layout.packed_bytes_per_token + 8)
     copies = copies_for(nbytes)
     num_blocks = math.ceil(num_tokens / BLOCK_SIZE) * copies + 1
@@ -384,7 +386,8 @@ def store_rows(num_tokens, copy_gbps, *, with_peers=True) -> list[dict]:
     calls = [lambda k=k, v=v, s=s: triton_store.store(k, v, cache, s, layout) for k, v, s in inputs]
     ms, how = time_calls(calls)
     base = {"op": "store", "model": "llama3-8b", "batch": num_tokens, "context": 0}
-    rows = [{**base, "impl": "tq K4V4", "bits": "K4V4", "ms": ms, "timing": how, "bytes": nbytes}]
+    impl = "tq K4V4" if codebook == "lloyd-max" else f"tq K4V4 {codebook}"
+    rows = [{**base, "impl": impl, "bits": "K4V4", "ms": ms, "timing": how, "bytes": nbytes}]
     try:
         import peers
 
@@ -563,24 +566,25 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
 def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     saved = dict(triton_store.TUNING)
     rows = []
-    # Overrides of triton_store.TUNING, the default first. The quantizer's levers
-    # (binary_search, byte_squares, native_matrix, searched_squares) were timed on and are the
-    # default (store/kernels-tune-store-h100-24c0084, -3ae28b7, -f68c684); so are 64-column
-    # products (store/kernels-tune-store-h100-60b44ae; 32 before, the row kept here). This
-    # round: the 4-bit quantizer in FMA-pipe arithmetic (fma_quantizer; ncu found the ALU pipe
-    # 73% busy and the FMA pipe 14%), at 64 columns (255 registers compiled for sm_90a) and 32
-    # (127), with register caps and 8 warps.
+    # Overrides of triton_store.TUNING, the default first ("codebook" picks K's and V's
+    # codebook instead). The quantizer's levers (binary_search, byte_squares, native_matrix,
+    # searched_squares) were timed on and are the default (store/kernels-tune-store-h100-24c0084,
+    # -3ae28b7, -f68c684); so are 64-column products (store/kernels-tune-store-h100-60b44ae).
+    # This round: the uniform codebook's codes by arithmetic (uniform_arithmetic, the default for
+    # it) against its search, with rows, warps, columns and register caps.
     settings = [
-        {}, {"chunk": 32}, {"fma_quantizer": 1}, {"fma_quantizer": 1, "chunk": 32},
-        {"fma_quantizer": 1, "maxnreg": 128}, {"fma_quantizer": 1, "maxnreg": 168},
-        {"fma_quantizer": 1, "num_warps": 8}, {"fma_quantizer": 1, "chunk": 32, "maxnreg": 96},
-        {"fma_quantizer": 1, "block_rows": 32, "num_warps": 2},
+        {}, {"codebook": "uniform"}, {"codebook": "uniform", "uniform_arithmetic": 0},
+        {"codebook": "uniform", "chunk": 128}, {"codebook": "uniform", "chunk": 32},
+        {"codebook": "uniform", "block_rows": 128}, {"codebook": "uniform", "maxnreg": 80},
+        {"codebook": "uniform", "num_warps": 8}, {"codebook": "uniform", "prefetch_ahead": 4},
+        {"codebook": "uniform", "block_rows": 32, "num_warps": 2},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
-        triton_store.TUNING.update(overrides)
+        triton_store.TUNING.update({k: v for k, v in overrides.items() if k != "codebook"})
+        codebook = overrides.get("codebook", "lloyd-max")
         try:
-            row = store_rows(num_tokens, copy_gbps, with_peers=False)[0]
+            row = store_rows(num_tokens, copy_gbps, with_peers=False, codebook=codebook)[0]
         except Exception as error:  # a setting that fails to compile is skipped
             print(f"  store {overrides}: {type(error).__name__} {str(error)[:80]}")
             continue
@@ -674,6 +678,7 @@ def main() -> None:
                 rows += decode_rows(*case, copy_gbps)
             elif section == "store":
                 rows += store_rows(case, copy_gbps)
+                rows += store_rows(case, copy_gbps, with_peers=False, codebook="uniform")
             elif section == "prefill":
                 rows += prefill_rows(*case, copy_gbps)
             elif section == "decompress":

@@ -238,29 +238,26 @@ def compile_store(
     raw_dot: bool = True,
     quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
     prefetch: bool = False,
-    matrix_ahead: bool = False,
-    fma_quantizer: bool = False,
+    uniform: bool = False,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
     instead of the sign matrix, bf16 K/V rotated as they are (``raw_dot``) or as fp16 parts of
     the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
     searched_squares) as in triton_store.TUNING; ``prefetch``: the rows of a later program
-    prefetched into L2 (prefetch_ahead); ``matrix_ahead``: each chunk's slice of the sign
-    matrix loaded during the previous chunk's encode; ``fma_quantizer``: 4-bit codes and
-    squares in FMA-pipe arithmetic (saturated differences) instead of compares and selects.
-    Instructions per row count both of the
-    kernel's branches (K and V), as every program compiles both."""
+    prefetched into L2 (prefetch_ahead); ``uniform``: K and V on the uniform codebook, whose
+    codes come from arithmetic (triton_store.TUNING's uniform_arithmetic). Instructions per
+    row count both of the kernel's branches (K and V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
-    layout = TQCodec(128, 4, 4).cache_layout(8, 16)
+    codebook = "uniform" if uniform else "lloyd-max"
+    layout = TQCodec(128, 4, 4, key_codebook=codebook, value_codebook=codebook).cache_layout(8, 16)
     kernel = triton_store._store_kernel
     constants = dict(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
-        SEARCHED_SQUARES=int(searched), PREFETCH=prefetch, MATRIX_AHEAD=int(matrix_ahead),
-        FMA_QUANTIZER=int(fma_quantizer), ASM=True,
+        SEARCHED_SQUARES=int(searched), PREFETCH=prefetch, K_UNIFORM=uniform, V_UNIFORM=uniform,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -289,7 +286,7 @@ def compile_store(
     return {
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
-        "prefetch_ahead": prefetch, "matrix_ahead": matrix_ahead, "fma_quantizer": fma_quantizer,
+        "prefetch_ahead": prefetch, "uniform": uniform,
         "native_matrix": raw and native_matrix, "searched_squares": searched,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),

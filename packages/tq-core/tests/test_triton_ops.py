@@ -85,11 +85,9 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # parts of the unit vector on tensor cores (raw_dot 0, the path before raw_dot, half inputs
 # included); the norm correction's squares from the per-byte table (searched_squares 0); every
 # positive boundary compared and the squares read per code (the quantizer before the binary
-# search); each chunk's slice of the sign matrix loaded during the previous chunk's encode
-# (matrix_ahead: at head_dim 256 eight chunks of 32 columns, at 64 one); 32-column products
-# (the default before 64); 4-bit codes and squares in FMA-pipe arithmetic (fma_quantizer: K4
-# with V4 or V3, whose 3-bit field keeps the compare-and-select path, fp32 parts and butterflies
-# included, and the uniform and grid codebooks).
+# search); 32-column products (the default before 64); evenly spaced codebooks, whose codes
+# come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
+# search.
 LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
     ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
@@ -106,16 +104,12 @@ STORE_SETTINGS = [
     (LINEAR_QUANTIZER, (64, 3, 5, "float16"), torch.float16),
     (LINEAR_QUANTIZER, (64, 8, 2, "float32"), torch.float32),
     (LINEAR_QUANTIZER, (128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
-    ({"matrix_ahead": 1}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"matrix_ahead": 1, "chunk": 32}, (256, 3, 5, "float32"), torch.float16),
-    ({"matrix_ahead": 1}, (64, 8, 2, "float16"), torch.float32),
     ({"chunk": 32}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"fma_quantizer": 1}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"fma_quantizer": 1}, (64, 4, 3, "float16"), torch.float16),
-    ({"fma_quantizer": 1, "chunk": 32}, (256, 4, 4, "float32"), torch.bfloat16),
-    ({"fma_quantizer": 1, "raw_dot": 0}, (128, 4, 4, "float32"), torch.float32),
-    ({"fma_quantizer": 1, "fwht": 1}, (128, 4, 4, "float16"), torch.bfloat16),
-    ({"fma_quantizer": 1}, (128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
+    ({}, (128, 4, 4, "float32", "uniform", "uniform"), torch.bfloat16),
+    ({}, (64, 3, 2, "float16", "uniform", "uniform"), torch.float16),
+    ({}, (256, 8, 4, "float32", "uniform", "lloyd-max"), torch.float32),
+    ({"raw_dot": 0}, (128, 4, 5, "float16", "lloyd-max", "uniform"), torch.bfloat16),
+    ({"uniform_arithmetic": 0}, (128, 4, 4, "float32", "uniform", "uniform"), torch.bfloat16),
 ]
 
 
@@ -132,13 +126,12 @@ def test_store_under_each_setting_writes_the_reference_bytes(
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 
-@pytest.mark.parametrize("fma_quantizer", [0, 1])
-def test_store_of_zero_rows_writes_the_reference_bytes(fma_quantizer, monkeypatch):
+@pytest.mark.parametrize("codebook", ["lloyd-max", "uniform"])
+def test_store_of_zero_rows_writes_the_reference_bytes(codebook):
     """An all-zero K or V row has norm 0 and the code of 0 in every coordinate, exactly as
-    the reference writes it; the FMA-pipe quantizer, which scales each row by its inverse norm
-    times 2^40, must not turn it into 0 * inf."""
-    monkeypatch.setitem(triton_store.TUNING, "fma_quantizer", fma_quantizer)
-    layout = TQCodec(128, 4, 4).cache_layout(num_kv_heads=2, block_size=16)
+    the reference writes it (its inverse norm is huge: 0 times it must stay 0)."""
+    codec = TQCodec(128, 4, 4, key_codebook=codebook, value_codebook=codebook)
+    layout = codec.cache_layout(num_kv_heads=2, block_size=16)
     key = torch.zeros(5, 2, 128, dtype=torch.bfloat16)
     value = torch.zeros(5, 2, 128, dtype=torch.bfloat16)
     slots = torch.tensor([3, 17, 0, -1, 30])

@@ -73,11 +73,13 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # multiprocessors) later on their way into L2 (a prefetch per 128-byte line, no registers), so
 # that program's loads, a wave of programs later, wait on L2 rather than DRAM: ncu at 65,536
 # tokens found 1.1 of 3.9 warps eligible and the DRAM 26% busy (latency-bound). Untimed: opt-in.
-# matrix_ahead 0: with 1, each chunk's slice of the sign matrix is loaded while the previous
-# chunk is encoded, so only the first product waits on L1/L2 (compiled for sm_90a at 64 rows /
-# 4 warps: 130 registers and 312 warp-instructions a row at 32 columns, 117 and 260 at 64).
-# Timed on an H100 (store/kernels-tune-store-h100-0ecd4cf): no faster at 64 columns (0.2746
-# against 0.2722 ms at 65,536 tokens), slower at 32 (0.3704 against 0.3315), so opt-in.
+# Timed (0ecd4cf): slower, 0.3369-0.3399 ms against 0.3315 at 65,536 tokens; so opt-in.
+# Tried and removed: loading each chunk's slice of the sign matrix during the previous chunk's
+# encode (no faster at 64 columns, 0.2746 against 0.2722 ms; slower at 32,
+# store/kernels-tune-store-h100-0ecd4cf), and the 4-bit search, codes and squares in FMA-pipe
+# arithmetic (saturated differences, multilinear thresholds and squares: 6 ALU instructions a
+# value instead of 21, but 36 in all instead of 32 and 255 registers at 64 columns; 0.3236-0.6693
+# ms against 0.2702, store/kernels-tune-store-h100-e3474ad).
 # chunk 64 (60b44ae; 32 before): after the quantizer's levers the kernel is bound by the ALU
 # pipe (ncu at 65,536 tokens: 73% of its peak, 65% of the instructions; FMA pipe 14%,
 # store/ncu-store-65536-chunk64-pipes-h100-60b44ae.txt), and two 64-column products take 13%
@@ -85,10 +87,12 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # registers, still 4 programs per multiprocessor): on an H100 0.2691 ms (42% of the copy
 # bandwidth) against 0.3310 at 65,536 tokens, 0.0136 against 0.0153 at 2,048; 128 columns
 # 0.2894 / 0.0143, 128 rows 0.2872 / 0.0160 (store/kernels-tune-store-h100-60b44ae).
+# uniform_arithmetic 1: an evenly spaced codebook's codes by arithmetic, not the search
+# (_quantize_uniform; compiled for sm_90a 170 warp-instructions a row against 259, 94 registers).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
-    "prefetch_ahead": 0, "matrix_ahead": 0, "fma_quantizer": 0,
+    "prefetch_ahead": 0, "uniform_arithmetic": 1,
 }  # fmt: skip
 
 
@@ -159,98 +163,27 @@ def _searched_square(upper, middle, lowest, cent_ptr, HALF: tl.constexpr, BITS: 
     return low
 
 
-# fma_quantizer's scale of the rotated unit values: with |unit| <= 1 and the boundaries
-# above 1e-3, two distinct scaled values differ by far more than 1 (an ulp of 1e-3 * 2^40 is
-# about 65), so sat(x - t) is exactly 1 for x > t and 0 otherwise.
-_STEP_SCALE = tl.constexpr(2.0**40)
-
-
 @triton.jit
-def _step_above(x, threshold, ASM: tl.constexpr):
-    """1.0 where x > threshold, else 0.0, on the FMA pipe (sub.sat), not the ALU's compare
-    and select; exact for inputs scaled by _STEP_SCALE. The interpreter computes the same
-    clamp with min and max."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "sub.rn.sat.f32 $0, $1, $2;", "=r,r,r", [x, threshold], dtype=tl.float32,
-            is_pure=True, pack=1,
-        )  # fmt: skip
-    else:
-        return tl.minimum(tl.maximum(x - threshold, 0.0), 1.0)
-
-
-@triton.jit
-def _positive(x, ASM: tl.constexpr):
-    """1.0 where x > 0, else 0.0 (mul.sat by 2^100: any normal positive float reaches 1)."""
-    if ASM:
-        return tl.inline_asm_elementwise(
-            "mul.rn.sat.f32 $0, $1, 0f71800000;", "=r,r", [x], dtype=tl.float32, is_pure=True,
-            pack=1,
-        )  # fmt: skip
-    else:
-        return tl.where(x > 0, 1.0, 0.0)
-
-
-@triton.jit
-def _quantize_on_fma(scaled, bound_ptr, cent_ptr, ASM: tl.constexpr):
-    """4-bit codes (as exact small floats) and squared centroids of unit values scaled by
-    _STEP_SCALE, in FMA-pipe arithmetic: the same 3-level search as _magnitude_index, but each
-    decision is a 0/1 float from a saturated difference, each next threshold is a multilinear
-    form of the decisions (exact where they are 0; within an ulp of the boundary otherwise,
-    which moves only a value within float32 rounding of it), the code is
-    7 - above + positive * (2 above + 1), and the squared centroid a multilinear form of the
-    three decisions. The compare-and-select quantizer kept the ALU pipe 73% busy while the FMA
-    pipe idled at 14% (store/ncu-store-65536-chunk64-pipes-h100-60b44ae.txt)."""
-    b0 = tl.load(bound_ptr + 8) * _STEP_SCALE
-    b1 = tl.load(bound_ptr + 9) * _STEP_SCALE
-    b2 = tl.load(bound_ptr + 10) * _STEP_SCALE
-    b3 = tl.load(bound_ptr + 11) * _STEP_SCALE
-    b4 = tl.load(bound_ptr + 12) * _STEP_SCALE
-    b5 = tl.load(bound_ptr + 13) * _STEP_SCALE
-    b6 = tl.load(bound_ptr + 14) * _STEP_SCALE
-    magnitude = tl.abs(scaled)
-    upper = _step_above(magnitude, b3, ASM)
-    middle = _step_above(magnitude, upper * (b5 - b1) + b1, ASM)
-    threshold = middle * (upper * (b6 - b4 - b2 + b0) + (b2 - b0)) + (upper * (b4 - b0) + b0)
-    lowest = _step_above(magnitude, threshold, ASM)
-    above = upper * 4.0 + (middle * 2.0 + lowest)
-    code = _positive(scaled, ASM) * (above * 2.0 + 1.0) + (7.0 - above)
-    c = tl.load(cent_ptr + 8)
-    s0 = c * c
-    c = tl.load(cent_ptr + 9)
-    s1 = c * c
-    c = tl.load(cent_ptr + 10)
-    s2 = c * c
-    c = tl.load(cent_ptr + 11)
-    s3 = c * c
-    c = tl.load(cent_ptr + 12)
-    s4 = c * c
-    c = tl.load(cent_ptr + 13)
-    s5 = c * c
-    c = tl.load(cent_ptr + 14)
-    s6 = c * c
-    c = tl.load(cent_ptr + 15)
-    s7 = c * c
-    # s(u, m, l) = s[4u + 2m + l] as A + uB + m(C + uD) + l(E + uF + m(G + uH)).
-    even = (upper * (s4 - s0) + s0) + middle * (upper * (s6 - s4 - s2 + s0) + (s2 - s0))
-    odd_low = upper * (s5 - s1 - s4 + s0) + (s1 - s0)
-    odd_high = upper * (s7 - s5 - s6 + s4 - s3 + s1 + s2 - s0) + (s3 - s1 - s2 + s0)
-    square = lowest * (middle * odd_high + odd_low) + even
-    return code, square
-
-
-@triton.jit
-def _pack_float_nibbles(code, cache_ptr, page_base, vector, keep, CHUNK_INDEX, D: tl.constexpr,
-                        CHUNK: tl.constexpr, OFF: tl.constexpr):  # fmt: skip
-    """_pack_and_store for 4-bit codes held as exact floats: a byte is low + 16 high (one
-    FFMA), and adding 2^23 puts it in the low mantissa bits (no float-to-int conversion)."""
-    ROWS: tl.constexpr = code.shape[0]
-    low, high = tl.split(code.reshape(ROWS, CHUNK // 2, 2))
-    byte = (high * 16.0 + low + 8388608.0).to(tl.int32, bitcast=True)
-    cols = CHUNK_INDEX * (CHUNK // 2) + tl.arange(0, CHUNK // 2)
-    row_off = page_base + vector * (D // 2)
-    ptr = cache_ptr + OFF + row_off[:, None] + cols[None, :]
-    tl.store(ptr, byte.to(tl.uint8), mask=keep[:, None])
+def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
+    """Codes and squared levels of an evenly spaced codebook (level n = step (n - top / 2),
+    top = 2^bits - 1; boundary HALF is the step, boundary HALF - 1 zero) by arithmetic: the
+    code is floor(unit / step + 2^(bits-1)), clamped, rounded by adding 2^23 (its integer then
+    sits in the low mantissa bits: no float-to-int conversion), and the squared level is
+    step^2 (code - top / 2)^2. No compare against a boundary, so a value within float32
+    rounding of one may take the neighbour, as with the search. About 8 instructions a value
+    against the search's 20 on the ALU pipe, which bound the Lloyd-Max store."""
+    HALF: tl.constexpr = 1 << (BITS - 1)
+    TOP: tl.constexpr = (1 << BITS) - 1
+    step = tl.load(bound_ptr + HALF)
+    # floor(v) is round-to-nearest(v - 0.5) but for a tie, v on a boundary (0 is one), where
+    # the reference's strict comparison takes the lower code: 2^-19 lower breaks the tie
+    # (exact at these magnitudes; it moves values 2e-6 steps above a boundary down).
+    level = unit * (1.0 / step) + (HALF - 0.5 - 1.9073486328125e-06)
+    level = tl.minimum(tl.maximum(level, 0.0), TOP * 1.0)
+    rounded = level + 8388608.0
+    codes = rounded.to(tl.int32, bitcast=True) & TOP
+    offset = (rounded - 8388608.0) - TOP * 0.5
+    return codes, offset * offset * (step * step)
 
 
 @triton.jit
@@ -358,11 +291,11 @@ def _encode_chunk(
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr, ON_FMA: tl.constexpr, ASM: tl.constexpr,
+    NORM_OFF: tl.constexpr, UNIFORM: tl.constexpr,
 ):  # fmt: skip
     """Quantize and pack one chunk of rotated unit columns (raw bf16 values for a 16-bit
-    field; with ON_FMA, unit values times _STEP_SCALE); returns the rows' sums of squared
-    centroids over the chunk (the norm correction's)."""
+    field); returns the rows' sums of squared centroids over the chunk (the norm correction's).
+    UNIFORM: the field's codebook is evenly spaced, and codes come from arithmetic."""
     quantized_sq = tl.zeros([unit.shape[0]], dtype=tl.float32)
     if BITS == 16:
         cols = chunk * COLS + tl.arange(0, COLS)
@@ -371,16 +304,15 @@ def _encode_chunk(
         )
         y = unit * norm[:, None]
         tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
-    elif ON_FMA:
-        code, square = _quantize_on_fma(unit, bound_ptr, cent_ptr, ASM)
-        _pack_float_nibbles(code, cache_ptr, page_base, vector, keep, chunk, D, COLS, P0_OFF)
-        quantized_sq = tl.sum(square, axis=1)
     else:
         searched = SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4)
-        codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
+        if UNIFORM:
+            codes, square = _quantize_uniform(unit, bound_ptr, BITS)
+        else:
+            codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
         packed = _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                                  P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
-        if searched:
+        if searched or UNIFORM:
             # In the product's layout, from registers: no table load, no layout change.
             quantized_sq = tl.sum(square, axis=1)
         elif BYTE_SQUARES and P0_W == BITS:
@@ -425,12 +357,12 @@ def _encode_rows(
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
-    MATRIX_AHEAD: tl.constexpr, FMA_QUANTIZER: tl.constexpr, ASM: tl.constexpr,
     BITS: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
     NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
+    UNIFORM: tl.constexpr,
 ):  # fmt: skip
     """K or V of this program's rows."""
     if PREFETCH:
@@ -441,14 +373,6 @@ def _encode_rows(
     x_in, x, norm, inv_norm = _load_rows(x_ptr, stride_xt, stride_xh, token, head, keep, D)
     dims = tl.arange(0, D)
     quantized_sq = tl.zeros([BLOCK_T], dtype=tl.float32)
-    # fma_quantizer: 4-bit codes in one plane, from unit values scaled by _STEP_SCALE (a power
-    # of two: the same roundings, scaled). The row's factor is capped so that a zero row,
-    # whose inverse norm is huge, still scales to zeros instead of 0 * inf.
-    ON_FMA: tl.constexpr = FMA_QUANTIZER and BITS == 4 and P0_W == 4 and P1_W == 0
-    UNIT_SCALE: tl.constexpr = _STEP_SCALE if ON_FMA else 1.0
-    row_scale = inv_norm * inv_sqrt_d
-    if ON_FMA:
-        row_scale = tl.minimum(row_scale, 1e38 / UNIT_SCALE) * UNIT_SCALE
     if not RAW_DOT:
         unit_x = x * inv_norm[:, None]
     if FWHT:
@@ -462,38 +386,27 @@ def _encode_rows(
         x_mid = rest.to(tl.float16)
         x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
     COLS: tl.constexpr = D if FWHT else CHUNK
-    if MATRIX_AHEAD and not FWHT:
-        matrix_next = tl.load(rot_ptr + dims[:, None] * D + tl.arange(0, COLS)[None, :])
     for chunk in tl.static_range(D // COLS):
         cols = chunk * COLS + tl.arange(0, COLS)
         if FWHT:
             unit = rotated
         else:
-            if MATRIX_AHEAD:
-                # This chunk's slice was loaded during the last one's encode; the next one's
-                # load starts now, so the product does not wait on L1/L2 after the first.
-                matrix = matrix_next
-                if chunk + 1 < D // COLS:
-                    matrix_next = tl.load(rot_ptr + dims[:, None] * D + (cols + COLS)[None, :])
-            else:
-                matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
+            matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
             if RAW_DOT:
                 # One product per chunk (fp16 parts of the unit vector took two); the norm
                 # scales the result afterwards.
-                unit = _raw_product(x_in, x, matrix, RAW_DOT) * row_scale[:, None]
+                unit = _raw_product(x_in, x, matrix, RAW_DOT) * (inv_norm * inv_sqrt_d)[:, None]
             else:
                 y = tl.dot(x_hi, matrix)
                 if X_PARTS > 1:
                     y += tl.dot(x_mid, matrix)
                 if X_PARTS > 2:
                     y += tl.dot(x_lo, matrix)
-                unit = y * (inv_sqrt_d * UNIT_SCALE)
-        if FWHT and ON_FMA:
-            unit = unit * UNIT_SCALE
+                unit = y * inv_sqrt_d
         quantized_sq += _encode_chunk(
             unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
             D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES, P0_OFF, P0_W, P0_SHIFT,
-            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, ON_FMA, ASM,
+            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, UNIFORM,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -510,39 +423,36 @@ def _store_kernel(
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr, PREFETCH: tl.constexpr,
-    MATRIX_AHEAD: tl.constexpr, FMA_QUANTIZER: tl.constexpr, ASM: tl.constexpr,
     K_BITS: tl.constexpr,
     K_P0_OFF: tl.constexpr, K_P0_W: tl.constexpr, K_P0_SHIFT: tl.constexpr,
     K_P1_OFF: tl.constexpr, K_P1_W: tl.constexpr, K_P1_SHIFT: tl.constexpr,
     K_P2_OFF: tl.constexpr, K_P2_W: tl.constexpr, K_P2_SHIFT: tl.constexpr,
-    K_NORM_OFF: tl.constexpr, K_NORM_F16: tl.constexpr,
+    K_NORM_OFF: tl.constexpr, K_NORM_F16: tl.constexpr, K_UNIFORM: tl.constexpr,
     V_BITS: tl.constexpr,
     V_P0_OFF: tl.constexpr, V_P0_W: tl.constexpr, V_P0_SHIFT: tl.constexpr,
     V_P1_OFF: tl.constexpr, V_P1_W: tl.constexpr, V_P1_SHIFT: tl.constexpr,
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
-    V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr,
+    V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr, V_UNIFORM: tl.constexpr,
 ):  # fmt: skip
     if tl.program_id(1) == 0:
         _encode_rows(
             key_ptr, stride_kt, stride_kh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, k_cent_ptr,
             k_bound_ptr, k_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
             BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
-            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, FMA_QUANTIZER, ASM,
-            K_BITS,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, K_BITS,
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
-            K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16,
+            K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16, K_UNIFORM,
         )  # fmt: skip
     else:
         _encode_rows(
             value_ptr, stride_vt, stride_vh, cache_ptr, slot_ptr, rot_ptr, signs_ptr, v_cent_ptr,
             v_bound_ptr, v_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, H,
             BLOCK_SIZE, D, CHUNK, BLOCK_T, X_PARTS, NORM_CORRECTION, FWHT, LOG_D, RAW_DOT, BINARY,
-            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, MATRIX_AHEAD, FMA_QUANTIZER, ASM,
-            V_BITS,
+            BYTE_SQUARES, SEARCHED_SQUARES, PREFETCH, V_BITS,
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
-            V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16,
+            V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16, V_UNIFORM,
         )  # fmt: skip
 
 
@@ -554,6 +464,17 @@ def _raw_dot(key_dtype: torch.dtype, value_dtype: torch.dtype, fwht: bool) -> in
     if fwht or not half or not TUNING["raw_dot"]:
         return 0
     return 2 if INTERPRETED else 1
+
+
+def _uniform_arithmetic(fmt) -> bool:
+    """Whether the store computes this field's codes by arithmetic: an evenly spaced codebook
+    of 2-8 bits, with the setting on."""
+    return (
+        bool(TUNING["uniform_arithmetic"])
+        and fmt.compressed
+        and fmt.codebook == "uniform"
+        and (2 <= fmt.mse_bits <= 8)
+    )
 
 
 def _matrix_dtype(key_dtype: torch.dtype, value_dtype: torch.dtype, raw_dot: int):
@@ -617,9 +538,10 @@ def store(
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
         BYTE_SQUARES=TUNING["byte_squares"], SEARCHED_SQUARES=TUNING["searched_squares"],
-        PREFETCH=prefetch_ahead > 0, MATRIX_AHEAD=TUNING["matrix_ahead"],
-        FMA_QUANTIZER=TUNING["fma_quantizer"], ASM=not INTERPRETED,
+        PREFETCH=prefetch_ahead > 0,
         **triton_layout.field_constants(layout, "key", "K_"),
-        **triton_layout.field_constants(layout, "value", "V_"), num_warps=TUNING["num_warps"],
+        **triton_layout.field_constants(layout, "value", "V_"),
+        K_UNIFORM=_uniform_arithmetic(layout.key_format),
+        V_UNIFORM=_uniform_arithmetic(layout.value_format), num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
     )  # fmt: skip
