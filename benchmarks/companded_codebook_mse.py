@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
+
 from tq_core import codebook
 
 
@@ -31,6 +32,7 @@ def _edges(coefficients, scale):
     """g^-1(k), k = -7..7, for g(x) = sum c_i (x / scale)^(2i+1), by bisection where g
     increases (from 0 to its first turning point, at most 3 scales out; odd, so -g^-1(-k) for
     k < 0); None where g stops increasing before it reaches 7."""
+
     def g(t):
         return sum(c * t ** (2 * i + 1) for i, c in enumerate(coefficients))
 
@@ -82,9 +84,7 @@ def main() -> None:
     for head_dim in (64, 128, 256):
         points, weights = codebook.coordinate_density_grid(head_dim)
         lloyd = codebook._coordinate_mse(points, weights, codebook.levels(head_dim, 4))
-        uniform = codebook._coordinate_mse(
-            points, weights, codebook.levels(head_dim, 4, "uniform")
-        )
+        uniform = codebook._coordinate_mse(points, weights, codebook.levels(head_dim, 4, "uniform"))
         rows = [("Lloyd-Max", lloyd), ("uniform (levels step (n - 7.5))", uniform)]
         for degree in (1, 3, 5):
             mse, coefficients = companded(head_dim, degree)
