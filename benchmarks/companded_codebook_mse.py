@@ -13,10 +13,12 @@ Lloyd-Max's MSE. This measures the codebook in between before anyone builds it.
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 
 from tq_core import codebook
+from tq_core.cli.provenance import environment_record
 
 
 def _cells_mse(points, weights, edges):
@@ -97,7 +99,8 @@ def main() -> None:
     with open(args.out, "w") as out:
         out.write(
             "# benchmarks/companded_codebook_mse.py: 4-bit codebooks' coordinate MSE for a random "
-            "unit vector's coordinate (codebook.coordinate_density_grid), this CPU\n" + text + "\n"
+            "unit vector's coordinate (codebook.coordinate_density_grid)\n"
+            f"# environment: {json.dumps(environment_record())}\n" + text + "\n"
         )
 
 
