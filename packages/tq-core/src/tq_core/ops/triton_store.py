@@ -22,11 +22,7 @@ import triton.language as tl
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
-from tq_core.ops.triton_common import (
-    INTERPRETED,
-    prefetch_lines,
-    walsh_hadamard_stages,
-)
+from tq_core.ops.triton_common import INTERPRETED, prefetch_lines, walsh_hadamard_stages
 from tq_core.rotation import hadamard_signs
 
 _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
@@ -72,8 +68,9 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # prefetch_ahead 0: with N, each program starts the input rows of the program N x (the
 # multiprocessors) later on their way into L2 (a prefetch per 128-byte line, no registers), so
 # that program's loads, a wave of programs later, wait on L2 rather than DRAM: ncu at 65,536
-# tokens found 1.1 of 3.9 warps eligible and the DRAM 26% busy (latency-bound). Untimed: opt-in.
-# Timed (0ecd4cf): slower, 0.3369-0.3399 ms against 0.3315 at 65,536 tokens; so opt-in.
+# tokens found 1.1 of 3.9 warps eligible and the DRAM 26% busy (latency-bound). Timed on an
+# H100 (store/kernels-tune-store-h100-0ecd4cf): slower, 0.3369-0.3399 ms against 0.3315 at
+# 65,536 tokens, so opt-in.
 # Tried and removed: loading each chunk's slice of the sign matrix during the previous chunk's
 # encode (no faster at 64 columns, 0.2746 against 0.2722 ms; slower at 32,
 # store/kernels-tune-store-h100-0ecd4cf), and the 4-bit search, codes and squares in FMA-pipe
@@ -163,6 +160,12 @@ def _searched_square(upper, middle, lowest, cent_ptr, HALF: tl.constexpr, BITS: 
     return low
 
 
+# Adding 2^23 to a float in [0, 2^23) rounds it to an integer held in its low mantissa bits;
+# 2^-19 below v - 0.5 breaks floor's tie the reference's way (exact in [0, 16)).
+_TO_INTEGER_BITS = tl.constexpr(2.0**23)
+_TIE = tl.constexpr(2.0**-19)
+
+
 @triton.jit
 def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
     """Codes and squared levels of an evenly spaced codebook (level n = step (n - top / 2),
@@ -176,13 +179,13 @@ def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
     TOP: tl.constexpr = (1 << BITS) - 1
     step = tl.load(bound_ptr + HALF)
     # floor(v) is round-to-nearest(v - 0.5) but for a tie, v on a boundary (0 is one), where
-    # the reference's strict comparison takes the lower code: 2^-19 lower breaks the tie
-    # (exact at these magnitudes; it moves values 2e-6 steps above a boundary down).
-    level = unit * (1.0 / step) + (HALF - 0.5 - 1.9073486328125e-06)
+    # the reference's strict comparison takes the lower code: _TIE lower breaks the tie (it
+    # moves values 2e-6 steps above a boundary down).
+    level = unit * (1.0 / step) + (HALF - 0.5 - _TIE)
     level = tl.minimum(tl.maximum(level, 0.0), TOP * 1.0)
-    rounded = level + 8388608.0
+    rounded = level + _TO_INTEGER_BITS
     codes = rounded.to(tl.int32, bitcast=True) & TOP
-    offset = (rounded - 8388608.0) - TOP * 0.5
+    offset = (rounded - _TO_INTEGER_BITS) - TOP * 0.5
     return codes, offset * offset * (step * step)
 
 
