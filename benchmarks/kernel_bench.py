@@ -181,8 +181,8 @@ def decode_inputs(model, batch, context, bits):
     return layout, packed, caches, block_table, seq_lens, queries
 
 
-# (label, key codebook, value codebook, rotations) of the K4V4 rows read with the uniform
-# codebook: 4-bit fields then decode without a table (docs/kernels.md).
+# (label, key codebook, value codebook, rotations) of the K4V4 rows read with other codebooks:
+# uniform and grid 4-bit fields decode without a table (docs/kernels.md).
 UNIFORM_VARIANTS = [
     ("uniform V", "lloyd-max", "uniform", "none"),
     ("uniform V rotate=True", "lloyd-max", "uniform", "fused"),
@@ -193,6 +193,10 @@ UNIFORM_VARIANTS = [
     ("grid K+V", "lloyd-max-grid", "lloyd-max-grid", "none"),
     ("grid K+V rotate=True", "lloyd-max-grid", "lloyd-max-grid", "fused"),
     ("grid K, uniform V", "lloyd-max-grid", "uniform", "none"),
+    # The companded codebook: a table codebook like Lloyd-Max (the same permutes, its own
+    # immediates), so it should decode at Lloyd-Max's speed.
+    ("companded K+V", "companded", "companded", "none"),
+    ("companded K+V rotate=True", "companded", "companded", "fused"),
 ]
 
 
@@ -235,7 +239,7 @@ def decode_rows(
         ms, how = time_calls([ours(i, rotations) for i in range(copies)])
         rows.append({**base, "impl": name, "bits": label, "ms": ms, "timing": how, "bytes": packed})
     if with_rotations and bits == (4, 4):
-        # The same pages read with the uniform codebook (the kernels' affine 4-bit path).
+        # The same pages read with the other codebooks (uniform and grid: the affine path).
         for tag, key_codebook, value_codebook, rotations in UNIFORM_VARIANTS:
             uniform = TQCodec(
                 head_dim, *bits, key_codebook=key_codebook, value_codebook=value_codebook
@@ -570,14 +574,15 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # codebook instead). The quantizer's levers (binary_search, byte_squares, native_matrix,
     # searched_squares) were timed on and are the default (store/kernels-tune-store-h100-24c0084,
     # -3ae28b7, -f68c684); so are 64-column products (store/kernels-tune-store-h100-60b44ae).
-    # This round: the uniform codebook's codes by arithmetic (uniform_arithmetic, the default for
-    # it) against its search, with rows, warps, columns and register caps.
+    # So is the uniform codebook's codes by arithmetic (store/kernels-tune-store-h100-8bd0b82).
+    # This round: the companded codebook's codes by arithmetic (companded_arithmetic, the default
+    # for it) against its search, its squares per byte or per code, with rows and columns.
     settings = [
-        {}, {"codebook": "uniform"}, {"codebook": "uniform", "uniform_arithmetic": 0},
-        {"codebook": "uniform", "chunk": 128}, {"codebook": "uniform", "chunk": 32},
-        {"codebook": "uniform", "block_rows": 128}, {"codebook": "uniform", "maxnreg": 80},
-        {"codebook": "uniform", "num_warps": 8}, {"codebook": "uniform", "prefetch_ahead": 4},
-        {"codebook": "uniform", "block_rows": 32, "num_warps": 2},
+        {}, {"codebook": "uniform"}, {"codebook": "companded"},
+        {"codebook": "companded", "companded_arithmetic": 0},
+        {"codebook": "companded", "byte_squares": 0}, {"codebook": "companded", "chunk": 128},
+        {"codebook": "companded", "block_rows": 128}, {"codebook": "companded", "maxnreg": 80},
+        {"codebook": "companded", "block_rows": 32, "num_warps": 2},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
@@ -678,7 +683,8 @@ def main() -> None:
                 rows += decode_rows(*case, copy_gbps)
             elif section == "store":
                 rows += store_rows(case, copy_gbps)
-                rows += store_rows(case, copy_gbps, with_peers=False, codebook="uniform")
+                for codebook in ("uniform", "companded"):
+                    rows += store_rows(case, copy_gbps, with_peers=False, codebook=codebook)
             elif section == "prefill":
                 rows += prefill_rows(*case, copy_gbps)
             elif section == "decompress":

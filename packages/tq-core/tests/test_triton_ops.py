@@ -53,6 +53,9 @@ UNIFORM_CODECS = [
     (128, 4, 4, "float32", "lloyd-max-grid", "lloyd-max-grid"),
     (128, 4, 4, "float16", "lloyd-max-grid", "uniform"),
     (64, 4, 6, "float32", "lloyd-max-grid", "lloyd-max-grid"),
+    (128, 4, 4, "float32", "companded", "companded"),
+    (64, 4, 4, "float16", "companded", "lloyd-max"),
+    (128, 4, 8, "float32", "companded", "uniform"),
 ]
 
 
@@ -87,7 +90,8 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # positive boundary compared and the squares read per code (the quantizer before the binary
 # search); 32-column products (the default before 64); evenly spaced codebooks, whose codes
 # come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
-# search.
+# search; the companded codebook's 4-bit codes by arithmetic (companded_arithmetic; squares from
+# the byte table or, with byte_squares 0, per code) or the search, its 3 bits Lloyd-Max's.
 LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
     ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
@@ -110,6 +114,11 @@ STORE_SETTINGS = [
     ({}, (256, 8, 4, "float32", "uniform", "lloyd-max"), torch.float32),
     ({"raw_dot": 0}, (128, 4, 5, "float16", "lloyd-max", "uniform"), torch.bfloat16),
     ({"uniform_arithmetic": 0}, (128, 4, 4, "float32", "uniform", "uniform"), torch.bfloat16),
+    ({}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
+    ({}, (64, 4, 3, "float16", "companded", "companded"), torch.float16),
+    ({}, (256, 4, 4, "float32", "companded", "lloyd-max"), torch.float32),
+    ({"byte_squares": 0}, (128, 4, 4, "float32", "companded", "uniform"), torch.bfloat16),
+    ({"companded_arithmetic": 0}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
 ]
 
 
@@ -126,7 +135,7 @@ def test_store_under_each_setting_writes_the_reference_bytes(
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 
-@pytest.mark.parametrize("codebook", ["lloyd-max", "uniform"])
+@pytest.mark.parametrize("codebook", ["lloyd-max", "uniform", "companded"])
 def test_store_of_zero_rows_writes_the_reference_bytes(codebook):
     """An all-zero K or V row has norm 0 and the code of 0 in every coordinate, exactly as
     the reference writes it (its inverse norm is huge: 0 times it must stay 0)."""

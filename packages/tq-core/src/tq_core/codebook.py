@@ -1,11 +1,17 @@
 """Codebooks for one coordinate of a uniformly random unit vector in d dimensions.
 
-Three kinds. ``lloyd-max`` (the default): the MSE-optimal levels. ``uniform``: evenly spaced
+Four kinds. ``lloyd-max`` (the default): the MSE-optimal levels. ``uniform``: evenly spaced
 levels step * (n - (2**bits - 1) / 2), the step MSE-optimal for the same density; 4-bit codes
 then decode with one OR per two codes instead of a table lookup (decode attention's faster path,
 docs/kernels.md), for about 1.2x the coordinate MSE. ``lloyd-max-grid``: at 4 bits the Lloyd-Max
 levels rounded to an integer grid of 127 steps (codes 0-127: the kernel's byte permutes need
 every code below 128), about 1% more coordinate MSE; other widths are plain Lloyd-Max.
+``companded``: at 4 bits the cells are g^-1(k), k = -7 .. 7, for an odd cubic
+g(t) = t (a + b t^2) fitted to the density, and each level is its cell's mean, for 1.001x
+Lloyd-Max's coordinate MSE (benchmarks/results/companded-codebook-mse.txt). The store then finds
+a code as floor(g(t)) + 8, a few multiply-adds, where Lloyd-Max's boundaries need a search that
+bounds the store kernel (docs/kernels.md); its levels decode like Lloyd-Max's, from a table.
+Other widths are plain Lloyd-Max.
 
 The uniform and grid 4-bit codebooks are step * (code[n] - offset) with integer codes
 (:func:`grid_codes`), so decode attention turns a code into the exact fp16 integer
@@ -35,6 +41,9 @@ _GRID_POINTS = 1 << 18
 _TAIL_SIGMAS = 12.0
 _MAX_ITERATIONS = 2000
 _TOLERANCE = 1e-12
+# Lloyd's iteration inside the companded family: rounds of "levels are cell means, wanted edges
+# their midpoints, g refitted to send those to -7..7"; it settles within tens.
+_COMPANDER_ROUNDS = 60
 
 
 def coordinate_density_grid(head_dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -77,6 +86,81 @@ def _lloyd_max_fp64(head_dim: int, bits: int) -> np.ndarray:
 def _coordinate_mse(points: np.ndarray, weights: np.ndarray, levels: np.ndarray) -> float:
     nearest = levels[np.searchsorted((levels[:-1] + levels[1:]) / 2, points)]
     return float(np.sum(weights * (points - nearest) ** 2))
+
+
+def _cells_mse(points: np.ndarray, weights: np.ndarray, edges: np.ndarray):
+    """(MSE, levels) of the quantizer with these sorted cell edges, each level its cell's mean
+    (symmetrized: the density is symmetric, and so are the edges given here)."""
+    cell = np.searchsorted(edges, points)
+    mass = np.bincount(cell, weights, minlength=len(edges) + 1)
+    first = np.bincount(cell, weights * points, minlength=len(edges) + 1)
+    levels = first / np.maximum(mass, 1e-300)
+    levels = (levels - levels[::-1]) / 2
+    return float(np.sum(weights * (points - levels[cell]) ** 2)), levels
+
+
+def _compander_edges(a: float, b: float) -> np.ndarray | None:
+    """g^-1(k), k = -7 .. 7, of g(t) = t (a + b t^2), by bisection in fp64 on [0, the turning
+    point] (odd: -g^-1(-k) below 0); None where g does not increase up to 7, or where b >= 0
+    (the store caps t^2 at the turning point -a / 3b, which needs b < 0)."""
+    if a <= 0 or b >= 0:
+        return None
+    top = min(math.sqrt(-a / (3 * b)), 1.0)
+    if top * (a + b * top * top) <= 7:
+        return None
+    targets = np.arange(1.0, 8.0)
+    low, high = np.zeros(7), np.full(7, top)
+    for _ in range(200):
+        mid = (low + high) / 2
+        below = mid * (a + b * mid * mid) < targets
+        low, high = np.where(below, mid, low), np.where(below, high, mid)
+    positive = (low + high) / 2
+    return np.concatenate((-positive[::-1], [0.0], positive))
+
+
+@functools.cache
+def compander(head_dim: int) -> tuple[float, float]:
+    """(a, b) of the 4-bit companded codebook's g(t) = t (a + b t^2), each exactly a float32
+    (the store computes g in float32 with them), t in unit-vector coordinate units.
+
+    Lloyd's iteration inside the family, started from Lloyd-Max's boundaries: levels are the
+    cells' means, the edges they would want are the levels' midpoints, and (a, b) are refitted
+    by least squares to send those midpoints to -7 .. 7; the round of least MSE wins."""
+    points, weights = coordinate_density_grid(head_dim)
+    lloyd = _lloyd_max_fp64(head_dim, 4)
+    wanted = (lloyd[:-1] + lloyd[1:]) / 2
+    best = None
+    for _ in range(_COMPANDER_ROUNDS):
+        powers = np.stack([wanted, wanted**3], axis=1)
+        a, b = np.linalg.lstsq(powers, np.arange(-7.0, 8.0), rcond=None)[0]
+        a, b = float(np.float32(a)), float(np.float32(b))
+        edges = _compander_edges(a, b)
+        if edges is None:
+            break
+        mse, cell_levels = _cells_mse(points, weights, edges)
+        if best is None or mse < best[0]:
+            best = (mse, a, b)
+        wanted = (cell_levels[:-1] + cell_levels[1:]) / 2
+    if best is None:
+        raise TQConfigError(f"no increasing companded 4-bit codebook for head_dim {head_dim}")
+    return best[1], best[2]
+
+
+@functools.cache
+def _companded_fp64(head_dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges [15], levels [16]) of the 4-bit companded codebook, fp64."""
+    edges = _compander_edges(*compander(head_dim))
+    points, weights = coordinate_density_grid(head_dim)
+    return edges, _cells_mse(points, weights, edges)[1]
+
+
+def boundaries(head_dim: int, bits: int, codebook: str = "lloyd-max") -> np.ndarray:
+    """The sorted fp64 cell edges of ``codebook``: code n covers (edge[n-1], edge[n]]. The
+    levels' midpoints (nearest-level quantization) except for the companded cells g^-1(k)."""
+    if codebook == "companded" and bits == 4:
+        return _companded_fp64(head_dim)[0].copy()
+    centroids = levels(head_dim, bits, codebook)
+    return (centroids[:-1] + centroids[1:]) / 2
 
 
 @functools.cache
@@ -157,13 +241,18 @@ def levels(head_dim: int, bits: int, codebook: str = "lloyd-max") -> np.ndarray:
     if codebook == "lloyd-max-grid" and bits == 4:
         codes, offset, step = grid_codes(head_dim, codebook)
         return step * (np.array(codes, dtype=np.float64) - offset)
+    if codebook == "companded" and bits == 4:
+        return _companded_fp64(head_dim)[1].copy()
     return lloyd_max_centroids(head_dim, bits)
 
 
 def expected_unit_mse(head_dim: int, bits: int, codebook: str = "lloyd-max") -> float:
-    """E ||u - Q(u)||^2 for a random unit vector u: head_dim times the per-coordinate MSE."""
+    """E ||u - Q(u)||^2 for a random unit vector u: head_dim times the per-coordinate MSE, Q
+    the codebook's cells (:func:`boundaries`) mapped to its levels."""
     points, weights = coordinate_density_grid(head_dim)
-    return head_dim * _coordinate_mse(points, weights, levels(head_dim, bits, codebook))
+    cell = np.searchsorted(boundaries(head_dim, bits, codebook), points)
+    quantized = levels(head_dim, bits, codebook)[cell]
+    return head_dim * float(np.sum(weights * (points - quantized) ** 2))
 
 
 _ON_DEVICE: dict[tuple[int, int, str, torch.device], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -174,16 +263,15 @@ def codebook_tensors(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(centroids float32 [2**bits], boundaries float32 [2**bits - 1]) on ``device``.
 
-    Quantizing is ``torch.bucketize(t, boundaries)``: the index of the nearest centroid.
+    Quantizing is ``torch.bucketize(t, boundaries)``: the index of the nearest centroid (for
+    the companded codebook, of the cell g^-1(k) holding t).
     """
     device = torch.device(device)
     key = (head_dim, bits, codebook, device)
     if key not in _ON_DEVICE:
-        centroids = levels(head_dim, bits, codebook)
-        boundaries = (centroids[:-1] + centroids[1:]) / 2
         _ON_DEVICE[key] = (
-            torch.tensor(centroids, dtype=torch.float32, device=device),
-            torch.tensor(boundaries, dtype=torch.float32, device=device),
+            torch.tensor(levels(head_dim, bits, codebook), dtype=torch.float32, device=device),
+            torch.tensor(boundaries(head_dim, bits, codebook), dtype=torch.float32, device=device),
         )
     return _ON_DEVICE[key]
 
@@ -191,7 +279,9 @@ def codebook_tensors(
 __all__ = [
     "CODEBOOKS",
     "SUPPORTED_BITS",
+    "boundaries",
     "codebook_tensors",
+    "compander",
     "coordinate_density_grid",
     "expected_unit_mse",
     "grid_codes",

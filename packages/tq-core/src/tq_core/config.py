@@ -17,8 +17,9 @@ UNCOMPRESSED_BITS = 16
 SUPPORTED_HEAD_DIMS = (64, 128, 256)
 NORM_DTYPES = ("float32", "float16")
 #: How code n maps to a coordinate (codebook.py): Lloyd-Max levels, or evenly spaced ones that
-#: decode faster at 4 bits for ~1.2x the coordinate MSE.
-CODEBOOKS = ("lloyd-max", "uniform", "lloyd-max-grid")
+#: decode faster at 4 bits for ~1.2x the coordinate MSE, Lloyd-Max levels on an integer grid,
+#: or companded cells that the store finds by arithmetic for ~1.001x Lloyd-Max's MSE.
+CODEBOOKS = ("lloyd-max", "uniform", "lloyd-max-grid", "companded")
 
 # Environment variables that share the prefix but are not codec settings, read by other parts
 # of tq: the model cache folder (cli), the kernel choice (ops/__init__.py), an adapter's key
@@ -58,8 +59,8 @@ def check_head_dim(head_dim: int) -> int:
 class TQConfig:
     """Every codec setting, validated on construction.
 
-    ``key_codebook`` / ``value_codebook``: "lloyd-max" (default), "uniform" or "lloyd-max-grid"
-    (codebook.py).
+    ``key_codebook`` / ``value_codebook``: "lloyd-max" (default), "uniform", "lloyd-max-grid"
+    or "companded" (codebook.py).
     ``layer_bits`` maps a layer index to ``(k_bits, v_bits)`` and wins over the skip counts;
     16 means "keep this layer uncompressed (bf16)". ``skip_first_layers`` / ``skip_last_layers``
     keep boundary layers uncompressed, where errors hurt most.

@@ -809,12 +809,16 @@ def _nibble_constants(layout: CacheLayout, lookup: int) -> dict:
             if lookup > 0 and triton_layout.grid_nibbles(layout, tensor)
             else ""
         )
+    # The immediates: the one codebook the permutes read (_lookup falls back to the table
+    # where K and V would need two).
+    permuted = _permuted_codebooks(layout, lookup)
+    codebook = permuted[0] if len(set(permuted)) == 1 else "lloyd-max"
     if four_bit and lookup in (3, 4):
-        constants["NIBBLE_LOW"] = triton_layout.nibble_asm(layout.head_dim, high=False)
-        constants["NIBBLE_HIGH"] = triton_layout.nibble_asm(layout.head_dim, high=True)
+        for name, high in (("NIBBLE_LOW", False), ("NIBBLE_HIGH", True)):
+            constants[name] = triton_layout.nibble_asm(layout.head_dim, high, codebook)
     if four_bit and lookup == 5:
-        constants["NIBBLE_PAIRS"] = triton_layout.nibble_group_asm(layout.head_dim, quads=False)
-        constants["NIBBLE_QUADS"] = triton_layout.nibble_group_asm(layout.head_dim, quads=True)
+        for name, quads in (("NIBBLE_PAIRS", False), ("NIBBLE_QUADS", True)):
+            constants[name] = triton_layout.nibble_group_asm(layout.head_dim, quads, codebook)
     if four_bit and lookup == 6:
         constants["NIBBLE_PAIRS"] = triton_layout.nibble_group_operand_asm(quads=False)
         constants["NIBBLE_QUADS"] = triton_layout.nibble_group_operand_asm(quads=True)
@@ -1019,19 +1023,26 @@ def _four_bit_codebooks(layout: CacheLayout) -> list[str]:
     ]
 
 
+def _permuted_codebooks(layout: CacheLayout, lookup: int) -> list[str]:
+    """The codebooks of the 4-bit fields that the byte permutes read under ``lookup``: from
+    lookup 5 on, grid codebooks take the integer path (_grid_fields) instead."""
+    grid = triton_layout.GRID_CODEBOOKS if lookup >= 5 else ()
+    return [codebook for codebook in _four_bit_codebooks(layout) if codebook not in grid]
+
+
 def _lookup(tuning: dict, layout: CacheLayout) -> int:
-    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter. Below lookup
-    5 a 4-bit field with another codebook than exact Lloyd-Max is read through a table: lookups
-    3 and 4 hold the Lloyd-Max codebook as immediates, and lookup 2 one set of register words
-    for K and V, so those fall back to 0 (each field's own table through L1) unless lookup 2
-    serves one codebook."""
+    """The lookup to compile: inline PTX (2-6) cannot run in Triton's interpreter. The permutes
+    hold one codebook for K and V (as immediates in lookups 3-5, as one set of register words
+    in 2 and 6), and the immediates' must be a table codebook (Lloyd-Max or companded; a
+    uniform field below lookup 5 has no immediates), so a layout that breaks either falls back
+    to lookup 0 (each field's own table through L1)."""
     if _INTERPRETED:
         return 0
     lookup = _setting(tuning, layout, "lookup")
-    if 0 < lookup < 5:
-        four_bit = _four_bit_codebooks(layout)
-        other = any(codebook != "lloyd-max" for codebook in four_bit)
-        if other and (lookup != 2 or len(set(four_bit)) > 1):
+    if lookup > 0:
+        permuted = _permuted_codebooks(layout, lookup)
+        tables = all(codebook not in triton_layout.GRID_CODEBOOKS for codebook in permuted)
+        if len(set(permuted)) > 1 or (lookup in (3, 4, 5) and not tables):
             return 0
     return lookup
 

@@ -139,13 +139,17 @@ def _field_arguments(
 ) -> tuple[torch.Tensor, dict]:
     """The centroid table and the constexprs of the decompress kernel for K or V."""
     constants = triton_layout.field_constants(layout, tensor, "")
-    # The permutes' immediates are the Lloyd-Max codebook; a uniform field reads its table.
+    # The permutes' immediates are the field's table codebook (Lloyd-Max or companded); a grid
+    # codebook's field reads its table.
     fmt = layout.key_format if tensor == "key" else layout.value_format
     register_lookup = (
-        constants["BITS"] == 4 and fmt.codebook == "lloyd-max"
+        constants["BITS"] == 4 and fmt.codebook not in triton_layout.GRID_CODEBOOKS
         and bool(TUNING["register_lookup"]) and not INTERPRETED
     )  # fmt: skip
-    pairs = triton_layout.nibble_group_asm(layout.head_dim, False) if register_lookup else ""
+    pairs = (
+        triton_layout.nibble_group_asm(layout.head_dim, False, fmt.codebook)
+        if register_lookup else ""
+    )  # fmt: skip
     constants.update(
         BLOCK_SIZE=layout.block_size, D=layout.head_dim, BLOCK_T=_BLOCK_TOKENS, UNROTATE=unrotate,
         REGISTER_LOOKUP=register_lookup, NIBBLE_PAIRS=pairs,

@@ -64,6 +64,8 @@ def centroids(layout: CacheLayout, tensor: str, device: torch.device) -> torch.T
 
 
 _PAIR_TABLES: dict[tuple[int, str, torch.device], torch.Tensor] = {}
+#: 4-bit codebooks whose levels are step * (integer code - offset) (codebook.grid_codes).
+GRID_CODEBOOKS = ("uniform", "lloyd-max-grid")
 
 
 def nibble_pair_table(
@@ -76,8 +78,8 @@ def nibble_pair_table(
     symmetric (c[15 - i] = -c[i]), so the eight magnitudes m[j] = c[8 + j] are enough; 256 and
     257 hold their low bytes (m0-m3, m4-m7), 258 and 259 their high bytes; 260 is 0x8000.
     Entries 261-276 are the integer grid codes of the 16 levels (codebook.grid_codes; zeros for
-    the exact Lloyd-Max codebook, which has none), which the attention kernel's integer path
-    reads here where inline PTX cannot run.
+    the exact Lloyd-Max and companded codebooks, which have none), which the attention kernel's
+    integer path reads here where inline PTX cannot run.
     """
     key = (head_dim, codebook, torch.device(device))
     if key not in _PAIR_TABLES:
@@ -94,7 +96,7 @@ def nibble_pair_table(
             for word in range(2)
         ]
         words.append(0x8000)  # byte 1 = the fp16 sign bit's byte, for the sign permute
-        words += grid_codes(head_dim, codebook)[0] if codebook != "lloyd-max" else [0] * 16
+        words += grid_codes(head_dim, codebook)[0] if codebook in GRID_CODEBOOKS else [0] * 16
         table = torch.cat([pairs.to(torch.int64), torch.tensor(words, dtype=torch.int64)])
         # int32 storage of the unsigned words (two's complement), exact bit patterns.
         table = torch.where(table >= 2**31, table - 2**32, table)
@@ -103,7 +105,7 @@ def nibble_pair_table(
 
 
 @functools.cache
-def nibble_asm(head_dim: int, high: bool) -> str:
+def nibble_asm(head_dim: int, high: bool, codebook: str = "lloyd-max") -> str:
     """Inline PTX for triton_common.nibble_centroids: the fp16 centroids of the low (or high)
     nibbles of 4 bytes ($2) into two fp16x2 registers ($0: bytes 0-1, $1: bytes 2-3).
 
@@ -115,7 +117,7 @@ def nibble_asm(head_dim: int, high: bool) -> str:
     """
     select = 0x7351 if high else 0x6240
     epilogue = f"prmt.b32 $0, lb, hb, {select:#06x};\nprmt.b32 $1, lb2, hb2, {select:#06x};\n"
-    return "{" + _nibble_prologue(head_dim, "$2") + epilogue + "}"
+    return "{" + _nibble_prologue(head_dim, "$2", "", codebook) + epilogue + "}"
 
 
 # The immediate-codebook lookups (3-5; nibble_asm says how the permutes work), lookup 5 with
@@ -174,10 +176,11 @@ prmt.b32 $3, lb2, hb2, 0x7351;
 """
 
 
-def _nibble_prologue(head_dim: int, src: str, source: str = "") -> str:
+def _nibble_prologue(head_dim: int, src: str, source: str = "", codebook: str = "lloyd-max") -> str:
     """The permutes every immediate-codebook lookup starts with, on the 8 codes of ``src``
-    (after the ``source`` instruction that writes it, if any)."""
-    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu")[256:].tolist()]
+    (after the ``source`` instruction that writes it, if any), ``codebook``'s magnitudes as
+    the immediates."""
+    words = [w & 0xFFFFFFFF for w in nibble_pair_table(head_dim, "cpu", codebook)[256:].tolist()]
     immediates = _NIBBLE_IMMEDIATES.format(l0=words[0], l1=words[1], h0=words[2], h1=words[3])
     permutes = _NIBBLE_PERMUTES.format(src=src, **{n: n for n in _WORD_NAMES})
     return "\n" + _NIBBLE_REGS + immediates + "\n" + source + permutes
@@ -208,11 +211,12 @@ def _group_parts(quads: bool) -> tuple[str, str, str]:
     return "", "$4", _PAIRS_EPILOGUE
 
 
-def nibble_group_asm(head_dim: int, quads: bool) -> str:
-    """Inline PTX for triton_common.nibble_pairs_pure / nibble_quads: the 4-bit codebook of
-    ``head_dim`` as immediates (see :func:`nibble_asm` for the sign-and-magnitude permutes)."""
+def nibble_group_asm(head_dim: int, quads: bool, codebook: str = "lloyd-max") -> str:
+    """Inline PTX for triton_common.nibble_pairs_pure / nibble_quads: the 4-bit ``codebook``
+    of ``head_dim`` as immediates (see :func:`nibble_asm` for the sign-and-magnitude
+    permutes)."""
     source, src, epilogue = _group_parts(quads)
-    return "{" + _nibble_prologue(head_dim, src, source) + epilogue + "}"
+    return "{" + _nibble_prologue(head_dim, src, source, codebook) + epilogue + "}"
 
 
 def attention_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
@@ -321,7 +325,7 @@ def field_codebook(layout: CacheLayout, tensor: str) -> str:
     return fmt.codebook
 
 
-def grid_nibbles(layout: CacheLayout, tensor: str, codebooks=("uniform", "lloyd-max-grid")) -> bool:
+def grid_nibbles(layout: CacheLayout, tensor: str, codebooks=GRID_CODEBOOKS) -> bool:
     """Whether K or V is a 4-bit field whose codebook is one of ``codebooks`` (by default those
     with an integer grid): the kernels can read its codes as the integers 1024 + code[n]."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
