@@ -46,6 +46,11 @@ def test_quality_configs_take_levers_in_any_order_and_refuse_unknown_ones():
         ("lloyd-max", "lloyd-max-grid"),
     ]  # fmt: skip
     assert [parse_quality_configs(c.label)[0] for c in grid] == grid
+    companded = parse_quality_configs("K4V4+companded,K4V4+compandedk+gridv")
+    assert [(c.key_codebook, c.value_codebook) for c in companded] == [
+        ("companded", "companded"), ("companded", "lloyd-max-grid"),
+    ]  # fmt: skip
+    assert [parse_quality_configs(c.label)[0] for c in companded] == companded
     with pytest.raises(TQConfigError, match="two codebooks"):
         parse_quality_configs("K4V4+grid+uniformk")
     for bad in ("K4V4+middle1", "K4V4first1", "K4V4+qjlx", "+qjl", "K4V4+uniformx"):

@@ -35,7 +35,8 @@ def parse_bit_configs(text: str) -> list[tuple[int, int, bool]]:
 @dataclass(frozen=True)
 class QualityConfig:
     """One config for `tq eval`: bit widths and the quality levers (QJL keys, boundary layers
-    kept uncompressed, the uniform or Lloyd-Max grid codebook for keys and / or values).
+    kept uncompressed, the uniform, Lloyd-Max grid or companded codebook for keys and / or
+    values).
     ``options`` are the matching ``TQConfig`` keyword arguments."""
 
     k_bits: int
@@ -72,8 +73,10 @@ class QualityConfig:
 
 
 # Codebook levers: +NAME for keys and values, +NAMEk for keys, +NAMEv for values.
-_CODEBOOK_LEVERS = {"uniform": "uniform", "lloyd-max-grid": "grid"}
-_LEVER = re.compile(r"\+(qjl|uniform[kv]?|grid[kv]?|first(\d+)|last(\d+))", re.IGNORECASE)
+_CODEBOOK_LEVERS = {"uniform": "uniform", "lloyd-max-grid": "grid", "companded": "companded"}
+_LEVER = re.compile(
+    r"\+(qjl|uniform[kv]?|grid[kv]?|companded[kv]?|first(\d+)|last(\d+))", re.IGNORECASE
+)
 
 
 def _codebook(names: list[str], tensor: str, item: str) -> str:
@@ -94,7 +97,8 @@ def parse_quality_configs(text: str) -> list[QualityConfig]:
     stay uncompressed (bf16), where errors are said to hurt most; ``+uniform`` / ``+uniformk``
     / ``+uniformv``: evenly spaced levels for keys and values / keys / values; ``+grid`` /
     ``+gridk`` / ``+gridv``: the Lloyd-Max grid codebook (4-bit fields then decode faster on
-    GPUs, docs/kernels.md)."""
+    GPUs, docs/kernels.md); ``+companded`` / ``+compandedk`` / ``+compandedv``: the companded
+    codebook (4-bit fields then store faster on GPUs)."""
     configs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
         head = re.match(r"^K(\d+)V(\d+)", item, re.IGNORECASE)
