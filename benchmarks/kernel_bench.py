@@ -46,7 +46,7 @@ BLOCK_SIZE = 16
 def _suite(name: str) -> dict:
     if name == "tune":
         return {
-            "tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 16384), ("llama3-8b", 32, 32768)],
+            "tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 1024)],
             "tune_store": [2048, 65536],
         }
     if name == "rotation":
@@ -201,8 +201,9 @@ UNIFORM_VARIANTS = [
 
 
 def decode_rows(
-    model, batch, context, bits, copy_gbps, *, with_bf16=True, with_rotations=True
-) -> list[dict]:
+    model, batch, context, bits, copy_gbps, *, with_bf16=True, with_rotations=True,
+    with_codebooks=True,
+) -> list[dict]:  # fmt: skip
     num_q, num_kv, head_dim = MODELS[model]
     scale = 1 / math.sqrt(head_dim)
     layout, packed, caches, block_table, seq_lens, queries = decode_inputs(
@@ -238,7 +239,7 @@ def decode_rows(
     for name, rotations in variants[: 3 if with_rotations else 1]:
         ms, how = time_calls([ours(i, rotations) for i in range(copies)])
         rows.append({**base, "impl": name, "bits": label, "ms": ms, "timing": how, "bytes": packed})
-    if with_rotations and bits == (4, 4):
+    if with_rotations and with_codebooks and bits == (4, 4):
         # The same pages read with the other codebooks (uniform and grid: the affine path).
         for tag, key_codebook, value_codebook, rotations in UNIFORM_VARIANTS:
             uniform = TQCodec(
@@ -543,26 +544,35 @@ def _vllm_flash_cases(q, k_bf16, v_bf16, cache, block_table, seq_len, layout, sc
 
 
 def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
-    """Decode K4V4 under every launch setting in the grid below (the kernel's TUNING knobs)."""
+    """Decode K4V4, rotated domain and rotate=True, under overrides of the current launch
+    settings (triton_attention.TUNING["decode"], the default first), with the bf16 rows of the
+    same shape once. This round: short context, where rotate=True at 1 x 1K is 1.15x bf16's time
+    (docs/kernels.md, "rotate=True in one wave"): one split per key tile leaves the software
+    pipeline nothing to overlap (num_stages), and the split count sets how much the merge and
+    each program's rotation prologue weigh (programs_per_sm, block_n)."""
     saved = dict(triton_attention.TUNING["decode"])
+    settings = [
+        {}, {"num_stages": 1}, {"num_stages": 2}, {"block_n": 64}, {"programs_per_sm": 4},
+        {"programs_per_sm": 16}, {"merge_rows": 16}, {"num_warps": 8},
+        {"block_n": 64, "programs_per_sm": 16}, {"num_stages": 1, "programs_per_sm": 4},
+    ]  # fmt: skip
     rows = []
-    for block_n in (32, 64):
-        for num_warps in (4, 8):
-            for num_stages in (1, 2, 3):
-                for lookup in (0, 1):
-                    setting = {"block_n": block_n, "num_warps": num_warps,
-                               "num_stages": num_stages, "lookup": lookup}  # fmt: skip
-                    triton_attention.TUNING["decode"] = setting
-                    try:
-                        row = decode_rows(
-                            model, batch, context, (4, 4), copy_gbps, with_bf16=False
-                        )[0]
-                    except Exception as error:  # a setting that fails to compile is skipped
-                        print(f"  {setting}: {type(error).__name__} {str(error)[:80]}")
-                        continue
-                    row["impl"] = f"tq K4V4 {setting}"
-                    print(f"  {setting}: {row['ms']:.4f} ms", flush=True)
-                    rows.append(row)
+    for overrides in settings:
+        triton_attention.TUNING["decode"] = {**saved, **overrides}
+        try:
+            found = decode_rows(
+                model, batch, context, (4, 4), copy_gbps, with_bf16=not overrides,
+                with_codebooks=False,
+            )  # fmt: skip
+        except Exception as error:  # a setting that fails to compile is skipped
+            print(f"  {overrides}: {type(error).__name__} {str(error)[:80]}")
+            continue
+        described = " ".join(f"{name}={value}" for name, value in overrides.items()) or "default"
+        for row in found:
+            if row["impl"].startswith("tq ") and not row["impl"].endswith("+rotations"):
+                row["impl"] = f"{row['impl']} {described}"
+            print(f"  {row['impl']}: {row['ms']:.4f} ms", flush=True)
+            rows.append(row)
     triton_attention.TUNING["decode"] = saved
     return rows
 
