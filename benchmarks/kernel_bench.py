@@ -586,11 +586,14 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # -3ae28b7, -f68c684); so are 64-column products (store/kernels-tune-store-h100-60b44ae).
     # So is the uniform codebook's codes by arithmetic (store/kernels-tune-store-h100-8bd0b82).
     # This round: the companded codebook's codes by arithmetic (companded_arithmetic, the default
-    # for it) against its search, its squares per byte or per code, with rows and columns.
+    # for it, squares by a polynomial) against its search, its squares from the per-byte table or
+    # per code, with rows, columns and a register cap.
     settings = [
         {}, {"codebook": "uniform"}, {"codebook": "companded"},
         {"codebook": "companded", "companded_arithmetic": 0},
-        {"codebook": "companded", "byte_squares": 0}, {"codebook": "companded", "chunk": 128},
+        {"codebook": "companded", "companded_arithmetic": 2},
+        {"codebook": "companded", "companded_arithmetic": 2, "byte_squares": 0},
+        {"codebook": "companded", "chunk": 128},
         {"codebook": "companded", "block_rows": 128}, {"codebook": "companded", "maxnreg": 80},
         {"codebook": "companded", "block_rows": 32, "num_warps": 2},
     ]  # fmt: skip

@@ -230,6 +230,16 @@ def compile_decompress(register_lookup: bool, unrotate: bool) -> dict:
     }  # fmt: skip
 
 
+def _arithmetic_codes(fmt, companded_arithmetic: int) -> int:
+    """The store's ARITHMETIC for ``fmt`` with triton_store.TUNING's companded_arithmetic set."""
+    saved = triton_store.TUNING["companded_arithmetic"]
+    triton_store.TUNING["companded_arithmetic"] = companded_arithmetic
+    try:
+        return triton_store._arithmetic_codes(fmt)
+    finally:
+        triton_store.TUNING["companded_arithmetic"] = saved
+
+
 def compile_store(
     block_rows: int,
     num_warps: int,
@@ -238,26 +248,29 @@ def compile_store(
     raw_dot: bool = True,
     quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
     prefetch: bool = False,
-    uniform: bool = False,
+    codebook: str = "lloyd-max",
+    companded_arithmetic: int = 1,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
     instead of the sign matrix, bf16 K/V rotated as they are (``raw_dot``) or as fp16 parts of
     the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
     searched_squares) as in triton_store.TUNING; ``prefetch``: the rows of a later program
-    prefetched into L2 (prefetch_ahead); ``uniform``: K and V on the uniform codebook, whose
-    codes come from arithmetic (triton_store.TUNING's uniform_arithmetic). Instructions per
-    row count both of the kernel's branches (K and V), as every program compiles both."""
+    prefetched into L2 (prefetch_ahead); ``codebook``: K's and V's (uniform and companded
+    codes come from arithmetic, triton_store._arithmetic_codes; ``companded_arithmetic`` as
+    in triton_store.TUNING). Instructions per row count both of the kernel's branches (K and
+    V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
-    codebook = "uniform" if uniform else "lloyd-max"
     layout = TQCodec(128, 4, 4, key_codebook=codebook, value_codebook=codebook).cache_layout(8, 16)
     kernel = triton_store._store_kernel
     constants = dict(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
-        SEARCHED_SQUARES=int(searched), PREFETCH=prefetch, K_UNIFORM=uniform, V_UNIFORM=uniform,
+        SEARCHED_SQUARES=int(searched), PREFETCH=prefetch,
+        K_ARITHMETIC=_arithmetic_codes(layout.key_format, companded_arithmetic),
+        V_ARITHMETIC=_arithmetic_codes(layout.value_format, companded_arithmetic),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -286,7 +299,8 @@ def compile_store(
     return {
         "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
-        "prefetch_ahead": prefetch, "uniform": uniform,
+        "prefetch_ahead": prefetch, "codebook": codebook,
+        "companded_arithmetic": companded_arithmetic,
         "native_matrix": raw and native_matrix, "searched_squares": searched,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
@@ -474,6 +488,15 @@ def main() -> None:
             (64, 4, 32, False, True, before), (128, 4, 32, False, True, (True, True, True, True)),
             (64, 8, 32, False, True, (True, True, True, True)),
             (64, 4, 32, False, False, before), (32, 4, 32, True, False, before),
+        )
+    ]  # fmt: skip
+    # Today's default (64 columns) over the codebooks: Lloyd-Max's search, the uniform and the
+    # companded codebooks' codes by arithmetic (the companded squares by a polynomial, then
+    # from the per-byte table).
+    store += [
+        compile_store(64, 4, 64, False, True, codebook=codebook, companded_arithmetic=setting)
+        for codebook, setting in (
+            ("lloyd-max", 1), ("uniform", 1), ("companded", 1), ("companded", 2)
         )
     ]  # fmt: skip
     _write(args.out, rows, decompress, store)

@@ -90,8 +90,9 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # positive boundary compared and the squares read per code (the quantizer before the binary
 # search); 32-column products (the default before 64); evenly spaced codebooks, whose codes
 # come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
-# search; the companded codebook's 4-bit codes by arithmetic (companded_arithmetic; squares from
-# the byte table or, with byte_squares 0, per code) or the search, its 3 bits Lloyd-Max's.
+# search; the companded codebook's 4-bit codes by arithmetic with their squares by a polynomial
+# (companded_arithmetic 1) or from the byte table (2; with byte_squares 0 a load per code), or
+# by the search (0), its 3 bits Lloyd-Max's.
 LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
     ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
@@ -118,6 +119,12 @@ STORE_SETTINGS = [
     ({}, (64, 4, 3, "float16", "companded", "companded"), torch.float16),
     ({}, (256, 4, 4, "float32", "companded", "lloyd-max"), torch.float32),
     ({"byte_squares": 0}, (128, 4, 4, "float32", "companded", "uniform"), torch.bfloat16),
+    ({"companded_arithmetic": 2}, (64, 4, 4, "float32", "companded", "companded"), torch.float16),
+    (
+        {"companded_arithmetic": 2, "byte_squares": 0},
+        (128, 4, 4, "float16", "companded", "lloyd-max"),
+        torch.bfloat16,
+    ),
     ({"companded_arithmetic": 0}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
 ]
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 import functools
 import math
 
+import numpy as np
 import torch
 
-from tq_core.codebook import codebook_tensors, grid_codes
+from tq_core.codebook import codebook_tensors, compander, grid_codes
 from tq_core.errors import TQConfigError
 from tq_core.layout import CacheLayout, VectorFormat
 from tq_core.packing import plane_shifts, plane_widths
@@ -387,6 +388,29 @@ def sign_hadamard_halves(head_dim: int, seed: int, device: torch.device) -> torc
 
 
 _BYTE_SQUARES: dict[tuple[int, int, str, torch.device], torch.Tensor] = {}
+
+
+_COMPANDER_TABLES: dict[tuple[int, bool, torch.device], torch.Tensor] = {}
+
+
+def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
+    """float32 [10] for the store's companded quantizer (triton_store._quantize_companded): a
+    and b of g(t) = t (a + b t^2) (codebook.compander), then the coefficients, highest first,
+    of the degree-7 polynomial in x = |n - 7.5| - 4 through the squared float32 levels of codes
+    n = 8 .. 15 (fp64 interpolation; the levels are symmetric). Zeros for any other field,
+    which the store does not read it for."""
+    fmt = layout.key_format if tensor == "key" else layout.value_format
+    companded = fmt.compressed and fmt.codebook == "companded" and fmt.mse_bits == 4
+    key = (layout.head_dim, companded, torch.device(device))
+    if key not in _COMPANDER_TABLES:
+        table = np.zeros(10)
+        if companded:
+            levels = codebook_tensors(layout.head_dim, 4, "cpu", "companded")[0].double().numpy()
+            x = np.arange(8) - 3.5
+            table[:2] = compander(layout.head_dim)
+            table[2:] = np.polyfit(x, levels[8:] ** 2, 7)
+        _COMPANDER_TABLES[key] = torch.tensor(table, dtype=torch.float32, device=device)
+    return _COMPANDER_TABLES[key]
 
 
 def byte_square_sums(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:

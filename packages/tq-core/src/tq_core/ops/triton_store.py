@@ -19,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-from tq_core.codebook import compander
 from tq_core.errors import TQInputError
 from tq_core.layout import CacheLayout
 from tq_core.ops import triton_layout, validation
@@ -87,8 +86,11 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 0.2894 / 0.0143, 128 rows 0.2872 / 0.0160 (store/kernels-tune-store-h100-60b44ae).
 # uniform_arithmetic 1: an evenly spaced codebook's codes by arithmetic, not the search
 # (_quantize_uniform; compiled for sm_90a 170 warp-instructions a row against 259, 94 registers).
-# companded_arithmetic 1: the 4-bit companded codebook's codes by arithmetic (floor(g(t)) + 8,
-# _quantize_companded), its squares from the per-byte table.
+# companded_arithmetic 1: the 4-bit companded codebook's codes and squares by arithmetic
+# (floor(g(t)) + 8 and a polynomial, _quantize_companded); 2: its squares from the per-byte
+# table instead. Compiled for sm_90a at 64 columns: Lloyd-Max's search 4,144 instructions
+# (2,665 on the ALU pipe, which issues a warp-instruction every other cycle), the companded
+# codebook 4,040 (1,173 ALU, 2,366 FMA pipe) with the polynomial, 3,864 with the table.
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
@@ -193,19 +195,34 @@ def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _quantize_companded(unit, compand_a, compand_b):
-    """4-bit codes of the companded codebook by arithmetic: its cells are g^-1(k) for
-    g(t) = t (a + b t^2) (codebook.compander), so the code is floor(g(t)) + 8, clamped and
-    rounded as in :func:`_quantize_uniform`: three multiply-adds, a min and the rounding,
-    against the search's 20 ALU instructions. b < 0, so g turns down past t^2 = -a / 3b (and
-    would give the outermost values inner codes): t^2 is capped there, where g is past 7, which
-    makes g increase everywhere and leaves every cell as it was. A value within float32
-    rounding of an edge may take the neighbour, as with the search."""
+def _quantize_companded(unit, compand_ptr, SQUARES: tl.constexpr):
+    """4-bit codes and squared levels of the companded codebook by arithmetic
+    (triton_layout.compander_table holds a, b and the squares' polynomial).
+
+    Its cells are g^-1(k) for g(t) = t (a + b t^2) (codebook.compander), so the code is
+    floor(g(t)) + 8, clamped and rounded as in :func:`_quantize_uniform`. b < 0, so g turns
+    down past t^2 = -a / 3b (and would give the outermost values inner codes): t^2 is capped
+    there, where g is past 7, which makes g increase everywhere and leaves every cell as it
+    was. A value within float32 rounding of an edge may take the neighbour, as with the
+    search. The squared level of code n is a degree-7 polynomial in |n - 7.5| - 4 through the
+    8 squared magnitudes (Horner: 7 multiply-adds on the FMA pipe, which the store leaves idle;
+    within 1e-8 of the table's squares) where SQUARES, else zeros (the caller reads a table).
+    No compare, no select, no table load per value."""
+    compand_a = tl.load(compand_ptr)
+    compand_b = tl.load(compand_ptr + 1)
     turn = -compand_a / (3.0 * compand_b)
-    square = tl.minimum(unit * unit, turn)
-    level = unit * (compand_a + compand_b * square) + (8.0 - 0.5 - _TIE)
+    capped = tl.minimum(unit * unit, turn)
+    level = unit * (compand_a + compand_b * capped) + (8.0 - 0.5 - _TIE)
     level = tl.minimum(tl.maximum(level, 0.0), 15.0)
-    return (level + _TO_INTEGER_BITS).to(tl.int32, bitcast=True) & 15
+    rounded = level + _TO_INTEGER_BITS
+    codes = rounded.to(tl.int32, bitcast=True) & 15
+    square = tl.zeros(unit.shape, dtype=tl.float32)
+    if SQUARES:
+        x = tl.abs((rounded - _TO_INTEGER_BITS) - 7.5) - 4.0
+        square += tl.load(compand_ptr + 2)
+        for i in tl.static_range(3, 10):
+            square = square * x + tl.load(compand_ptr + i)
+    return codes, square
 
 
 @triton.jit
@@ -313,13 +330,13 @@ def _encode_chunk(
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr, ARITHMETIC: tl.constexpr, compand_a, compand_b,
+    NORM_OFF: tl.constexpr, ARITHMETIC: tl.constexpr, compand_ptr,
 ):  # fmt: skip
     """Quantize and pack one chunk of rotated unit columns (raw bf16 values for a 16-bit
     field); returns the rows' sums of squared centroids over the chunk (the norm correction's).
     ARITHMETIC (_arithmetic_codes): 0 the boundary search, 1 an evenly spaced codebook's codes
-    and squares by arithmetic, 2 the companded codebook's codes by arithmetic (squares from a
-    table)."""
+    and squares by arithmetic, 2 the companded codebook's, 3 its codes by arithmetic and its
+    squares from the per-byte table."""
     quantized_sq = tl.zeros([unit.shape[0]], dtype=tl.float32)
     if BITS == 16:
         cols = chunk * COLS + tl.arange(0, COLS)
@@ -329,16 +346,21 @@ def _encode_chunk(
         y = unit * norm[:, None]
         tl.store(raw_ptr[:, None] + cols[None, :], y.to(tl.bfloat16), mask=keep[:, None])
     else:
-        searched = SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4) and ARITHMETIC == 0
+        # Both constexpr (a plain chain of and/or here compiled to a runtime value, and the
+        # squares' branch below then to code for a path without them).
+        searched: tl.constexpr = (
+            SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4) and ARITHMETIC == 0
+        )
+        squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1 or ARITHMETIC == 2
         if ARITHMETIC == 1:
             codes, square = _quantize_uniform(unit, bound_ptr, BITS)
-        elif ARITHMETIC == 2:
-            codes = _quantize_companded(unit, compand_a, compand_b)
+        elif ARITHMETIC >= 2:
+            codes, square = _quantize_companded(unit, compand_ptr, ARITHMETIC == 2)
         else:
             codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
         packed = _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                                  P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
-        if searched or ARITHMETIC == 1:
+        if squares_in_registers:
             # In the product's layout, from registers: no table load, no layout change.
             quantized_sq = tl.sum(square, axis=1)
         elif BYTE_SQUARES and P0_W == BITS:
@@ -388,7 +410,7 @@ def _encode_rows(
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
     NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
-    ARITHMETIC: tl.constexpr, compand_a, compand_b,
+    ARITHMETIC: tl.constexpr, compand_ptr,
 ):  # fmt: skip
     """K or V of this program's rows."""
     if PREFETCH:
@@ -432,8 +454,7 @@ def _encode_rows(
         quantized_sq += _encode_chunk(
             unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
             D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES, P0_OFF, P0_W, P0_SHIFT,
-            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, ARITHMETIC, compand_a,
-            compand_b,
+            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, ARITHMETIC, compand_ptr,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -445,8 +466,8 @@ def _encode_rows(
 def _store_kernel(
     key_ptr, value_ptr, stride_kt, stride_kh, stride_vt, stride_vh, cache_ptr, slot_ptr,
     rot_ptr, signs_ptr, k_cent_ptr, k_bound_ptr, k_square_ptr, v_cent_ptr, v_bound_ptr,
-    v_square_ptr, stride_page, num_rows, inv_sqrt_d, prefetch_ahead, k_compand_a, k_compand_b,
-    v_compand_a, v_compand_b,
+    v_square_ptr, k_compand_ptr, v_compand_ptr, stride_page, num_rows, inv_sqrt_d,
+    prefetch_ahead,
     H: tl.constexpr, BLOCK_SIZE: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
     BLOCK_T: tl.constexpr, X_PARTS: tl.constexpr, NORM_CORRECTION: tl.constexpr,
     FWHT: tl.constexpr, LOG_D: tl.constexpr, RAW_DOT: tl.constexpr, BINARY: tl.constexpr,
@@ -471,7 +492,7 @@ def _store_kernel(
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16, K_ARITHMETIC,
-            k_compand_a, k_compand_b,
+            k_compand_ptr,
         )  # fmt: skip
     else:
         _encode_rows(
@@ -482,7 +503,7 @@ def _store_kernel(
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16, V_ARITHMETIC,
-            v_compand_a, v_compand_b,
+            v_compand_ptr,
         )  # fmt: skip
 
 
@@ -499,19 +520,16 @@ def _raw_dot(key_dtype: torch.dtype, value_dtype: torch.dtype, fwht: bool) -> in
 def _arithmetic_codes(fmt) -> int:
     """How the store finds this field's codes (the kernel's ARITHMETIC): 1 by arithmetic for an
     evenly spaced codebook of 2-8 bits (uniform_arithmetic on), 2 by arithmetic for the 4-bit
-    companded codebook (companded_arithmetic on), 0 by the boundary search."""
+    companded codebook with its squares by a polynomial (companded_arithmetic 1), 3 the same
+    with its squares from the per-byte table (companded_arithmetic 2), 0 by the boundary
+    search."""
     if not fmt.compressed:
         return 0
     if fmt.codebook == "uniform" and 2 <= fmt.mse_bits <= 8 and TUNING["uniform_arithmetic"]:
         return 1
     if fmt.codebook == "companded" and fmt.mse_bits == 4 and TUNING["companded_arithmetic"]:
-        return 2
+        return 1 + TUNING["companded_arithmetic"]
     return 0
-
-
-def _compander(fmt) -> tuple[float, float]:
-    """The companded codebook's (a, b) for ARITHMETIC 2; zeros (unread) otherwise."""
-    return compander(fmt.head_dim) if _arithmetic_codes(fmt) == 2 else (0.0, 0.0)
 
 
 def _matrix_dtype(key_dtype: torch.dtype, value_dtype: torch.dtype, raw_dot: int):
@@ -568,8 +586,9 @@ def store(
         triton_layout.centroids(layout, "value", device),
         triton_layout.boundaries(layout, "value", device),
         triton_layout.byte_square_sums(layout, "value", device),
+        triton_layout.compander_table(layout, "key", device),
+        triton_layout.compander_table(layout, "value", device),
         kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim), prefetch_ahead,
-        *_compander(layout.key_format), *_compander(layout.value_format),
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
         CHUNK=min(TUNING.get("chunk", 64), head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
