@@ -90,7 +90,7 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # (floor(g(t)) + 8 and a polynomial, _quantize_companded); 2: its squares from the per-byte
 # table instead. Compiled for sm_90a at 64 columns: Lloyd-Max's search 4,144 instructions
 # (2,665 on the ALU pipe, which issues a warp-instruction every other cycle), the companded
-# codebook 4,040 (1,173 ALU, 2,366 FMA pipe) with the polynomial, 3,864 with the table.
+# codebook 4,040 (1,173 ALU, 2,366 FMA pipe) with the polynomial, 3,776 with the table.
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
