@@ -15,7 +15,7 @@ import torch
 
 from paged_scenario import build_paged_batch, relative_error
 from tq_core import TQCodec, ops
-from tq_core.codebook import codebook_tensors
+from tq_core.codebook import codebook_tensors, compander
 from tq_core.errors import TQConfigError, TQInputError
 from tq_core.ops import reference
 from tq_core.rotation import rotate, walsh_hadamard
@@ -180,6 +180,29 @@ def test_byte_square_sums_add_the_squared_centroids_of_each_packed_code(head_dim
         codes = [(byte >> shift) & ((1 << bits) - 1) for shift in range(0, 8, bits)]
         expected = math.fsum(centroids[code] ** 2 for code in codes)
         assert table[byte].item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_compander_table_gives_the_cubic_its_turning_point_and_the_squares(head_dim):
+    """The store's companded table: a and b as codebook.compander gives them, T where g' = 0
+    (fp64) with 7 < g(T) < 8, and the polynomial, evaluated in float32 by Horner as the
+    kernel does, within 1e-6 of the largest squared level of each code's (fp64 from the float32
+    levels): the norm correction's sums then move by less than float32 rounding's share."""
+    codec = TQCodec(head_dim, 4, 4, key_codebook="companded", value_codebook="lloyd-max")
+    layout = codec.cache_layout(num_kv_heads=1, block_size=16)
+    table = triton_layout.compander_table(layout, "key", "cpu")
+    a, b, turn = (float(v) for v in table[:3])
+    assert (a, b) == compander(head_dim)
+    assert turn == pytest.approx(math.sqrt(-a / (3 * b)), rel=1e-7)
+    assert 7 < turn * (a + b * turn * turn) < 8
+    levels = codebook_tensors(head_dim, 4, "cpu", "companded")[0].double()
+    for code in range(16):
+        x = torch.tensor(abs(code - 7.5), dtype=torch.float32)
+        square = table[3].clone()
+        for coefficient in table[4:]:
+            square = square * x + coefficient
+        assert abs(square.item() - levels[code].item() ** 2) < 1e-6 * levels[0].item() ** 2
+    assert not triton_layout.compander_table(layout, "value", "cpu").any()
 
 
 def test_the_bf16_sign_matrix_holds_the_same_signs_as_the_fp16_one():

@@ -394,21 +394,28 @@ _COMPANDER_TABLES: dict[tuple[int, bool, torch.device], torch.Tensor] = {}
 
 
 def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
-    """float32 [10] for the store's companded quantizer (triton_store._quantize_companded): a
-    and b of g(t) = t (a + b t^2) (codebook.compander), then the coefficients, highest first,
-    of the degree-7 polynomial in x = |n - 7.5| - 4 through the squared float32 levels of codes
-    n = 8 .. 15 (fp64 interpolation; the levels are symmetric). Zeros for any other field,
-    which the store does not read it for."""
+    """float32 [11] for the store's companded quantizer (triton_store._quantize_companded): a
+    and b of g(t) = t (a + b t^2) (codebook.compander), g's turning point T = sqrt(-a / 3b),
+    then the coefficients, highest first, of the degree-7 polynomial in x = |n - 7.5| through
+    the squared float32 levels of codes n = 8 .. 15 (fp64 interpolation; the levels are
+    symmetric; in float32 each value is within 1e-6 of the largest square of its own). Zeros
+    for any other field, which the store does not read it for."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
     companded = fmt.compressed and fmt.codebook == "companded" and fmt.mse_bits == 4
     key = (layout.head_dim, companded, torch.device(device))
     if key not in _COMPANDER_TABLES:
-        table = np.zeros(10)
+        table = np.zeros(11)
         if companded:
+            a, b = compander(layout.head_dim)
+            turn = float(np.float32(math.sqrt(-a / (3 * b))))
+            # The store clamps t to [-T, T] and adds 8 with no clamp after: g(T) must lie in
+            # (7, 8) for the outermost cells to keep codes 0 and 15 (fp64, with T as stored).
+            if not 7 < turn * (a + b * turn * turn) < 8:
+                raise TQConfigError(f"the companded codebook's g(T) for head_dim "
+                                    f"{layout.head_dim} is outside (7, 8)")  # fmt: skip
             levels = codebook_tensors(layout.head_dim, 4, "cpu", "companded")[0].double().numpy()
-            x = np.arange(8) - 3.5
-            table[:2] = compander(layout.head_dim)
-            table[2:] = np.polyfit(x, levels[8:] ** 2, 7)
+            table[:3] = a, b, turn
+            table[3:] = np.polyfit(np.arange(8) + 0.5, levels[8:] ** 2, 7)
         _COMPANDER_TABLES[key] = torch.tensor(table, dtype=torch.float32, device=device)
     return _COMPANDER_TABLES[key]
 

@@ -197,30 +197,30 @@ def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
 @triton.jit
 def _quantize_companded(unit, compand_ptr, SQUARES: tl.constexpr):
     """4-bit codes and squared levels of the companded codebook by arithmetic
-    (triton_layout.compander_table holds a, b and the squares' polynomial).
+    (triton_layout.compander_table holds a, b, g's turning point and the squares' polynomial).
 
     Its cells are g^-1(k) for g(t) = t (a + b t^2) (codebook.compander), so the code is
-    floor(g(t)) + 8, clamped and rounded as in :func:`_quantize_uniform`. b < 0, so g turns
-    down past t^2 = -a / 3b (and would give the outermost values inner codes): t^2 is capped
-    there, where g is past 7, which makes g increase everywhere and leaves every cell as it
-    was. A value within float32 rounding of an edge may take the neighbour, as with the
-    search. The squared level of code n is a degree-7 polynomial in |n - 7.5| - 4 through the
-    8 squared magnitudes (Horner: 7 multiply-adds on the FMA pipe, which the store leaves idle;
-    within 1e-8 of the table's squares) where SQUARES, else zeros (the caller reads a table).
-    No compare, no select, no table load per value."""
+    floor(g(t)) + 8, rounded as in :func:`_quantize_uniform`. b < 0, so g turns down past its
+    turning point T (and would give the outermost values inner codes): t is clamped to
+    [-T, T] first, where 7 < g(T) < 8 (compander_table checks it), so every value keeps its
+    cell and g(t) + 8 stays inside [0, 16) with no clamp after it. A value within float32
+    rounding of an edge may take the neighbour, as with the search. The squared level of code
+    n is a degree-7 polynomial in |n - 7.5| through the 8 squared magnitudes where SQUARES
+    (Horner: 7 multiply-adds on the FMA pipe, which the store leaves idle; within 1e-6 of the
+    largest square), else zeros (the caller reads a table). No compare, no select, no table
+    load per value."""
     compand_a = tl.load(compand_ptr)
     compand_b = tl.load(compand_ptr + 1)
-    turn = -compand_a / (3.0 * compand_b)
-    capped = tl.minimum(unit * unit, turn)
-    level = unit * (compand_a + compand_b * capped) + (8.0 - 0.5 - _TIE)
-    level = tl.minimum(tl.maximum(level, 0.0), 15.0)
+    turn = tl.load(compand_ptr + 2)
+    t = tl.minimum(tl.maximum(unit, -turn), turn)
+    level = t * (compand_a + compand_b * (t * t)) + (8.0 - 0.5 - _TIE)
     rounded = level + _TO_INTEGER_BITS
     codes = rounded.to(tl.int32, bitcast=True) & 15
     square = tl.zeros(unit.shape, dtype=tl.float32)
     if SQUARES:
-        x = tl.abs((rounded - _TO_INTEGER_BITS) - 7.5) - 4.0
-        square += tl.load(compand_ptr + 2)
-        for i in tl.static_range(3, 10):
+        x = tl.abs((rounded - _TO_INTEGER_BITS) - 7.5)
+        square += tl.load(compand_ptr + 3)
+        for i in tl.static_range(4, 11):
             square = square * x + tl.load(compand_ptr + i)
     return codes, square
 
