@@ -33,6 +33,12 @@ _POINTERS = {
     "split_counts_ptr": "*i32",
 }  # fmt: skip
 SHARED = ("STS", "LDS")  # STS*, LDS*, LDSM* (ldmatrix), STSM*
+# SASS opcodes by the pipe that executes them on sm_90 (the ALU pipe, integer and logic,
+# compares, selects, min/max, issues a warp-instruction every other cycle; the FMA pipes fp32
+# arithmetic and integer multiply-adds every cycle): what bounds the store's quantizer.
+_ALU_OPS = frozenset({"ISETP", "FSETP", "FSEL", "SEL", "LOP3", "IMNMX", "FMNMX", "SHF", "PRMT",
+                      "IADD3", "LEA", "IABS", "PLOP3", "P2R", "R2P", "VIMNMX", "BMSK"})  # fmt: skip
+_FMA_OPS = frozenset({"FFMA", "FADD", "FMUL", "IMAD", "HFMA2", "HADD2", "HMUL2", "VIADD"})
 _SASS_OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)")
 
 
@@ -295,9 +301,16 @@ def compile_store(
     )
     options = {"num_warps": num_warps}
     compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=options)
-    resources = _resources(*_sass(compiled))
+    report, lines = _sass(compiled)
+    resources = _resources(report, lines)
+    ops = collections.Counter(
+        m.group(1).split(".")[0] for line in lines if (m := _SASS_OP.search(line))
+    )
     return {
-        "kernel": "store", "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
+        "kernel": "store",
+        "alu_pipe_instructions": sum(n for op, n in ops.items() if op in _ALU_OPS),
+        "fma_pipe_instructions": sum(n for op, n in ops.items() if op in _FMA_OPS),
+        "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
         "prefetch_ahead": prefetch, "codebook": codebook,
         "companded_arithmetic": companded_arithmetic,
@@ -309,6 +322,19 @@ def compile_store(
     }  # fmt: skip
 
 
+def _store_codebook_rows() -> list[dict]:
+    """Today's store (64 columns) over the codebooks: Lloyd-Max's search, the uniform and the
+    companded codebooks' codes by arithmetic (the companded squares by a polynomial, then from
+    the per-byte table, then by the search)."""
+    return [
+        compile_store(64, 4, 64, False, True, codebook=codebook, companded_arithmetic=setting)
+        for codebook, setting in (
+            ("lloyd-max", 1), ("uniform", 1), ("companded", 1), ("companded", 2),
+            ("companded", 0),
+        )
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="path of the JSON to write")
@@ -318,9 +344,17 @@ def main() -> None:
         help="only rotate=True's kernel that merges its splits, with the query rotated in it or "
         "not and its opt-in prefetches, and the store with and without prefetch_ahead",
     )
+    parser.add_argument(
+        "--only-store-codebooks",
+        action="store_true",
+        help="only the store at today's settings over the codebooks (the quantizer's paths)",
+    )
     args = parser.parse_args()
     if args.only_rotation:
         _write(args.out, *_rotation_rows())
+        return
+    if args.only_store_codebooks:
+        _write(args.out, [], [], _store_codebook_rows())
         return
     default = triton_attention.TUNING["decode"]
     rows = [
@@ -490,15 +524,7 @@ def main() -> None:
             (64, 4, 32, False, False, before), (32, 4, 32, True, False, before),
         )
     ]  # fmt: skip
-    # Today's default (64 columns) over the codebooks: Lloyd-Max's search, the uniform and the
-    # companded codebooks' codes by arithmetic (the companded squares by a polynomial, then
-    # from the per-byte table).
-    store += [
-        compile_store(64, 4, 64, False, True, codebook=codebook, companded_arithmetic=setting)
-        for codebook, setting in (
-            ("lloyd-max", 1), ("uniform", 1), ("companded", 1), ("companded", 2)
-        )
-    ]  # fmt: skip
+    store += _store_codebook_rows()
     _write(args.out, rows, decompress, store)
 
 
@@ -574,7 +600,10 @@ def _write(out: str, rows: list, decompress: list, store: list) -> None:
             f"columns, butterflies {row['fwht']}, raw_dot {row['raw_dot']}: "
             f"{row['registers']} registers, "
             f"{row['spill_store_bytes']} spill bytes, {row['kernel_instructions']} instructions, "
-            f"{row['warp_instructions_per_row']:.0f} warp-instructions per row"
+            f"{row['warp_instructions_per_row']:.0f} warp-instructions per row "
+            f"(codebook {row['codebook']}, companded_arithmetic {row['companded_arithmetic']}: "
+            f"{row['alu_pipe_instructions']} on the ALU pipe, {row['fma_pipe_instructions']} "
+            "on the FMA pipes)"
         )
     record = {
         "target": "sm_90a", "rows": rows, "decompress": decompress, "store": store,
