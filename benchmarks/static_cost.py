@@ -347,14 +347,24 @@ def main() -> None:
     parser.add_argument(
         "--only-store-codebooks",
         action="store_true",
-        help="only the store at today's settings over the codebooks (the quantizer's paths)",
+        help="only the store at today's settings over the codebooks (the quantizer's paths) "
+        "and the default decode launch over the 4-bit codebooks",
     )
     args = parser.parse_args()
     if args.only_rotation:
         _write(args.out, *_rotation_rows())
         return
     if args.only_store_codebooks:
-        _write(args.out, [], [], _store_codebook_rows())
+        default = triton_attention.TUNING["decode"]
+        decode = [
+            compile_decode(
+                4, 4, default["block_n"], default["num_warps"], default["lookup"],
+                default["maxnreg"], default["prefetch"], num_stages=default["num_stages"],
+                codebooks=(codebook, codebook),
+            )
+            for codebook in ("lloyd-max", "companded", "lloyd-max-grid", "uniform")
+        ]  # fmt: skip
+        _write(args.out, decode, [], _store_codebook_rows())
         return
     default = triton_attention.TUNING["decode"]
     rows = [
