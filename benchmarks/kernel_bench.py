@@ -46,7 +46,13 @@ BLOCK_SIZE = 16
 def _suite(name: str) -> dict:
     if name == "tune":
         return {
-            "tune": [("llama3-8b", 1, 1024), ("llama3-8b", 8, 1024)],
+            "tune": [
+                ("llama3-8b", 1, 1024),
+                ("llama3-8b", 8, 1024),
+                ("llama3-8b", 1, 4096),
+                ("llama3-8b", 8, 4096),
+                ("llama3-8b", 8, 16384),
+            ],
             "tune_store": [2048, 65536],
         }
     if name == "rotation":
@@ -555,6 +561,8 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
         {}, {"num_stages": 1}, {"num_stages": 2}, {"block_n": 64}, {"programs_per_sm": 4},
         {"programs_per_sm": 16}, {"merge_rows": 16}, {"num_warps": 8},
         {"block_n": 64, "programs_per_sm": 16}, {"num_stages": 1, "programs_per_sm": 4},
+        # The opt-in rule from that round's 2-stage result (triton_attention._num_stages).
+        {"short_split_num_stages": 2}, {"short_split_num_stages": 2, "short_split_tiles": 4},
     ]  # fmt: skip
     rows = []
     for overrides in settings:

@@ -518,6 +518,28 @@ def test_long_splits_merge_in_the_kernel_only_where_pairs_are_fewer_than_multipr
     assert not in_kernel(8, 32, merge_in_kernel=0, merge_in_kernel_few_pairs=1)
 
 
+def test_short_splits_compile_with_fewer_stages_only_when_asked():
+    """short_split_num_stages caps the pipeline depth where a split spans at most
+    short_split_tiles key tiles, and never deepens it (wide fields keep their 1 stage); off by
+    default."""
+    layout = TQCodec(128, 4, 4).cache_layout(8, 16)
+    wide = TQCodec(128, 8, 4).cache_layout(8, 16)
+    decode = dict(triton_attention.TUNING["decode"], num_stages=3, block_n=128)
+    short_keys = torch.zeros(1, 64, dtype=torch.int32)  # 1K tokens: 8 tiles of 128
+    long_keys = torch.zeros(1, 1024, dtype=torch.int32)  # 16K tokens: 128 tiles
+
+    def stages(block_table, num_splits, fields=layout, **settings):
+        tuning = {**decode, **settings}
+        return triton_attention._num_stages(tuning, fields, block_table, num_splits)
+
+    assert stages(short_keys, 8) == 3  # off
+    assert stages(short_keys, 8, short_split_num_stages=2, short_split_tiles=2) == 2
+    assert stages(short_keys, 4, short_split_num_stages=2, short_split_tiles=2) == 2
+    assert stages(short_keys, 2, short_split_num_stages=2, short_split_tiles=2) == 3  # 4 tiles
+    assert stages(long_keys, 8, short_split_num_stages=2, short_split_tiles=2) == 3
+    assert stages(short_keys, 8, fields=wide, short_split_num_stages=2, short_split_tiles=2) == 1
+
+
 @pytest.mark.parametrize("rotate", [False, True])
 def test_in_kernel_merge_equals_the_merge_launch_and_resets_its_counts(
     rotate, generator, monkeypatch

@@ -958,6 +958,13 @@ TUNING = {
         # the last key), not per score; 0 restores the per-score compare and select.
         "key_mask": 1,
         "pdl": 0,
+        # short_split_num_stages N (0: off): where a split spans at most short_split_tiles key
+        # tiles, compile with at most N pipeline stages (_num_stages). One H100 run at d383929:
+        # 2 stages made rotate=True at 1 x 1K 0.0087 ms against 0.0091 and at 8 x 1K 0.0149
+        # against 0.0156 (decode-levers/kernels-tune-decode-short-h100-d383929); opt-in until
+        # a rule is timed and repeated across short and long shapes.
+        "short_split_num_stages": 0,
+        "short_split_tiles": 2,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},
 }
@@ -1088,6 +1095,24 @@ def _merges_in_kernel(
         return True
     few_pairs = num_seqs * layout.num_kv_heads < _multiprocessors(device)
     return bool(tuning.get("merge_in_kernel_few_pairs", 0)) and few_pairs
+
+
+def _num_stages(tuning: dict, layout: CacheLayout, block_table, num_splits: int) -> int:
+    """The launch's software-pipeline depth: the layout's ``num_stages`` setting, capped at
+    ``short_split_num_stages`` (when set) where a split spans at most ``short_split_tiles`` key
+    tiles: with one tile per split (1K keys in 8 splits) a third stage has nothing to overlap
+    and its prologue sits on the critical path. Shapes only, so a CUDA graph fixes the
+    choice."""
+    stages = _setting(tuning, layout, "num_stages")
+    short = tuning.get("short_split_num_stages", 0)
+    if not short:
+        return stages
+    tiles = triton.cdiv(
+        block_table.shape[1] * layout.block_size, _setting(tuning, layout, "block_n")
+    )
+    if triton.cdiv(tiles, num_splits) <= tuning.get("short_split_tiles", 0):
+        return min(stages, short)
+    return stages
 
 
 def _rotates_query_in_kernel(
@@ -1222,7 +1247,8 @@ def _launch(
         WAIT_PRIOR=attention_pdl, LAUNCH_DEPENDENTS=programmatic and merge_launch,
         **constants,
         num_warps=tuning["num_warps"],
-        num_stages=_setting(tuning, layout, "num_stages"), **limits, **_pdl_option(attention_pdl),
+        num_stages=_num_stages(tuning, layout, block_table, num_splits), **limits,
+        **_pdl_option(attention_pdl),
     )  # fmt: skip
     if merge_launch:
         _merge_splits_kernel[(num_seqs, layout.num_kv_heads)](
