@@ -33,3 +33,8 @@ echo "passed $(grep -c ' PASSED' "$OUT/kernel-tests-$name.txt"), skipped $(grep 
 grep -E "^FAILED|^ERROR" "$OUT/kernel-tests-$name.txt" | head -20
 grep -h "ERROR SUMMARY" "$OUT"/kernel-tests-"$name"-shard*.txt
 for f in "$OUT"/kernel-tests-"$name"-shard*.txt; do tail -1 "$f"; done
+# The device tool brings back at most 8 files from $OUT: the joined log above holds every
+# shard's, so the shard logs go (KEEP_SHARDS=1 keeps them).
+if [ -z "${KEEP_SHARDS:-}" ]; then
+    rm -f "$OUT"/kernel-tests-"$name"-shard*.txt
+fi
