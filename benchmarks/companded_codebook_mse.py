@@ -21,15 +21,6 @@ from tq_core import codebook
 from tq_core.cli.provenance import environment_record
 
 
-def _cells_mse(points, weights, edges):
-    """MSE of the quantizer with these sorted cell edges and each level its cell's mean."""
-    cell = np.searchsorted(edges, points)
-    mass = np.bincount(cell, weights, minlength=len(edges) + 1)
-    first = np.bincount(cell, weights * points, minlength=len(edges) + 1)
-    levels = first / np.maximum(mass, 1e-300)
-    return float(np.sum(weights * (points - levels[cell]) ** 2)), levels
-
-
 def _edges(coefficients, scale):
     """g^-1(k), k = -7..7, for g(x) = sum c_i (x / scale)^(2i+1), by bisection where g
     increases (from 0 to its first turning point, at most 3 scales out; odd, so -g^-1(-k) for
@@ -71,7 +62,7 @@ def companded(head_dim: int, degree: int, rounds: int = 60):
         edges = _edges(coefficients, scale)
         if edges is None:  # not increasing up to 7: no codebook of this family here
             return float("inf"), coefficients
-        mse, levels = _cells_mse(points, weights, edges)
+        mse, levels = codebook._cells_mse(points, weights, edges)
         if best is None or mse < best[0]:
             best = (mse, coefficients)
         wanted = (levels[:-1] + levels[1:]) / 2

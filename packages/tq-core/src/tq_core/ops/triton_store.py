@@ -89,8 +89,11 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # companded_arithmetic 1: the 4-bit companded codebook's codes and squares by arithmetic
 # (floor(g(t)) + 8 and a polynomial, _quantize_companded); 2: its squares from the per-byte
 # table instead. Compiled for sm_90a at 64 columns: Lloyd-Max's search 4,144 instructions
-# (2,665 on the ALU pipe, which issues a warp-instruction every other cycle), the companded
-# codebook 4,040 (1,173 ALU, 2,366 FMA pipe) with the polynomial, 3,776 with the table.
+# (2,658 on the ALU pipe, which issues a warp-instruction every other cycle), the companded
+# codebook 3,744 (1,030 ALU, 2,214 FMA pipes) with the polynomial, 3,624 with the table
+# (store/static-cost-sm90a-store-codebooks-d383929); on an H100 0.2336-0.2345 ms at 65,536
+# tokens with the polynomial, 0.2739-0.2753 with the table, Lloyd-Max 0.2675-0.2685
+# (store/kernels-tune-store-h100-d383929).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
