@@ -48,12 +48,14 @@ def _suite(name: str) -> dict:
         return {
             "tune": [
                 ("llama3-8b", 1, 1024),
+                ("llama3-8b", 2, 1024),
+                ("llama3-8b", 4, 1024),
                 ("llama3-8b", 8, 1024),
                 ("llama3-8b", 1, 4096),
                 ("llama3-8b", 8, 4096),
                 ("llama3-8b", 8, 16384),
             ],
-            "tune_store": [2048, 65536],
+            "tune_store": [2048, 16384, 65536],
         }
     if name == "rotation":
         shapes = [(1, 1024), (8, 1024), (8, 16384), (32, 32768)]
@@ -554,15 +556,15 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
     settings (triton_attention.TUNING["decode"], the default first), with the bf16 rows of the
     same shape once. This round: short context, where rotate=True at 1 x 1K is 1.15x bf16's time
     (docs/kernels.md, "rotate=True in one wave"): one split per key tile leaves the software
-    pipeline nothing to overlap (num_stages), and the split count sets how much the merge and
-    each program's rotation prologue weigh (programs_per_sm, block_n)."""
+    pipeline nothing to overlap, and 2 stages instead of 3 gave 1.10x once
+    (decode-levers/kernels-tune-decode-short-h100-d383929). Repeated at batch 1-8 x 1K, 4K and
+    8 x 16K with the opt-in rule that caps the stages only where a split spans few tiles
+    (triton_attention._num_stages), against 2 stages everywhere."""
     saved = dict(triton_attention.TUNING["decode"])
     settings = [
-        {}, {"num_stages": 1}, {"num_stages": 2}, {"block_n": 64}, {"programs_per_sm": 4},
-        {"programs_per_sm": 16}, {"merge_rows": 16}, {"num_warps": 8},
-        {"block_n": 64, "programs_per_sm": 16}, {"num_stages": 1, "programs_per_sm": 4},
-        # The opt-in rule from that round's 2-stage result (triton_attention._num_stages).
-        {"short_split_num_stages": 2}, {"short_split_num_stages": 2, "short_split_tiles": 4},
+        {}, {"num_stages": 2}, {"short_split_num_stages": 2},
+        {"short_split_num_stages": 2, "short_split_tiles": 4},
+        {"short_split_num_stages": 2, "merge_rows": 16},
     ]  # fmt: skip
     rows = []
     for overrides in settings:
@@ -593,17 +595,16 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # searched_squares) were timed on and are the default (store/kernels-tune-store-h100-24c0084,
     # -3ae28b7, -f68c684); so are 64-column products (store/kernels-tune-store-h100-60b44ae).
     # So is the uniform codebook's codes by arithmetic (store/kernels-tune-store-h100-8bd0b82).
-    # This round: the companded codebook's codes by arithmetic (companded_arithmetic, the default
-    # for it, squares by a polynomial) against its search, its squares from the per-byte table or
-    # per code, with rows, columns and a register cap.
+    # So is the companded codebook's (store/kernels-tune-store-h100-d383929). This round:
+    # Lloyd-Max's 4-bit codes by arithmetic through its degree-13 compander
+    # (lloyd_max_arithmetic; squares by a polynomial, 2 from the per-byte table) against its
+    # search, with rows and a register cap; the companded codebook's 128 rows at a middle size.
     settings = [
-        {}, {"codebook": "uniform"}, {"codebook": "companded"},
-        {"codebook": "companded", "companded_arithmetic": 0},
-        {"codebook": "companded", "companded_arithmetic": 2},
-        {"codebook": "companded", "companded_arithmetic": 2, "byte_squares": 0},
-        {"codebook": "companded", "chunk": 128},
-        {"codebook": "companded", "block_rows": 128}, {"codebook": "companded", "maxnreg": 80},
-        {"codebook": "companded", "block_rows": 32, "num_warps": 2},
+        {}, {"lloyd_max_arithmetic": 1}, {"lloyd_max_arithmetic": 2},
+        {"lloyd_max_arithmetic": 1, "block_rows": 128}, {"lloyd_max_arithmetic": 1, "maxnreg": 80},
+        {"lloyd_max_arithmetic": 1, "block_rows": 32, "num_warps": 2},
+        {"codebook": "uniform"}, {"codebook": "companded"},
+        {"codebook": "companded", "block_rows": 128},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

@@ -236,14 +236,20 @@ def compile_decompress(register_lookup: bool, unrotate: bool) -> dict:
     }  # fmt: skip
 
 
-def _arithmetic_codes(fmt, companded_arithmetic: int) -> int:
-    """The store's ARITHMETIC for ``fmt`` with triton_store.TUNING's companded_arithmetic set."""
-    saved = triton_store.TUNING["companded_arithmetic"]
-    triton_store.TUNING["companded_arithmetic"] = companded_arithmetic
+#: The store's TUNING entries that choose how a codebook's codes are found.
+_ARITHMETIC_SETTINGS = ("uniform_arithmetic", "companded_arithmetic", "lloyd_max_arithmetic")
+
+
+def _arithmetic_codes(fmt, arithmetic: dict[str, int]) -> int:
+    """The store's ARITHMETIC for ``fmt`` with the entries of triton_store.TUNING in
+    ``arithmetic`` (any of _ARITHMETIC_SETTINGS) set."""
+    saved = dict(triton_store.TUNING)
+    triton_store.TUNING.update(arithmetic)
     try:
         return triton_store._arithmetic_codes(fmt)
     finally:
-        triton_store.TUNING["companded_arithmetic"] = saved
+        triton_store.TUNING.clear()
+        triton_store.TUNING.update(saved)
 
 
 def compile_store(
@@ -255,7 +261,7 @@ def compile_store(
     quantizer: tuple[bool, bool, bool, bool] = (True, True, True, True),
     prefetch: bool = False,
     codebook: str = "lloyd-max",
-    companded_arithmetic: int = 1,
+    arithmetic: dict[str, int] | None = None,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
@@ -263,9 +269,9 @@ def compile_store(
     the unit vector; ``quantizer``: (binary_search, byte_squares, native_matrix,
     searched_squares) as in triton_store.TUNING; ``prefetch``: the rows of a later program
     prefetched into L2 (prefetch_ahead); ``codebook``: K's and V's (uniform and companded
-    codes come from arithmetic, triton_store._arithmetic_codes; ``companded_arithmetic`` as
-    in triton_store.TUNING). Instructions per row count both of the kernel's branches (K and
-    V), as every program compiles both."""
+    codes come from arithmetic, triton_store._arithmetic_codes; ``arithmetic``: the
+    _ARITHMETIC_SETTINGS to change, e.g. {"lloyd_max_arithmetic": 1}). Instructions per row
+    count both of the kernel's branches (K and V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
     layout = TQCodec(128, 4, 4, key_codebook=codebook, value_codebook=codebook).cache_layout(8, 16)
@@ -275,8 +281,8 @@ def compile_store(
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
         SEARCHED_SQUARES=int(searched), PREFETCH=prefetch,
-        K_ARITHMETIC=_arithmetic_codes(layout.key_format, companded_arithmetic),
-        V_ARITHMETIC=_arithmetic_codes(layout.value_format, companded_arithmetic),
+        K_ARITHMETIC=_arithmetic_codes(layout.key_format, arithmetic or {}),
+        V_ARITHMETIC=_arithmetic_codes(layout.value_format, arithmetic or {}),
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip
@@ -313,7 +319,8 @@ def compile_store(
         "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
         "prefetch_ahead": prefetch, "codebook": codebook,
-        "companded_arithmetic": companded_arithmetic,
+        **{name: triton_store.TUNING[name] for name in _ARITHMETIC_SETTINGS},
+        **(arithmetic or {}),
         "native_matrix": raw and native_matrix, "searched_squares": searched,
         **resources,
         "programs_per_multiprocessor": 65536 // (resources["registers"] * 32 * num_warps),
@@ -323,14 +330,17 @@ def compile_store(
 
 
 def _store_codebook_rows() -> list[dict]:
-    """Today's store (64 columns) over the codebooks: Lloyd-Max's search, the uniform and the
-    companded codebooks' codes by arithmetic (the companded squares by a polynomial, then from
-    the per-byte table, then by the search)."""
+    """Today's store (64 columns) over the codebooks: Lloyd-Max's search, then its codes
+    guessed by arithmetic and corrected (squares by a polynomial, then from the per-byte
+    table), the uniform and the companded codebooks' codes by arithmetic (the companded
+    squares by a polynomial, then from the per-byte table, then by the search)."""
     return [
-        compile_store(64, 4, 64, False, True, codebook=codebook, companded_arithmetic=setting)
-        for codebook, setting in (
-            ("lloyd-max", 1), ("uniform", 1), ("companded", 1), ("companded", 2),
-            ("companded", 0),
+        compile_store(64, 4, 64, False, True, codebook=codebook, arithmetic=settings)
+        for codebook, settings in (
+            ("lloyd-max", {"lloyd_max_arithmetic": 0}), ("lloyd-max", {"lloyd_max_arithmetic": 1}),
+            ("lloyd-max", {"lloyd_max_arithmetic": 2}), ("uniform", {}),
+            ("companded", {"companded_arithmetic": 1}), ("companded", {"companded_arithmetic": 2}),
+            ("companded", {"companded_arithmetic": 0}),
         )
     ]  # fmt: skip
 
@@ -611,7 +621,8 @@ def _write(out: str, rows: list, decompress: list, store: list) -> None:
             f"{row['registers']} registers, "
             f"{row['spill_store_bytes']} spill bytes, {row['kernel_instructions']} instructions, "
             f"{row['warp_instructions_per_row']:.0f} warp-instructions per row "
-            f"(codebook {row['codebook']}, companded_arithmetic {row['companded_arithmetic']}: "
+            f"(codebook {row['codebook']}, companded_arithmetic {row['companded_arithmetic']}, "
+            f"lloyd_max_arithmetic {row['lloyd_max_arithmetic']}: "
             f"{row['alu_pipe_instructions']} on the ALU pipe, {row['fma_pipe_instructions']} "
             "on the FMA pipes)"
         )

@@ -92,7 +92,9 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
 # search; the companded codebook's 4-bit codes by arithmetic with their squares by a polynomial
 # (companded_arithmetic 1) or from the byte table (2; with byte_squares 0 a load per code), or
-# by the search (0), its 3 bits Lloyd-Max's.
+# by the search (0), its 3 bits Lloyd-Max's; Lloyd-Max's 4-bit codes guessed from the
+# compander and corrected by one compare, with the squares by a polynomial (lloyd_max_arithmetic
+# 1) or from the byte table (2), 3 and 5 bits still searched.
 LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
     ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
@@ -126,6 +128,16 @@ STORE_SETTINGS = [
         torch.bfloat16,
     ),
     ({"companded_arithmetic": 0}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
+    ({"lloyd_max_arithmetic": 1}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"lloyd_max_arithmetic": 1}, (64, 4, 3, "float16"), torch.float16),
+    ({"lloyd_max_arithmetic": 1}, (256, 5, 4, "float32", "lloyd-max", "companded"), torch.float32),
+    ({"lloyd_max_arithmetic": 1}, (256, 4, 2, "float32"), torch.bfloat16),
+    ({"lloyd_max_arithmetic": 2}, (128, 4, 4, "float16"), torch.bfloat16),
+    (
+        {"lloyd_max_arithmetic": 2, "byte_squares": 0},
+        (64, 4, 4, "float32", "lloyd-max", "uniform"),
+        torch.float16,
+    ),
 ]
 
 
@@ -142,10 +154,16 @@ def test_store_under_each_setting_writes_the_reference_bytes(
     _check_store_against_the_reference(codec_spec, dtype, generator)
 
 
-@pytest.mark.parametrize("codebook", ["lloyd-max", "uniform", "companded"])
-def test_store_of_zero_rows_writes_the_reference_bytes(codebook):
+@pytest.mark.parametrize(
+    ("codebook", "settings"),
+    [("lloyd-max", {}), ("lloyd-max", {"lloyd_max_arithmetic": 1}), ("uniform", {}),
+     ("companded", {})],
+)  # fmt: skip
+def test_store_of_zero_rows_writes_the_reference_bytes(codebook, settings, monkeypatch):
     """An all-zero K or V row has norm 0 and the code of 0 in every coordinate, exactly as
     the reference writes it (its inverse norm is huge: 0 times it must stay 0)."""
+    for name, value in settings.items():
+        monkeypatch.setitem(triton_store.TUNING, name, value)
     codec = TQCodec(128, 4, 4, key_codebook=codebook, value_codebook=codebook)
     layout = codec.cache_layout(num_kv_heads=2, block_size=16)
     key = torch.zeros(5, 2, 128, dtype=torch.bfloat16)
@@ -182,25 +200,46 @@ def test_byte_square_sums_add_the_squared_centroids_of_each_packed_code(head_dim
         assert table[byte].item() == pytest.approx(expected, rel=1e-6)
 
 
+def _horner(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The polynomial with ``coefficients`` (highest first) at ``x``, by Horner in x's dtype."""
+    value = torch.zeros_like(x) + coefficients[0].to(x.dtype)
+    for coefficient in coefficients[1:]:
+        value = value * x + coefficient.to(x.dtype)
+    return value
+
+
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
-def test_compander_table_gives_the_cubic_its_turning_point_and_the_squares(head_dim):
-    """The store's companded table: a and b as codebook.compander gives them, T where g' = 0
-    (fp64) with 7 < g(T) < 8, and the polynomial, evaluated in float32 by Horner as the
-    kernel does, within 1e-6 of the largest squared level of each code's (fp64 from the float32
-    levels): the norm correction's sums then move by less than float32 rounding's share."""
-    codec = TQCodec(head_dim, 4, 4, key_codebook="companded", value_codebook="lloyd-max")
+@pytest.mark.parametrize("codebook", ["companded", "lloyd-max"])
+def test_compander_table_holds_g_its_turning_point_and_the_squares(head_dim, codebook):
+    """The store's 4-bit arithmetic table: g(t) = t P(t^2) from entries 1-7 is the companded
+    codebook's cubic (codebook.compander) or passes through Lloyd-Max's 15 float32 edges at
+    k - 7 (fp64, within 1e-5: its float32 coefficients), rises up to T with 7 < g(T) < 8, and
+    floor(g(t)) + 8 evaluated in float32 as the kernel does is the edges' bucket of all but a
+    few of a million t; the squares' polynomial in |n - 7.5| / 4 - 1, in float32 by Horner,
+    is within 1e-6 of the largest squared level of each code's (fp64 from the float32 levels), so the norm
+    correction's sums move by less than float32 rounding's share."""
+    codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook="uniform")
     layout = codec.cache_layout(num_kv_heads=1, block_size=16)
     table = triton_layout.compander_table(layout, "key", "cpu")
-    a, b, turn = (float(v) for v in table[:3])
-    assert (a, b) == compander(head_dim)
-    assert turn == pytest.approx(math.sqrt(-a / (3 * b)), rel=1e-7)
-    assert 7 < turn * (a + b * turn * turn) < 8
-    levels = codebook_tensors(head_dim, 4, "cpu", "companded")[0].double()
+    turn, slope, squares = table[0].double(), table[1:8].double(), table[8:]
+    levels, edges = (t.double() for t in codebook_tensors(head_dim, 4, "cpu", codebook))
+    if codebook == "companded":
+        a, b = compander(head_dim)
+        assert slope.tolist() == [0, 0, 0, 0, 0, b, a]
+        assert turn.item() == pytest.approx(math.sqrt(-a / (3 * b)), rel=1e-7)
+    else:
+        at_edges = edges * _horner(slope, edges**2)
+        torch.testing.assert_close(at_edges, torch.arange(-7.0, 8.0).double(), atol=1e-5, rtol=0)
+    grid = torch.linspace(0, turn.item(), 100_001, dtype=torch.float64)
+    rising = grid * _horner(slope, grid**2)
+    assert (rising.diff() > 0).all() and 7 < rising[-1].item() < 8
+    t = torch.rand(1_000_000, generator=torch.Generator().manual_seed(0)) * 0.8 - 0.4
+    clamped = t.clamp(-turn.float(), turn.float())
+    codes = torch.floor(clamped * _horner(table[1:8], clamped * clamped) + 8).clamp(0, 15)
+    assert (codes != torch.bucketize(t, edges.float())).sum().item() <= 20
     for code in range(16):
-        x = torch.tensor(abs(code - 7.5), dtype=torch.float32)
-        square = table[3].clone()
-        for coefficient in table[4:]:
-            square = square * x + coefficient
+        x = torch.tensor(abs(code - 7.5), dtype=torch.float32) * 0.25 - 1
+        square = _horner(squares, x)
         assert abs(square.item() - levels[code].item() ** 2) < 1e-6 * levels[0].item() ** 2
     assert not triton_layout.compander_table(layout, "value", "cpu").any()
 

@@ -390,34 +390,68 @@ def sign_hadamard_halves(head_dim: int, seed: int, device: torch.device) -> torc
 _BYTE_SQUARES: dict[tuple[int, int, str, torch.device], torch.Tensor] = {}
 
 
-_COMPANDER_TABLES: dict[tuple[int, bool, torch.device], torch.Tensor] = {}
+_COMPANDER_TABLES: dict[tuple[int, str | None, torch.device], torch.Tensor] = {}
+
+
+#: compander_table's entries: g's turning point, g's 7 coefficients, the squares' 8.
+COMPANDER_TABLE_SIZE = 16
 
 
 def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
-    """float32 [11] for the store's companded quantizer (triton_store._quantize_companded): a
-    and b of g(t) = t (a + b t^2) (codebook.compander), g's turning point T = sqrt(-a / 3b),
-    then the coefficients, highest first, of the degree-7 polynomial in x = |n - 7.5| through
-    the squared float32 levels of codes n = 8 .. 15 (fp64 interpolation; the levels are
-    symmetric; in float32 each value is within 1e-6 of the largest square of its own). Zeros
-    for any other field, which the store does not read it for."""
+    """float32 [16] for the store's 4-bit quantizer by arithmetic
+    (triton_store._quantize_companded): the codes are floor(g(t)) + 8 for an odd polynomial g
+    with g(edge k) = k - 7 (t clamped to g's turning point T first). Entry 0 holds T; 1-7 the
+    coefficients of g(t) / t in t^2, highest first; 8-15 those, highest first, of the
+    degree-7 polynomial in u = |n - 7.5| / 4 - 1 (in [-1, 1), where float32's Horner stays
+    within 2e-7 of the largest square; in |n - 7.5| it strays to 3e-6) through the squared
+    float32 levels of codes n = 8 .. 15 (fp64 interpolation; the levels are symmetric).
+
+    The companded codebook's g is its compander, t (a + b t^2) (codebook.compander: entries
+    1-5 zero). Lloyd-Max's is the degree-13 odd polynomial through its 15 float32 edges, which
+    rises up to T, past the outermost edge; evaluated in float32 it puts an edge within about
+    2e-6 of a cell (4e-8 in t) of where the search does, so a value that close to an edge may
+    take the neighbour, as with the companded codebook. Zeros for any other field, which the
+    store does not read it for."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
-    companded = fmt.compressed and fmt.codebook == "companded" and fmt.mse_bits == 4
-    key = (layout.head_dim, companded, torch.device(device))
+    codebook = fmt.codebook if fmt.compressed and fmt.mse_bits == 4 else None
+    if codebook not in ("companded", "lloyd-max"):
+        codebook = None
+    key = (layout.head_dim, codebook, torch.device(device))
     if key not in _COMPANDER_TABLES:
-        table = np.zeros(11)
-        if companded:
-            a, b = compander(layout.head_dim)
-            turn = float(np.float32(math.sqrt(-a / (3 * b))))
-            # The store clamps t to [-T, T] and adds 8 with no clamp after: g(T) must lie in
-            # (7, 8) for the outermost cells to keep codes 0 and 15 (fp64, with T as stored).
-            if not 7 < turn * (a + b * turn * turn) < 8:
-                raise TQConfigError(f"the companded codebook's g(T) for head_dim "
-                                    f"{layout.head_dim} is outside (7, 8)")  # fmt: skip
-            levels = codebook_tensors(layout.head_dim, 4, "cpu", "companded")[0].double().numpy()
-            table[:3] = a, b, turn
-            table[3:] = np.polyfit(np.arange(8) + 0.5, levels[8:] ** 2, 7)
+        table = np.zeros(COMPANDER_TABLE_SIZE)
+        if codebook is not None:
+            turn, table[1:8] = _compander_polynomial(layout.head_dim, codebook)
+            table[0] = turn
+            levels = codebook_tensors(layout.head_dim, 4, "cpu", codebook)[0].double().numpy()
+            table[8:] = np.polyfit((np.arange(8) + 0.5) / 4 - 1, levels[8:] ** 2, 7)
         _COMPANDER_TABLES[key] = torch.tensor(table, dtype=torch.float32, device=device)
     return _COMPANDER_TABLES[key]
+
+
+def _compander_polynomial(head_dim: int, codebook: str) -> tuple[float, np.ndarray]:
+    """(T as a float32, the 7 coefficients of g(t) / t in t^2, highest first, each rounded to
+    float32) for compander_table. The store clamps t to [-T, T] and adds 8 with no clamp
+    after: g must rise on [0, T] (checked on a fine grid, fp64) with g(T) in (7, 8), so the
+    outermost cells keep codes 0 and 15."""
+    if codebook == "companded":
+        a, b = compander(head_dim)
+        coefficients = np.array([0, 0, 0, 0, 0, b, a], dtype=np.float64)
+        turn = math.sqrt(-a / (3 * b))
+    else:
+        edges = codebook_tensors(head_dim, 4, "cpu", codebook)[1].double().numpy()[8:]
+        coefficients = np.polyfit(edges**2, np.arange(1.0, 8.0) / edges, 6)
+        coefficients = coefficients.astype(np.float32).astype(np.float64)
+        # T: where g stops rising past the outermost edge (the polynomial turns soon after it).
+        grid = np.linspace(edges[-1], edges[-1] * 2, 100_001)
+        rising = np.diff(grid * np.polyval(coefficients, grid**2)) > 0
+        turn = grid[np.argmin(rising)] if not rising.all() else grid[-1]
+    turn = float(np.float32(turn))
+    grid = np.linspace(0, turn, 100_001)
+    values = grid * np.polyval(coefficients, grid**2)
+    if not (np.diff(values) > 0).all() or not 7 < values[-1] < 8:
+        raise TQConfigError(f"the {codebook} codebook's compander for head_dim {head_dim} "
+                            f"does not rise to a value in (7, 8)")  # fmt: skip
+    return turn, coefficients
 
 
 def byte_square_sums(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:

@@ -98,6 +98,7 @@ TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
     "prefetch_ahead": 0, "uniform_arithmetic": 1, "companded_arithmetic": 1,
+    "lloyd_max_arithmetic": 0,
 }  # fmt: skip
 
 
@@ -198,32 +199,35 @@ def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _quantize_companded(unit, compand_ptr, SQUARES: tl.constexpr):
-    """4-bit codes and squared levels of the companded codebook by arithmetic
-    (triton_layout.compander_table holds a, b, g's turning point and the squares' polynomial).
+def _quantize_companded(unit, compand_ptr, SQUARES: tl.constexpr, TERMS: tl.constexpr):
+    """4-bit codes and squared levels by arithmetic, for a codebook whose edge k is where an
+    odd polynomial g crosses k - 7 (triton_layout.compander_table holds g's turning point T,
+    g(t) / t's coefficients in t^2 and the squares' polynomial): the companded codebook (g its
+    cubic compander, TERMS 2) or Lloyd-Max's (g of degree 13 through its edges, TERMS 7).
 
-    Its cells are g^-1(k) for g(t) = t (a + b t^2) (codebook.compander), so the code is
-    floor(g(t)) + 8, rounded as in :func:`_quantize_uniform`. b < 0, so g turns down past its
-    turning point T (and would give the outermost values inner codes): t is clamped to
-    [-T, T] first, where 7 < g(T) < 8 (compander_table checks it), so every value keeps its
-    cell and g(t) + 8 stays inside [0, 16) with no clamp after it. A value within float32
-    rounding of an edge may take the neighbour, as with the search. The squared level of code
-    n is a degree-7 polynomial in |n - 7.5| through the 8 squared magnitudes where SQUARES
-    (Horner: 7 multiply-adds on the FMA pipe, which the store leaves idle; within 1e-6 of the
-    largest square), else zeros (the caller reads a table). No compare, no select, no table
-    load per value."""
-    compand_a = tl.load(compand_ptr)
-    compand_b = tl.load(compand_ptr + 1)
-    turn = tl.load(compand_ptr + 2)
+    The code is floor(g(t)) + 8, rounded as in :func:`_quantize_uniform`. g turns down past T
+    (and would give the outermost values inner codes): t is clamped to [-T, T] first, where
+    7 < g(T) < 8 (compander_table checks it), so every value keeps its cell and g(t) + 8
+    stays inside [0, 16) with no clamp after it. A value within float32 rounding of an edge
+    may take the neighbour, as with the search. The squared level of code n is a degree-7
+    polynomial in |n - 7.5| / 4 - 1 through the 8 squared magnitudes where SQUARES (Horner: 7
+    multiply-adds on the FMA pipe, which the store leaves idle; within 2e-7 of the largest
+    square), else zeros (the caller reads a table). No compare, no select, no table load per
+    value: the search's 3 compares and 4 selects on the ALU pipe become TERMS + 1
+    multiply-adds."""
+    turn = tl.load(compand_ptr)
     t = tl.minimum(tl.maximum(unit, -turn), turn)
-    level = t * (compand_a + compand_b * (t * t)) + (8.0 - 0.5 - _TIE)
-    rounded = level + _TO_INTEGER_BITS
+    t_squared = t * t
+    slope = tl.load(compand_ptr + 8 - TERMS)  # TERMS >= 2: a tensor after the first step
+    for i in tl.static_range(9 - TERMS, 8):
+        slope = slope * t_squared + tl.load(compand_ptr + i)
+    rounded = t * slope + (8.0 - 0.5 - _TIE) + _TO_INTEGER_BITS
     codes = rounded.to(tl.int32, bitcast=True) & 15
     square = tl.zeros(unit.shape, dtype=tl.float32)
     if SQUARES:
-        x = tl.abs((rounded - _TO_INTEGER_BITS) - 7.5)
-        square += tl.load(compand_ptr + 3)
-        for i in tl.static_range(4, 11):
+        x = tl.abs((rounded - _TO_INTEGER_BITS) - 7.5) * 0.25 - 1.0
+        square += tl.load(compand_ptr + 8)
+        for i in tl.static_range(9, 16):
             square = square * x + tl.load(compand_ptr + i)
     return codes, square
 
@@ -339,7 +343,7 @@ def _encode_chunk(
     field); returns the rows' sums of squared centroids over the chunk (the norm correction's).
     ARITHMETIC (_arithmetic_codes): 0 the boundary search, 1 an evenly spaced codebook's codes
     and squares by arithmetic, 2 the companded codebook's, 3 its codes by arithmetic and its
-    squares from the per-byte table."""
+    squares from the per-byte table, 4 and 5 the same for Lloyd-Max's 4-bit codebook."""
     quantized_sq = tl.zeros([unit.shape[0]], dtype=tl.float32)
     if BITS == 16:
         cols = chunk * COLS + tl.arange(0, COLS)
@@ -354,11 +358,15 @@ def _encode_chunk(
         searched: tl.constexpr = (
             SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4) and ARITHMETIC == 0
         )
-        squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1 or ARITHMETIC == 2
+        squares_in_registers: tl.constexpr = (
+            searched or ARITHMETIC == 1 or ARITHMETIC == 2 or ARITHMETIC == 4
+        )
         if ARITHMETIC == 1:
             codes, square = _quantize_uniform(unit, bound_ptr, BITS)
         elif ARITHMETIC >= 2:
-            codes, square = _quantize_companded(unit, compand_ptr, ARITHMETIC == 2)
+            codes, square = _quantize_companded(
+                unit, compand_ptr, ARITHMETIC % 2 == 0, 7 if ARITHMETIC >= 4 else 2
+            )
         else:
             codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
         packed = _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
@@ -524,14 +532,17 @@ def _arithmetic_codes(fmt) -> int:
     """How the store finds this field's codes (the kernel's ARITHMETIC): 1 by arithmetic for an
     evenly spaced codebook of 2-8 bits (uniform_arithmetic on), 2 by arithmetic for the 4-bit
     companded codebook with its squares by a polynomial (companded_arithmetic 1), 3 the same
-    with its squares from the per-byte table (companded_arithmetic 2), 0 by the boundary
-    search."""
+    with its squares from the per-byte table (companded_arithmetic 2), 4 and 5 the same for
+    Lloyd-Max's 4-bit codebook through its degree-13 polynomial (lloyd_max_arithmetic 1 and
+    2), 0 by the boundary search."""
     if not fmt.compressed:
         return 0
     if fmt.codebook == "uniform" and 2 <= fmt.mse_bits <= 8 and TUNING["uniform_arithmetic"]:
         return 1
     if fmt.codebook == "companded" and fmt.mse_bits == 4 and TUNING["companded_arithmetic"]:
         return 1 + TUNING["companded_arithmetic"]
+    if fmt.codebook == "lloyd-max" and fmt.mse_bits == 4 and TUNING["lloyd_max_arithmetic"]:
+        return 3 + TUNING["lloyd_max_arithmetic"]
     return 0
 
 
