@@ -7,11 +7,11 @@
 #   bash benchmarks/gpu/tune_gpu.sh COMMIT
 set -uo pipefail
 source benchmarks/gpu/card.sh "${1:?git sha of the measured commit}"
-bash benchmarks/gpu/kernel_tests_parallel.sh "tune-$gpu-$sha" "${TESTS:-store or compander}" 14 150
+bash benchmarks/gpu/kernel_tests_parallel.sh "tune-$gpu-$sha" "${TESTS:-store or compander}" 14 100
 echo "== tests $(( $(date +%s) - start )) s"
 for run in $(seq 1 "${RUNS:-2}"); do
   for section in tune_store tune; do
-    timeout 240 python3 benchmarks/kernel_bench.py --suite tune --only "$section" \
+    timeout 110 python3 benchmarks/kernel_bench.py --suite tune --only "$section" \
         --out "$OUT/kernels-$section-run$run-$gpu-$sha" --git-sha "$sha" \
         > "$OUT/log-$section-run$run-$gpu-$sha.txt" 2>&1
     echo "== $section run $run rc=$? $(( $(date +%s) - start )) s"
