@@ -216,8 +216,8 @@ def test_compander_table_holds_g_its_turning_point_and_the_squares(head_dim, cod
     k - 7 (fp64, within 1e-5: its float32 coefficients), rises up to T with 7 < g(T) < 8, and
     floor(g(t)) + 8 evaluated in float32 as the kernel does is the edges' bucket of all but a
     few of a million t; the squares' polynomial in |n - 7.5| / 4 - 1, in float32 by Horner,
-    is within 1e-6 of the largest squared level of each code's (fp64 from the float32 levels), so the norm
-    correction's sums move by less than float32 rounding's share."""
+    is within 1e-6 of the largest squared level of each code's (fp64 from the float32
+    levels), so the norm correction's sums move by less than float32 rounding's share."""
     codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook="uniform")
     layout = codec.cache_layout(num_kv_heads=1, block_size=16)
     table = triton_layout.compander_table(layout, "key", "cpu")
