@@ -556,16 +556,11 @@ def tune_rows(model, batch, context, copy_gbps) -> list[dict]:
     settings (triton_attention.TUNING["decode"], the default first), with the bf16 rows of the
     same shape once. This round: short context, where rotate=True at 1 x 1K is 1.15x bf16's time
     (docs/kernels.md, "rotate=True in one wave"): one split per key tile leaves the software
-    pipeline nothing to overlap, and 2 stages instead of 3 gave 1.10x once
-    (decode-levers/kernels-tune-decode-short-h100-d383929). Repeated at batch 1-8 x 1K, 4K and
-    8 x 16K with the opt-in rule that caps the stages only where a split spans few tiles
-    (triton_attention._num_stages), against 2 stages everywhere."""
+    pipeline nothing to overlap: 2 stages there (short_split_num_stages, the default since
+    two runs at 6531303, decode-levers/kernels-tune-decode-short-run1/2-h100-6531303) against
+    3, and 16 merge rows on top (1 x 1K 0.0082-0.0083 ms in those runs, slower elsewhere)."""
     saved = dict(triton_attention.TUNING["decode"])
-    settings = [
-        {}, {"num_stages": 2}, {"short_split_num_stages": 2},
-        {"short_split_num_stages": 2, "short_split_tiles": 4},
-        {"short_split_num_stages": 2, "merge_rows": 16},
-    ]  # fmt: skip
+    settings = [{}, {"short_split_num_stages": 0}, {"merge_rows": 16}]
     rows = []
     for overrides in settings:
         triton_attention.TUNING["decode"] = {**saved, **overrides}
@@ -595,15 +590,12 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # searched_squares) were timed on and are the default (store/kernels-tune-store-h100-24c0084,
     # -3ae28b7, -f68c684); so are 64-column products (store/kernels-tune-store-h100-60b44ae).
     # So is the uniform codebook's codes by arithmetic (store/kernels-tune-store-h100-8bd0b82).
-    # So is the companded codebook's (store/kernels-tune-store-h100-d383929). This round:
-    # Lloyd-Max's 4-bit codes by arithmetic through its degree-13 compander
-    # (lloyd_max_arithmetic; squares by a polynomial, 2 from the per-byte table) against its
-    # search, with rows and a register cap; the companded codebook's 128 rows at a middle size.
+    # So is the companded codebook's (store/kernels-tune-store-h100-d383929), and Lloyd-Max's
+    # 4-bit codes through its degree-13 polynomial (lloyd_max_arithmetic,
+    # store/kernels-tune-store-run1/2-h100-6531303). This round: the default against the search
+    # it replaced and the other codebooks.
     settings = [
-        {}, {"lloyd_max_arithmetic": 1}, {"lloyd_max_arithmetic": 2},
-        {"lloyd_max_arithmetic": 1, "block_rows": 128}, {"lloyd_max_arithmetic": 1, "maxnreg": 80},
-        {"lloyd_max_arithmetic": 1, "block_rows": 32, "num_warps": 2},
-        {"codebook": "uniform"}, {"codebook": "companded"},
+        {}, {"lloyd_max_arithmetic": 0}, {"codebook": "uniform"}, {"codebook": "companded"},
         {"codebook": "companded", "block_rows": 128},
     ]  # fmt: skip
     for overrides in settings:

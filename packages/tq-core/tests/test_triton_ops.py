@@ -92,10 +92,12 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
 # search; the companded codebook's 4-bit codes by arithmetic with their squares by a polynomial
 # (companded_arithmetic 1) or from the byte table (2; with byte_squares 0 a load per code), or
-# by the search (0), its 3 bits Lloyd-Max's; Lloyd-Max's 4-bit codes guessed from the
-# compander and corrected by one compare, with the squares by a polynomial (lloyd_max_arithmetic
-# 1) or from the byte table (2), 3 and 5 bits still searched.
-LINEAR_QUANTIZER = {"binary_search": 0, "byte_squares": 0}
+# by the search (0), its 3 bits Lloyd-Max's; Lloyd-Max's 4-bit codes through its degree-13
+# polynomial (the default), with the squares by a polynomial (lloyd_max_arithmetic 1) or from
+# the byte table (2), 3 and 5 bits still searched, or by the search (0, the default before;
+# the search's own levers turn the polynomial off to reach it).
+SEARCH = {"lloyd_max_arithmetic": 0}
+LINEAR_QUANTIZER = {**SEARCH, "binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
     ({"fwht": 1}, (128, 4, 4, "float32"), torch.bfloat16),
     ({"fwht": 1}, (64, 8, 2, "float16"), torch.float32),
@@ -105,7 +107,7 @@ STORE_SETTINGS = [
     ({"raw_dot": 0}, (64, 3, 5, "float16"), torch.float16),
     ({"raw_dot": 0}, (128, 4, 4, "float32", "uniform", "lloyd-max-grid"), torch.bfloat16),
     ({"raw_dot": 0}, (64, 16, 4, "float32"), torch.float16),
-    ({"searched_squares": 0}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({**SEARCH, "searched_squares": 0}, (128, 4, 4, "float32"), torch.bfloat16),
     ({"searched_squares": 0}, (64, 3, 5, "float16"), torch.float16),
     (LINEAR_QUANTIZER, (128, 4, 4, "float32"), torch.bfloat16),
     (LINEAR_QUANTIZER, (64, 3, 5, "float16"), torch.float16),
@@ -128,7 +130,8 @@ STORE_SETTINGS = [
         torch.bfloat16,
     ),
     ({"companded_arithmetic": 0}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
-    ({"lloyd_max_arithmetic": 1}, (128, 4, 4, "float32"), torch.bfloat16),
+    (SEARCH, (128, 4, 4, "float32"), torch.bfloat16),
+    (SEARCH, (64, 4, 3, "float16"), torch.float16),
     ({"lloyd_max_arithmetic": 1}, (64, 4, 3, "float16"), torch.float16),
     ({"lloyd_max_arithmetic": 1}, (256, 5, 4, "float32", "lloyd-max", "companded"), torch.float32),
     ({"lloyd_max_arithmetic": 1}, (256, 4, 2, "float32"), torch.bfloat16),
@@ -156,7 +159,7 @@ def test_store_under_each_setting_writes_the_reference_bytes(
 
 @pytest.mark.parametrize(
     ("codebook", "settings"),
-    [("lloyd-max", {}), ("lloyd-max", {"lloyd_max_arithmetic": 1}), ("uniform", {}),
+    [("lloyd-max", {}), ("lloyd-max", SEARCH), ("uniform", {}),
      ("companded", {})],
 )  # fmt: skip
 def test_store_of_zero_rows_writes_the_reference_bytes(codebook, settings, monkeypatch):
@@ -559,8 +562,8 @@ def test_long_splits_merge_in_the_kernel_only_where_pairs_are_fewer_than_multipr
 
 def test_short_splits_compile_with_fewer_stages_only_when_asked():
     """short_split_num_stages caps the pipeline depth where a split spans at most
-    short_split_tiles key tiles, and never deepens it (wide fields keep their 1 stage); off by
-    default."""
+    short_split_tiles key tiles, and never deepens it (wide fields keep their 1 stage); 0
+    turns it off."""
     layout = TQCodec(128, 4, 4).cache_layout(8, 16)
     wide = TQCodec(128, 8, 4).cache_layout(8, 16)
     decode = dict(triton_attention.TUNING["decode"], num_stages=3, block_n=128)
@@ -571,7 +574,7 @@ def test_short_splits_compile_with_fewer_stages_only_when_asked():
         tuning = {**decode, **settings}
         return triton_attention._num_stages(tuning, fields, block_table, num_splits)
 
-    assert stages(short_keys, 8) == 3  # off
+    assert stages(short_keys, 8, short_split_num_stages=0) == 3  # off
     assert stages(short_keys, 8, short_split_num_stages=2, short_split_tiles=2) == 2
     assert stages(short_keys, 4, short_split_num_stages=2, short_split_tiles=2) == 2
     assert stages(short_keys, 2, short_split_num_stages=2, short_split_tiles=2) == 3  # 4 tiles

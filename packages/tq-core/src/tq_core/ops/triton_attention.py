@@ -959,11 +959,13 @@ TUNING = {
         "key_mask": 1,
         "pdl": 0,
         # short_split_num_stages N (0: off): where a split spans at most short_split_tiles key
-        # tiles, compile with at most N pipeline stages (_num_stages). One H100 run at d383929:
-        # 2 stages made rotate=True at 1 x 1K 0.0087 ms against 0.0091 and at 8 x 1K 0.0149
-        # against 0.0156 (decode-levers/kernels-tune-decode-short-h100-d383929); opt-in until
-        # a rule is timed and repeated across short and long shapes.
-        "short_split_num_stages": 0,
+        # tiles, compile with at most N pipeline stages (_num_stages). H100, rotate=True at
+        # 1 x 1K: 0.0085 ms against 0.0089 / 0.0088 with 3 stages in two runs at 6531303 (cuDNN
+        # 0.0078: 1.09x), 0.0087 against 0.0091 at d383929; 2 x 1K 0.0090 against 0.0095 /
+        # 0.0093, 8 x 1K 0.0147 against 0.0151 / 0.0150; 1 x 4K, 8 x 4K and 8 x 16K within
+        # 0.0002 ms either way, the rotated domain too (2 stages everywhere: 8 x 16K 0.0911
+        # against 0.0893-0.0898; decode-levers/kernels-tune-decode-short-run1/2-h100-6531303).
+        "short_split_num_stages": 2,
         "short_split_tiles": 2,
     },
     "prefill": {"block_n": 32, "num_warps": 8, "num_stages": 1, "lookup": 2, "block_m": 128},

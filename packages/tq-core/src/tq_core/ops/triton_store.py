@@ -94,11 +94,18 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # (store/static-cost-sm90a-store-codebooks-d383929); on an H100 0.2336-0.2345 ms at 65,536
 # tokens with the polynomial, 0.2739-0.2753 with the table, Lloyd-Max 0.2675-0.2685
 # (store/kernels-tune-store-h100-d383929).
+# lloyd_max_arithmetic 1: Lloyd-Max's 4-bit codes the same way, through the odd degree-13
+# polynomial through its edges (compiled: 4,560 instructions, 1,044 on the ALU pipe, 102
+# registers; store/static-cost-sm90a-store-codebooks-98afe26). H100, two runs at 6531303
+# against the search: 0.0129 / 0.0129 ms against 0.0136 / 0.0135 at 2,048 tokens, 0.0705 /
+# 0.0701 against 0.0731 / 0.0727 at 16,384, 0.2544 / 0.2614 against 0.2636 / 0.2642 at
+# 65,536 (1.01-1.05x); 2 (squares from the byte table), 128 rows or 32 rows were slower
+# (store/kernels-tune-store-run1/2-h100-6531303).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
     "prefetch_ahead": 0, "uniform_arithmetic": 1, "companded_arithmetic": 1,
-    "lloyd_max_arithmetic": 0,
+    "lloyd_max_arithmetic": 1,
 }  # fmt: skip
 
 
