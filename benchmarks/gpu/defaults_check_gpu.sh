@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# After a default changes, in one call: every GPU op test (14 shards), the smoke suite (decode
-# at 1 x 1K and 8 x 16K over the codebooks, store, prefill, decompress; peers from .whl where
-# carried) and one run of both tune suites, everything packed into one check.tgz in $OUT.
+# After a default changes, in one call: every GPU op test (14 shards), the smoke suite's
+# sections in SMOKE (default decode,store: decode at 1 x 1K and 8 x 16K over the codebooks, the
+# store at 2,048 tokens with fused-turboquant from .whl where carried) and, with TUNE=1, one
+# run of both tune suites; everything packed into one check.tgz in $OUT.
 #   bash benchmarks/gpu/defaults_check_gpu.sh COMMIT
 set -uo pipefail
 source benchmarks/gpu/card.sh "${1:?git sha of the measured commit}"
@@ -10,10 +11,12 @@ echo "== tests $(( $(date +%s) - start )) s"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 .whl/*.whl \
     > /dev/null 2>&1 || echo "peer wheels not installed"
 PYTHONPATH=$PYTHONPATH:/tmp/site2:$(pwd)/benchmarks/gpu timeout 150 python3 \
-    benchmarks/kernel_bench.py --suite smoke --out "$OUT/kernels-smoke-$gpu-$sha" \
+    benchmarks/kernel_bench.py --suite smoke --only "${SMOKE:-decode,store}" \
+    --out "$OUT/kernels-smoke-$gpu-$sha" \
     --git-sha "$sha" > "$OUT/log-smoke-$gpu-$sha.txt" 2>&1
 echo "== smoke rc=$? $(( $(date +%s) - start )) s"
-for section in tune_store tune; do
+sections=""; [ -n "${TUNE:-}" ] && sections="tune_store tune"
+for section in $sections; do
   timeout 100 python3 benchmarks/kernel_bench.py --suite tune --only "$section" \
       --out "$OUT/kernels-$section-$gpu-$sha" --git-sha "$sha" \
       > "$OUT/log-$section-$gpu-$sha.txt" 2>&1
