@@ -6,7 +6,7 @@
 #   bash benchmarks/gpu/defaults_check_gpu.sh COMMIT
 set -uo pipefail
 source benchmarks/gpu/card.sh "${1:?git sha of the measured commit}"
-bash benchmarks/gpu/kernel_tests_parallel.sh "all-$gpu-$sha" "not no_such_test" 14 200
+bash benchmarks/gpu/kernel_tests_parallel.sh "all-$gpu-$sha" "not no_such_test" 14 170
 echo "== tests $(( $(date +%s) - start )) s"
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site2 .whl/*.whl \
     > /dev/null 2>&1 || echo "peer wheels not installed"
