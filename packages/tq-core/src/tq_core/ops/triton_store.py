@@ -365,14 +365,14 @@ def _encode_chunk(
         searched: tl.constexpr = (
             SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4) and ARITHMETIC == 0
         )
-        squares_in_registers: tl.constexpr = (
-            searched or ARITHMETIC == 1 or ARITHMETIC == 2 or ARITHMETIC == 4
-        )
+        # 2 and 4 take the squares' polynomial, 3 and 5 the per-byte table (_arithmetic_codes).
+        polynomial_squares: tl.constexpr = ARITHMETIC >= 2 and ARITHMETIC % 2 == 0
+        squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1 or polynomial_squares
         if ARITHMETIC == 1:
             codes, square = _quantize_uniform(unit, bound_ptr, BITS)
         elif ARITHMETIC >= 2:
             codes, square = _quantize_companded(
-                unit, compand_ptr, ARITHMETIC % 2 == 0, 7 if ARITHMETIC >= 4 else 2
+                unit, compand_ptr, polynomial_squares, 7 if ARITHMETIC >= 4 else 2
             )
         else:
             codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
