@@ -1,0 +1,83 @@
+"""The store's 4-bit arithmetic tables (triton_layout.compander_table) measured on the CPU, for
+the figures docs/kernels.md quotes: how far Lloyd-Max's edges lie from the companded cubic's
+level sets, g(T) and T of each codebook's polynomial, how many of a million uniform t the
+float32 arithmetic codes differently from torch.bucketize over the same float32 edges, and the
+squares' polynomial's float32 error in |n - 7.5| (before) and in |n - 7.5| / 4 - 1 (now). No GPU.
+
+    python benchmarks/compander_table_figures.py --out OUT.json
+(committed: benchmarks/results/store/compander-table-figures-cpu.json, ~5 s)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import torch
+
+from tq_core import TQCodec
+from tq_core.cli.provenance import environment_record
+from tq_core.codebook import codebook_tensors, compander
+from tq_core.ops import triton_layout
+
+
+def _horner32(coefficients: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """Horner in float32, as the kernel evaluates."""
+    c = coefficients.astype(np.float32)
+    value = np.full_like(x, c[0], dtype=np.float32)
+    for coefficient in c[1:]:
+        value = (value * x + coefficient).astype(np.float32)
+    return value
+
+
+def _figures(head_dim: int, codebook: str) -> dict:
+    layout = TQCodec(head_dim, 4, 4, key_codebook=codebook).cache_layout(1, 16)
+    table = triton_layout.compander_table(layout, "key", "cpu").numpy()
+    levels, edges = (t.numpy() for t in codebook_tensors(head_dim, 4, "cpu", codebook))
+    turn = np.float32(table[0])
+    t = np.random.default_rng(0).uniform(-0.4, 0.4, 1_000_000).astype(np.float32)
+    clamped = np.clip(t, -turn, turn)
+    g = (clamped * _horner32(table[1:8], clamped * clamped)).astype(np.float32)
+    # The kernel's rounding: (g + 7.5 - 2^-19) + 2^23 in float32, the code in the low bits.
+    level = (g + np.float32(7.5 - 2.0**-19)).astype(np.float32)
+    codes = (level + np.float32(2.0**23)).astype(np.float32).view(np.int32) & 15
+    squares = levels[8:].astype(np.float64) ** 2
+    x = (np.arange(8) + 0.5).astype(np.float32)
+    old = _horner32(np.polyfit(x.astype(np.float64), squares, 7), x)
+    new = _horner32(table[8:], (x * np.float32(0.25) - np.float32(1)).astype(np.float32))
+    a, b = compander(head_dim)
+    e = edges.astype(np.float64)
+    return {
+        "head_dim": head_dim, "codebook": codebook, "turning_point": float(turn),
+        "g_at_turning_point": float(turn * np.polyval(table[1:8].astype(np.float64), turn**2)),
+        "edges_drift_from_cubic_level_sets": float(
+            np.abs(e * (a + b * e * e) - (np.arange(15) - 7)).max()
+        ),
+        "codes_unlike_bucketize_per_million": int((codes != np.searchsorted(edges, t)).sum()),
+        "squares_error_in_abs_n": float(np.abs(old - squares).max() / squares.max()),
+        "squares_error_in_u": float(np.abs(new - squares).max() / squares.max()),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="path of the JSON to write")
+    args = parser.parse_args()
+    rows = [_figures(d, c) for c in ("lloyd-max", "companded") for d in (64, 128, 256)]
+    print("| codebook | head_dim | T | g(T) | edges from the cubic's level sets | codes unlike "
+          "bucketize / 1M | squares' error, |n-7.5| | in u |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['codebook']} | {r['head_dim']} | {r['turning_point']:.4f} | "
+              f"{r['g_at_turning_point']:.3f} | {r['edges_drift_from_cubic_level_sets']:.3f} | "
+              f"{r['codes_unlike_bucketize_per_million']} | {r['squares_error_in_abs_n']:.1e} | "
+              f"{r['squares_error_in_u']:.1e} |")  # fmt: skip
+    with open(args.out, "w") as f:
+        json.dump({"rows": rows, "environment": environment_record(), "torch": torch.__version__},
+                  f, indent=1)  # fmt: skip
+        f.write("\n")
+
+
+if __name__ == "__main__":
+    main()
