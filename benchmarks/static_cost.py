@@ -283,6 +283,7 @@ def compile_store(
         SEARCHED_SQUARES=int(searched), PREFETCH=prefetch,
         K_ARITHMETIC=_arithmetic_codes(layout.key_format, arithmetic or {}),
         V_ARITHMETIC=_arithmetic_codes(layout.value_format, arithmetic or {}),
+        ASM=1,
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip

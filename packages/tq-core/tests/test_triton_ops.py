@@ -213,36 +213,45 @@ def _horner(coefficients: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 @pytest.mark.parametrize("codebook", ["companded", "lloyd-max"])
-def test_compander_table_holds_g_its_turning_point_and_the_squares(head_dim, codebook):
-    """The store's 4-bit arithmetic table: g(t) = t P(t^2) from entries 1-7 is the companded
-    codebook's cubic (codebook.compander) or passes through Lloyd-Max's 15 float32 edges at
-    k - 7 (fp64, within 1e-5: its float32 coefficients), rises up to T with 7 < g(T) < 8, and
-    floor(g(t)) + 8 evaluated in float32 as the kernel does is the edges' bucket of all but a
-    few of a million t; the squares' polynomial in |n - 7.5| / 4 - 1, in float32 by Horner,
-    is within 1e-6 of the largest squared level of each code's (fp64 from the float32
-    levels), so the norm correction's sums move by less than float32 rounding's share."""
+def test_compander_table_holds_the_clamp_g_and_the_squares(head_dim, codebook):
+    """The store's 4-bit arithmetic table: w = t s clamped to [-0.5, 0.5], s = 1 / (2 T) for
+    T just below g's turning point; g(w) = w P(w^2) from entries 1-7 is the companded
+    codebook's cubic (codebook.compander) in w or passes through Lloyd-Max's 15 float32
+    edges, scaled by s, at k - 7 (fp64, within 1e-5: its float32 coefficients); g rises on
+    [0, 0.5] to a value in (7, 8); ceil(g(w) + 7) evaluated in float32 as the kernel does is
+    the edges' bucket of all but a few of a million t; the squares' polynomial in
+    q = (n - 8)(n - 7), in float32 by Horner, is within 1e-6 of the largest squared level
+    of each code's (fp64 from the float32 levels), so the norm correction's sums move by
+    less than float32 rounding's share."""
     codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook="uniform")
     layout = codec.cache_layout(num_kv_heads=1, block_size=16)
     table = triton_layout.compander_table(layout, "key", "cpu")
-    turn, slope, squares = table[0].double(), table[1:8].double(), table[8:]
+    scale, slope, squares = table[0].double(), table[1:8].double(), table[8:]
     levels, edges = (t.double() for t in codebook_tensors(head_dim, 4, "cpu", codebook))
     if codebook == "companded":
         a, b = compander(head_dim)
-        assert slope.tolist() == [0, 0, 0, 0, 0, b, a]
-        assert turn.item() == pytest.approx(math.sqrt(-a / (3 * b)), rel=1e-7)
+        assert scale.item() == pytest.approx(1 / (2 * math.sqrt(-a / (3 * b))), rel=1e-3)
+        expected = [0, 0, 0, 0, 0, b / scale.item() ** 3, a / scale.item()]
+        torch.testing.assert_close(slope, torch.tensor(expected).double(), rtol=1e-7, atol=0)
     else:
-        at_edges = edges * _horner(slope, edges**2)
+        edges_w = edges * scale
+        at_edges = edges_w * _horner(slope, edges_w**2)
         torch.testing.assert_close(at_edges, torch.arange(-7.0, 8.0).double(), atol=1e-5, rtol=0)
-    grid = torch.linspace(0, turn.item(), 100_001, dtype=torch.float64)
+        # T lies past the outermost edge.
+        assert edges_w[-1].item() < 0.5
+    grid = torch.linspace(0, 0.5, 100_001, dtype=torch.float64)
     rising = grid * _horner(slope, grid**2)
     assert (rising.diff() > 0).all() and 7 < rising[-1].item() < 8
     t = torch.rand(1_000_000, generator=torch.Generator().manual_seed(0)) * 0.8 - 0.4
-    clamped = t.clamp(-turn.float(), turn.float())
-    codes = torch.floor(clamped * _horner(table[1:8], clamped * clamped) + 8).clamp(0, 15)
+    w = (t * table[0] + 0.5).clamp(0, 1) - 0.5
+    codes = torch.ceil(w * _horner(table[1:8], w * w) + 7)
+    assert codes.min() >= 0 and codes.max() <= 15
     assert (codes != torch.bucketize(t, edges.float())).sum().item() <= 20
+    # Exactly on the middle edge (0) the code is the lower one, as bucketize's.
+    assert torch.ceil(torch.zeros(1) * _horner(table[1:8], torch.zeros(1)) + 7).item() == 7
     for code in range(16):
-        x = torch.tensor(abs(code - 7.5), dtype=torch.float32) * 0.25 - 1
-        square = _horner(squares, x)
+        below = torch.tensor(code - 8.0)
+        square = _horner(squares, below * below + below)
         assert abs(square.item() - levels[code].item() ** 2) < 1e-6 * levels[0].item() ** 2
     assert not triton_layout.compander_table(layout, "value", "cpu").any()
 

@@ -393,25 +393,31 @@ _BYTE_SQUARES: dict[tuple[int, int, str, torch.device], torch.Tensor] = {}
 _COMPANDER_TABLES: dict[tuple[int, str | None, torch.device], torch.Tensor] = {}
 
 
-#: compander_table's entries: g's turning point, g's 7 coefficients, the squares' 8.
+#: compander_table's entries: the clamp's scale, g's 7 coefficients, the squares' 8.
 COMPANDER_TABLE_SIZE = 16
+# Margin below g's turning point for the clamp: the store's w reaches 0.5 exactly, where g
+# must still rise (the turning point itself, rounded to float32, may lie just past the top).
+_TURN_MARGIN = 1 - 1e-4
 
 
 def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:
     """float32 [16] for the store's 4-bit quantizer by arithmetic
-    (triton_store._quantize_companded): the codes are floor(g(t)) + 8 for an odd polynomial g
-    with g(edge k) = k - 7 (t clamped to g's turning point T first). Entry 0 holds T; 1-7 the
-    coefficients of g(t) / t in t^2, highest first; 8-15 those, highest first, of the
-    degree-7 polynomial in u = |n - 7.5| / 4 - 1 (in [-1, 1), where float32's Horner stays
-    within 2e-7 of the largest square; in |n - 7.5| it strays to 3e-6) through the squared
-    float32 levels of codes n = 8 .. 15 (fp64 interpolation; the levels are symmetric).
+    (triton_store._quantize_companded). The store maps a unit coordinate t to
+    w = clamp(t s + 0.5, 0, 1) - 0.5 (one saturating multiply-add), s = 1 / (2 T) with T just
+    below g's turning point, so w is t / (2 T) clamped to [-0.5, 0.5]; the code is
+    ceil(g(w) + 7) for an odd polynomial g with g(edge k / (2 T)) = k - 7, which counts the
+    edges strictly below t as torch.bucketize does. Entry 0 holds s; 1-7 the coefficients of
+    g(w) / w in w^2, highest first; 8-15 those, highest first, of the degree-7 polynomial in
+    q = (n - 8) (n - 7) = f (f + 1), f in 0 .. 7 the code's cell counted from the middle
+    (float32's Horner stays within 1e-7 of the largest square), through the squared float32
+    levels of codes 8 + f (fp64 interpolation; the levels are symmetric, and so is q).
 
-    The companded codebook's g is its compander, t (a + b t^2) (codebook.compander: entries
-    1-5 zero). Lloyd-Max's is the degree-13 odd polynomial through its 15 float32 edges, which
-    rises up to T, past the outermost edge; evaluated in float32 it puts an edge within about
-    2e-6 of a cell (4e-8 in t) of where the search does, so a value that close to an edge may
-    take the neighbour, as with the companded codebook. Zeros for any other field, which the
-    store does not read it for."""
+    The companded codebook's g is its compander t (a + b t^2) (codebook.compander) in w:
+    entries 1-5 zero. Lloyd-Max's is the degree-13 odd polynomial through its 15 float32
+    edges, which rises up to T, past the outermost edge; evaluated in float32 it puts an edge
+    within about 2e-6 of a cell (4e-8 in t) of where the search does, so a value that close
+    to an edge may take the neighbour, as with the companded codebook. Zeros for any other
+    field, which the store does not read it for."""
     fmt = layout.key_format if tensor == "key" else layout.value_format
     codebook = fmt.codebook if fmt.compressed and fmt.mse_bits == 4 else None
     if codebook not in ("companded", "lloyd-max"):
@@ -420,38 +426,43 @@ def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
     if key not in _COMPANDER_TABLES:
         table = np.zeros(COMPANDER_TABLE_SIZE)
         if codebook is not None:
-            turn, table[1:8] = _compander_polynomial(layout.head_dim, codebook)
-            table[0] = turn
+            table[0], table[1:8] = _compander_polynomial(layout.head_dim, codebook)
             levels = codebook_tensors(layout.head_dim, 4, "cpu", codebook)[0].double().numpy()
-            table[8:] = np.polyfit((np.arange(8) + 0.5) / 4 - 1, levels[8:] ** 2, 7)
+            cells = np.arange(8.0)
+            table[8:] = np.polyfit(cells * (cells + 1), levels[8:] ** 2, 7)
         _COMPANDER_TABLES[key] = torch.tensor(table, dtype=torch.float32, device=device)
     return _COMPANDER_TABLES[key]
 
 
 def _compander_polynomial(head_dim: int, codebook: str) -> tuple[float, np.ndarray]:
-    """(T as a float32, the 7 coefficients of g(t) / t in t^2, highest first, each rounded to
-    float32) for compander_table. The store clamps t to [-T, T] and adds 8 with no clamp
-    after: g must rise on [0, T] (checked on a fine grid, fp64) with g(T) in (7, 8), so the
-    outermost cells keep codes 0 and 15."""
+    """(s = 1 / (2 T) as a float32, the 7 coefficients of g(w) / w in w^2, highest first,
+    each rounded to float32) for compander_table. The store clamps w to [-0.5, 0.5] and
+    rounds g(w) + 7 with no clamp after: g must rise on [0, 0.5] (checked on a fine grid,
+    fp64) with g(0.5) in (7, 8), so the outermost cells keep codes 0 and 15."""
     if codebook == "companded":
         a, b = compander(head_dim)
-        coefficients = np.array([0, 0, 0, 0, 0, b, a], dtype=np.float64)
-        turn = math.sqrt(-a / (3 * b))
+        turn = math.sqrt(-a / (3 * b)) * _TURN_MARGIN
+        scale = float(np.float32(1 / (2 * turn)))
+        # g(t) = t (a + b t^2) with t = w / s.
+        coefficients = np.array([0, 0, 0, 0, 0, b / scale**3, a / scale], dtype=np.float64)
     else:
         edges = codebook_tensors(head_dim, 4, "cpu", codebook)[1].double().numpy()[8:]
-        coefficients = np.polyfit(edges**2, np.arange(1.0, 8.0) / edges, 6)
-        coefficients = coefficients.astype(np.float32).astype(np.float64)
+        in_t = np.polyfit(edges**2, np.arange(1.0, 8.0) / edges, 6)
         # T: where g stops rising past the outermost edge (the polynomial turns soon after it).
         grid = np.linspace(edges[-1], edges[-1] * 2, 100_001)
-        rising = np.diff(grid * np.polyval(coefficients, grid**2)) > 0
-        turn = grid[np.argmin(rising)] if not rising.all() else grid[-1]
-    turn = float(np.float32(turn))
-    grid = np.linspace(0, turn, 100_001)
+        rising = np.diff(grid * np.polyval(in_t, grid**2)) > 0
+        turn = (grid[np.argmin(rising)] if not rising.all() else grid[-1]) * _TURN_MARGIN
+        scale = float(np.float32(1 / (2 * turn)))
+        # Fitted again in w through the edges as the store scales them (float32 s).
+        edges_w = edges * scale
+        coefficients = np.polyfit(edges_w**2, np.arange(1.0, 8.0) / edges_w, 6)
+    coefficients = coefficients.astype(np.float32).astype(np.float64)
+    grid = np.linspace(0, 0.5, 100_001)
     values = grid * np.polyval(coefficients, grid**2)
     if not (np.diff(values) > 0).all() or not 7 < values[-1] < 8:
         raise TQConfigError(f"the {codebook} codebook's compander for head_dim {head_dim} "
                             f"does not rise to a value in (7, 8)")  # fmt: skip
-    return turn, coefficients
+    return scale, coefficients
 
 
 def byte_square_sums(layout: CacheLayout, tensor: str, device: torch.device) -> torch.Tensor:

@@ -206,37 +206,73 @@ def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _quantize_companded(unit, compand_ptr, SQUARES: tl.constexpr, TERMS: tl.constexpr):
-    """4-bit codes and squared levels by arithmetic, for a codebook whose edge k is where an
-    odd polynomial g crosses k - 7 (triton_layout.compander_table holds g's turning point T,
-    g(t) / t's coefficients in t^2 and the squares' polynomial): the companded codebook (g its
-    cubic compander, TERMS 2) or Lloyd-Max's (g of degree 13 through its edges, TERMS 7).
+def _saturated_unit(product, scale, ASM: tl.constexpr):
+    """clamp(product scale + 0.5, 0, 1): one multiply-add with PTX's .sat on the GPU (the
+    clamp's two min/max instructions come free)."""
+    if ASM:
+        v = tl.inline_asm_elementwise(
+            "fma.rn.sat.f32 $0, $1, $2, 0f3F000000;", "=f,f,f", [product, scale],
+            dtype=tl.float32, is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        v = tl.minimum(tl.maximum(product * scale + 0.5, 0.0), 1.0)
+    return v
 
-    The code is floor(g(t)) + 8, rounded as in :func:`_quantize_uniform`. g turns down past T
-    (and would give the outermost values inner codes): t is clamped to [-T, T] first, where
-    7 < g(T) < 8 (compander_table checks it), so every value keeps its cell and g(t) + 8
-    stays inside [0, 16) with no clamp after it. A value within float32 rounding of an edge
-    may take the neighbour, as with the search. The squared level of code n is a degree-7
-    polynomial in |n - 7.5| / 4 - 1 through the 8 squared magnitudes where SQUARES (Horner: 7
-    multiply-adds on the FMA pipe, which the store leaves idle; within 2e-7 of the largest
-    square), else zeros (the caller reads a table). No compare, no select, no table load per
-    value: the search's 3 compares and 4 selects on the ALU pipe become TERMS + 1
-    multiply-adds."""
-    turn = tl.load(compand_ptr)
-    t = tl.minimum(tl.maximum(unit, -turn), turn)
-    t_squared = t * t
+
+@triton.jit
+def _rounded_up(w, slope, ASM: tl.constexpr):
+    """2^23 + ceil(w slope + 7): one multiply-add rounding toward +inf on the GPU (the
+    product is exact inside it, so no tie breaks the wrong way), whose low bits hold the
+    integer."""
+    if ASM:
+        r = tl.inline_asm_elementwise(
+            "fma.rp.f32 $0, $1, $2, 0f4B000007;", "=f,f,f", [w, slope],
+            dtype=tl.float32, is_pure=True, pack=1,
+        )  # fmt: skip
+    else:
+        r = tl.ceil(w * slope + 7.0) + _TO_INTEGER_BITS
+    return r
+
+
+@triton.jit
+def _quantize_companded(
+    product, row_scale, compand_ptr, SQUARES: tl.constexpr, TERMS: tl.constexpr,
+    ASM: tl.constexpr,
+):  # fmt: skip
+    """4-bit codes, and the rows' sums of squared levels, by arithmetic, for a codebook whose
+    edge k is where an odd polynomial g crosses k - 7 (triton_layout.compander_table holds
+    the clamp's scale s, g(w) / w's coefficients in w^2 and the squares' polynomial): the
+    companded codebook (g its cubic compander, TERMS 2) or Lloyd-Max's (g of degree 13
+    through its edges, TERMS 7). The unit coordinate is product * row_scale.
+
+    g turns down past the outermost edge, so the unit coordinate is clamped first:
+    w = clamp(unit s + 0.5, 0, 1) - 0.5 (one saturating multiply-add), where g(0.5) is in
+    (7, 8) (compander_table checks it), so every value keeps its cell. The code n is
+    ceil(g(w) + 7), the number of edges strictly below (torch.bucketize's convention, ties
+    included), rounded up inside one multiply-add into the low bits of 2^23 + n. The squared
+    level is a degree-7 polynomial in q = (n - 8) (n - 7) (one multiply-add from n - 8;
+    symmetric, as the levels are) through the 8 squared magnitudes (Horner on the FMA pipe;
+    within 1e-7 of the largest square), its last step folded into the row's sum. A value
+    within float32 rounding of an edge may take the neighbour, as with the search. Without
+    SQUARES the sums are zeros (the caller reads a table). No compare, select or table load
+    per value: 19 FMA-pipe instructions a value for Lloyd-Max's g, 14 for the cubic."""
+    w = _saturated_unit(product, (row_scale * tl.load(compand_ptr))[:, None], ASM) - 0.5
+    w_squared = w * w
     slope = tl.load(compand_ptr + 8 - TERMS)  # TERMS >= 2: a tensor after the first step
     for i in tl.static_range(9 - TERMS, 8):
-        slope = slope * t_squared + tl.load(compand_ptr + i)
-    rounded = t * slope + (8.0 - 0.5 - _TIE) + _TO_INTEGER_BITS
+        slope = slope * w_squared + tl.load(compand_ptr + i)
+    rounded = _rounded_up(w, slope, ASM)
     codes = rounded.to(tl.int32, bitcast=True) & 15
-    square = tl.zeros(unit.shape, dtype=tl.float32)
+    row_sums = tl.zeros([product.shape[0]], dtype=tl.float32)
     if SQUARES:
-        x = tl.abs((rounded - _TO_INTEGER_BITS) - 7.5) * 0.25 - 1.0
-        square += tl.load(compand_ptr + 8)
-        for i in tl.static_range(9, 16):
-            square = square * x + tl.load(compand_ptr + i)
-    return codes, square
+        below = rounded - (_TO_INTEGER_BITS + 8.0)  # n - 8, exact
+        q = below * below + below
+        partial = tl.load(compand_ptr + 8) + tl.zeros(q.shape, dtype=tl.float32)
+        for i in tl.static_range(9, 15):
+            partial = partial * q + tl.load(compand_ptr + i)
+        # The last Horner step, summed: each multiply-add lands in the row's sum.
+        row_sums = tl.sum(partial * q, axis=1) + product.shape[1] * tl.load(compand_ptr + 15)
+    return codes, row_sums
 
 
 @triton.jit
@@ -338,21 +374,23 @@ def _raw_product(x_in, x, matrix, RAW_DOT: tl.constexpr):
 
 @triton.jit
 def _encode_chunk(
-    unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
-    D: tl.constexpr, COLS: tl.constexpr, BITS: tl.constexpr, BINARY: tl.constexpr,
+    product, row_scale, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr,
+    square_ptr, D: tl.constexpr, COLS: tl.constexpr, BITS: tl.constexpr, BINARY: tl.constexpr,
     BYTE_SQUARES: tl.constexpr, SEARCHED_SQUARES: tl.constexpr,
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr, ARITHMETIC: tl.constexpr, compand_ptr,
+    NORM_OFF: tl.constexpr, ARITHMETIC: tl.constexpr, compand_ptr, ASM: tl.constexpr,
 ):  # fmt: skip
-    """Quantize and pack one chunk of rotated unit columns (raw bf16 values for a 16-bit
-    field); returns the rows' sums of squared centroids over the chunk (the norm correction's).
+    """Quantize and pack one chunk of rotated unit columns, product * row_scale (raw bf16
+    values for a 16-bit field); returns the rows' sums of squared centroids over the chunk
+    (the norm correction's).
     ARITHMETIC (_arithmetic_codes): 0 the boundary search, 1 an evenly spaced codebook's codes
     and squares by arithmetic, 2 the companded codebook's, 3 its codes by arithmetic and its
     squares from the per-byte table, 4 and 5 the same for Lloyd-Max's 4-bit codebook."""
-    quantized_sq = tl.zeros([unit.shape[0]], dtype=tl.float32)
+    quantized_sq = tl.zeros([product.shape[0]], dtype=tl.float32)
     if BITS == 16:
+        unit = product * row_scale[:, None]
         cols = chunk * COLS + tl.arange(0, COLS)
         raw_ptr = (cache_ptr + NORM_OFF + page_base + vector * (2 * D)).to(
             tl.pointer_type(tl.bfloat16)
@@ -368,17 +406,22 @@ def _encode_chunk(
         # 2 and 4 take the squares' polynomial, 3 and 5 the per-byte table (_arithmetic_codes).
         polynomial_squares: tl.constexpr = ARITHMETIC >= 2 and ARITHMETIC % 2 == 0
         squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1 or polynomial_squares
-        if ARITHMETIC == 1:
-            codes, square = _quantize_uniform(unit, bound_ptr, BITS)
-        elif ARITHMETIC >= 2:
-            codes, square = _quantize_companded(
-                unit, compand_ptr, polynomial_squares, 7 if ARITHMETIC >= 4 else 2
-            )
+        if ARITHMETIC >= 2:
+            codes, row_sums = _quantize_companded(
+                product, row_scale, compand_ptr, polynomial_squares, 7 if ARITHMETIC >= 4 else 2,
+                ASM,
+            )  # fmt: skip
         else:
-            codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
+            unit = product * row_scale[:, None]
+            if ARITHMETIC == 1:
+                codes, square = _quantize_uniform(unit, bound_ptr, BITS)
+            else:
+                codes, square = _quantize(unit, bound_ptr, cent_ptr, BITS, BINARY, searched)
         packed = _pack_and_store(codes, cache_ptr, page_base, vector, keep, chunk, D, COLS,
                                  P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
-        if squares_in_registers:
+        if polynomial_squares:
+            quantized_sq = row_sums
+        elif squares_in_registers:
             # In the product's layout, from registers: no table load, no layout change.
             quantized_sq = tl.sum(square, axis=1)
         elif BYTE_SQUARES and P0_W == BITS:
@@ -428,9 +471,10 @@ def _encode_rows(
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
     NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
-    ARITHMETIC: tl.constexpr, compand_ptr,
+    ARITHMETIC: tl.constexpr, compand_ptr, ASM: tl.constexpr,
 ):  # fmt: skip
-    """K or V of this program's rows."""
+    """K or V of this program's rows (ASM: the quantizer's PTX multiply-adds, off in the
+    interpreter)."""
     if PREFETCH:
         _prefetch_rows_ahead(x_ptr, stride_xt, stride_xh, num_rows, prefetch_ahead, H, D, BLOCK_T)
     token, head, keep, page_base, vector = _row_targets(
@@ -455,24 +499,27 @@ def _encode_rows(
     for chunk in tl.static_range(D // COLS):
         cols = chunk * COLS + tl.arange(0, COLS)
         if FWHT:
-            unit = rotated
+            product = rotated
+            row_scale = tl.full([BLOCK_T], 1.0, tl.float32)
         else:
             matrix = tl.load(rot_ptr + dims[:, None] * D + cols[None, :])
             if RAW_DOT:
                 # One product per chunk (fp16 parts of the unit vector took two); the norm
-                # scales the result afterwards.
-                unit = _raw_product(x_in, x, matrix, RAW_DOT) * (inv_norm * inv_sqrt_d)[:, None]
+                # scales the result afterwards (inside the quantizer's first multiply-add).
+                product = _raw_product(x_in, x, matrix, RAW_DOT)
+                row_scale = inv_norm * inv_sqrt_d
             else:
-                y = tl.dot(x_hi, matrix)
+                product = tl.dot(x_hi, matrix)
                 if X_PARTS > 1:
-                    y += tl.dot(x_mid, matrix)
+                    product += tl.dot(x_mid, matrix)
                 if X_PARTS > 2:
-                    y += tl.dot(x_lo, matrix)
-                unit = y * inv_sqrt_d
+                    product += tl.dot(x_lo, matrix)
+                row_scale = tl.zeros([BLOCK_T], dtype=tl.float32) + inv_sqrt_d
         quantized_sq += _encode_chunk(
-            unit, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr, bound_ptr, square_ptr,
-            D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES, P0_OFF, P0_W, P0_SHIFT,
-            P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF, ARITHMETIC, compand_ptr,
+            product, row_scale, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr,
+            bound_ptr, square_ptr, D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES,
+            P0_OFF, P0_W, P0_SHIFT, P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF,
+            ARITHMETIC, compand_ptr, ASM,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -500,6 +547,7 @@ def _store_kernel(
     V_P1_OFF: tl.constexpr, V_P1_W: tl.constexpr, V_P1_SHIFT: tl.constexpr,
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr, V_ARITHMETIC: tl.constexpr,
+    ASM: tl.constexpr,
 ):  # fmt: skip
     if tl.program_id(1) == 0:
         _encode_rows(
@@ -510,7 +558,7 @@ def _store_kernel(
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16, K_ARITHMETIC,
-            k_compand_ptr,
+            k_compand_ptr, ASM,
         )  # fmt: skip
     else:
         _encode_rows(
@@ -521,7 +569,7 @@ def _store_kernel(
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16, V_ARITHMETIC,
-            v_compand_ptr,
+            v_compand_ptr, ASM,
         )  # fmt: skip
 
 
@@ -620,6 +668,7 @@ def store(
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
         K_ARITHMETIC=_arithmetic_codes(layout.key_format),
-        V_ARITHMETIC=_arithmetic_codes(layout.value_format), num_warps=TUNING["num_warps"],
+        V_ARITHMETIC=_arithmetic_codes(layout.value_format), ASM=int(not INTERPRETED),
+        num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
     )  # fmt: skip
