@@ -205,13 +205,19 @@ def _quantize_uniform(unit, bound_ptr, BITS: tl.constexpr):
     return codes, offset * offset * (step * step)
 
 
+# The quantizer's PTX (tests/test_store_ptx.py runs this text on the CPU): a multiply-add
+# clamped to [0, 1] with 0.5 added, and one rounding toward +inf with 2^23 + 7 added.
+SATURATED_FMA_ASM = tl.constexpr("fma.rn.sat.f32 $0, $1, $2, 0f3F000000;")
+ROUNDED_UP_FMA_ASM = tl.constexpr("fma.rp.f32 $0, $1, $2, 0f4B000007;")
+
+
 @triton.jit
 def _saturated_unit(product, scale, ASM: tl.constexpr):
     """clamp(product scale + 0.5, 0, 1): one multiply-add with PTX's .sat on the GPU (the
     clamp's two min/max instructions come free)."""
     if ASM:
         v = tl.inline_asm_elementwise(
-            "fma.rn.sat.f32 $0, $1, $2, 0f3F000000;", "=f,f,f", [product, scale],
+            SATURATED_FMA_ASM, "=f,f,f", [product, scale],
             dtype=tl.float32, is_pure=True, pack=1,
         )  # fmt: skip
     else:
@@ -226,7 +232,7 @@ def _rounded_up(w, slope, ASM: tl.constexpr):
     integer."""
     if ASM:
         r = tl.inline_asm_elementwise(
-            "fma.rp.f32 $0, $1, $2, 0f4B000007;", "=f,f,f", [w, slope],
+            ROUNDED_UP_FMA_ASM, "=f,f,f", [w, slope],
             dtype=tl.float32, is_pure=True, pack=1,
         )  # fmt: skip
     else:
