@@ -598,6 +598,9 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     settings = [
         {}, {"lloyd_max_arithmetic": 0}, {"block_rows": 128}, {"codebook": "uniform"},
         {"codebook": "companded"}, {"codebook": "companded", "block_rows": 128},
+        {"block_rows": 128, "num_warps": 8}, {"maxnreg": 80}, {"chunk": 128},
+        {"block_rows": 128, "num_warps": 8, "chunk": 128},
+        {"codebook": "companded", "block_rows": 128, "num_warps": 8},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
