@@ -592,15 +592,13 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # So is the uniform codebook's codes by arithmetic (store/kernels-tune-store-h100-8bd0b82).
     # So is the companded codebook's (store/kernels-tune-store-h100-d383929), and Lloyd-Max's
     # 4-bit codes through its degree-13 polynomial (lloyd_max_arithmetic,
-    # store/kernels-tune-store-run1/2-h100-6531303). This round: both polynomial codebooks'
-    # quantizer in fewer instructions (a saturating clamp, rounding inside one multiply-add, the
-    # squares in (n - 8)(n - 7) folded into the row sum), against the search and the others.
+    # store/kernels-tune-store-run1/2-h100-6531303), its quantizer in 19 instructions a value
+    # (store/kernels-tune-store-run1/2-h100-8770f26). 128 rows on 8 warps, an 80-register cap
+    # and 128-column products were no faster (store/kernels-tune-store-levers-h100-1230c14).
+    # This round: the default against the search, 128 rows, and the other codebooks.
     settings = [
         {}, {"lloyd_max_arithmetic": 0}, {"block_rows": 128}, {"codebook": "uniform"},
         {"codebook": "companded"}, {"codebook": "companded", "block_rows": 128},
-        {"block_rows": 128, "num_warps": 8}, {"maxnreg": 80}, {"chunk": 128},
-        {"block_rows": 128, "num_warps": 8, "chunk": 128},
-        {"codebook": "companded", "block_rows": 128, "num_warps": 8},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

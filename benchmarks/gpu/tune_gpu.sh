@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call for a tuning round: the GPU op tests selected by TESTS (a pytest -k expression;
 # default the store's), the store's tune suite and the decode tune suite (kernel_bench.py
-# --suite tune; SECTIONS="tune_store" for the store's alone), RUNS times each (default 2: a setting is made default only on a repeated
+# --suite tune; SECTIONS="tune_store" for the store's alone), RUNS times each (default 2: a
+# setting is made default only on a repeated
 # result), then everything in $OUT packed into one tune.tgz (the device tool brings back at
 # most 8 files).
 #   bash benchmarks/gpu/tune_gpu.sh COMMIT

@@ -101,6 +101,15 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # 0.0701 against 0.0731 / 0.0727 at 16,384, 0.2544 / 0.2614 against 0.2636 / 0.2642 at
 # 65,536 (1.01-1.05x); 2 (squares from the byte table), 128 rows or 32 rows were slower
 # (store/kernels-tune-store-run1/2-h100-6531303).
+# Both polynomial codebooks' quantizer in 19 instructions a value instead of 23 (a1221d2:
+# _quantize_companded's saturating clamp, rounding inside one multiply-add, squares in
+# (n - 8)(n - 7) folded into the row sum): compiled 4,056 / 3,392 instructions, 98 / 100
+# registers (store/static-cost-sm90a-store-codebooks-8770f26); H100, three runs: Lloyd-Max
+# 0.2514-0.2525 ms at 65,536 tokens against its search's 0.2719-0.2727 (1.08x, 45% of the copy
+# bandwidth), companded 0.2266-0.2273 (50%); 128 rows 0.2419-0.2430 and 0.2071-0.2082 there but
+# slower at 2,048 tokens, Lloyd-Max's also at 16,384; 128 rows on 8 warps, an 80-register cap
+# and 128-column products no faster (store/kernels-tune-store-run1/2-h100-8770f26,
+# -levers-h100-1230c14).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
