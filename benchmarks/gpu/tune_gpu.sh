@@ -2,9 +2,8 @@
 # One call for a tuning round: the GPU op tests selected by TESTS (a pytest -k expression;
 # default the store's), the store's tune suite and the decode tune suite (kernel_bench.py
 # --suite tune; SECTIONS="tune_store" for the store's alone), RUNS times each (default 2: a
-# setting is made default only on a repeated
-# result), then everything in $OUT packed into one tune.tgz (the device tool brings back at
-# most 8 files).
+# setting is made default only on a repeated result), then everything in $OUT packed into
+# one tune.tgz (the device tool brings back at most 8 files).
 #   bash benchmarks/gpu/tune_gpu.sh COMMIT
 set -uo pipefail
 source benchmarks/gpu/card.sh "${1:?git sha of the measured commit}"
