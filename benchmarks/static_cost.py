@@ -262,6 +262,7 @@ def compile_store(
     prefetch: bool = False,
     codebook: str = "lloyd-max",
     arithmetic: dict[str, int] | None = None,
+    norm_correction: bool = True,
 ) -> dict:
     """The store kernel for K4V4 of Llama-3-8B's shape (bf16 K and V, head_dim 128): rows per
     program, warps, columns per rotation product, the rotation as butterflies (``fwht``)
@@ -270,11 +271,15 @@ def compile_store(
     searched_squares) as in triton_store.TUNING; ``prefetch``: the rows of a later program
     prefetched into L2 (prefetch_ahead); ``codebook``: K's and V's (uniform and companded
     codes come from arithmetic, triton_store._arithmetic_codes; ``arithmetic``: the
-    _ARITHMETIC_SETTINGS to change, e.g. {"lloyd_max_arithmetic": 1}). Instructions per row
+    _ARITHMETIC_SETTINGS to change, e.g. {"lloyd_max_arithmetic": 1}); ``norm_correction``
+    False: the codec option that stores ||x|| as it is, so the squares of the levels are not
+    computed (what they cost). Instructions per row
     count both of the kernel's branches (K and V), as every program compiles both."""
     binary, byte_squares, native_matrix, searched = quantizer
     raw = raw_dot and not fwht
-    layout = TQCodec(128, 4, 4, key_codebook=codebook, value_codebook=codebook).cache_layout(8, 16)
+    layout = TQCodec(
+        128, 4, 4, key_codebook=codebook, value_codebook=codebook, norm_correction=norm_correction
+    ).cache_layout(8, 16)
     kernel = triton_store._store_kernel
     constants = dict(
         H=8, BLOCK_SIZE=16, D=128, CHUNK=chunk, BLOCK_T=block_rows, X_PARTS=2,
@@ -319,7 +324,7 @@ def compile_store(
         "fma_pipe_instructions": sum(n for op, n in ops.items() if op in _FMA_OPS),
         "block_rows": block_rows, "num_warps": num_warps, "chunk": chunk,
         "fwht": fwht, "raw_dot": raw, "binary_search": binary, "byte_squares": byte_squares,
-        "prefetch_ahead": prefetch, "codebook": codebook,
+        "prefetch_ahead": prefetch, "codebook": codebook, "norm_correction": norm_correction,
         **{name: triton_store.TUNING[name] for name in _ARITHMETIC_SETTINGS},
         **(arithmetic or {}),
         "native_matrix": raw and native_matrix, "searched_squares": searched,
@@ -334,14 +339,20 @@ def _store_codebook_rows() -> list[dict]:
     """Today's store (64 columns) over the codebooks: Lloyd-Max's search, then its codes
     guessed by arithmetic and corrected (squares by a polynomial, then from the per-byte
     table), the uniform and the companded codebooks' codes by arithmetic (the companded
-    squares by a polynomial, then from the per-byte table, then by the search)."""
+    squares by a polynomial, then from the per-byte table, then by the search), and Lloyd-Max's
+    and the companded codebook's without norm correction (no squares: what they cost)."""
     return [
-        compile_store(64, 4, 64, False, True, codebook=codebook, arithmetic=settings)
-        for codebook, settings in (
-            ("lloyd-max", {"lloyd_max_arithmetic": 0}), ("lloyd-max", {"lloyd_max_arithmetic": 1}),
-            ("lloyd-max", {"lloyd_max_arithmetic": 2}), ("uniform", {}),
-            ("companded", {"companded_arithmetic": 1}), ("companded", {"companded_arithmetic": 2}),
-            ("companded", {"companded_arithmetic": 0}),
+        compile_store(64, 4, 64, False, True, codebook=codebook, arithmetic=settings,
+                      norm_correction=correction)
+        for codebook, settings, correction in (
+            ("lloyd-max", {"lloyd_max_arithmetic": 0}, True),
+            ("lloyd-max", {"lloyd_max_arithmetic": 1}, True),
+            ("lloyd-max", {"lloyd_max_arithmetic": 2}, True), ("uniform", {}, True),
+            ("companded", {"companded_arithmetic": 1}, True),
+            ("companded", {"companded_arithmetic": 2}, True),
+            ("companded", {"companded_arithmetic": 0}, True),
+            ("lloyd-max", {"lloyd_max_arithmetic": 1}, False),
+            ("companded", {"companded_arithmetic": 1}, False),
         )
     ]  # fmt: skip
 
