@@ -382,10 +382,16 @@ def peer_decode_rows(batch, context, copy_gbps) -> list[dict]:
     return _finish(rows, copy_gbps)
 
 
-def store_rows(num_tokens, copy_gbps, *, with_peers=True, codebook="lloyd-max") -> list[dict]:
-    """tq's store (K4V4, ``codebook`` for K and V) and, with_peers, the peers' encode."""
+def store_rows(
+    num_tokens, copy_gbps, *, with_peers=True, codebook="lloyd-max", norm_correction=True
+) -> list[dict]:
+    """tq's store (K4V4, ``codebook`` for K and V, with or without the codec's norm
+    correction) and, with_peers, the peers' encode."""
     _, num_kv, head_dim = MODELS["llama3-8b"]
-    codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook=codebook)
+    codec = TQCodec(
+        head_dim, 4, 4, key_codebook=codebook, value_codebook=codebook,
+        norm_correction=norm_correction,
+    )  # fmt: skip
     layout = codec.cache_layout(num_kv, BLOCK_SIZE)
     nbytes = num_tokens * (num_kv * head_dim * 2 * 2 + layout.packed_bytes_per_token + 8)
     copies = copies_for(nbytes)
@@ -595,17 +601,24 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # store/kernels-tune-store-run1/2-h100-6531303), its quantizer in 19 instructions a value
     # (store/kernels-tune-store-run1/2-h100-8770f26). 128 rows on 8 warps, an 80-register cap
     # and 128-column products were no faster (store/kernels-tune-store-levers-h100-1230c14).
-    # This round: the default against the search, 128 rows, and the other codebooks.
+    # This round: the default against the search, 128 rows, the other codebooks, and the
+    # codec without norm correction (no squares of the levels: what they cost).
     settings = [
         {}, {"lloyd_max_arithmetic": 0}, {"block_rows": 128}, {"codebook": "uniform"},
         {"codebook": "companded"}, {"codebook": "companded", "block_rows": 128},
+        {"norm_correction": False}, {"codebook": "companded", "norm_correction": False},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
-        triton_store.TUNING.update({k: v for k, v in overrides.items() if k != "codebook"})
+        codec_options = {"codebook", "norm_correction"}
+        triton_store.TUNING.update({k: v for k, v in overrides.items() if k not in codec_options})
         codebook = overrides.get("codebook", "lloyd-max")
+        correction = overrides.get("norm_correction", True)
         try:
-            row = store_rows(num_tokens, copy_gbps, with_peers=False, codebook=codebook)[0]
+            row = store_rows(
+                num_tokens, copy_gbps, with_peers=False, codebook=codebook,
+                norm_correction=correction,
+            )[0]  # fmt: skip
         except Exception as error:  # a setting that fails to compile is skipped
             print(f"  store {overrides}: {type(error).__name__} {str(error)[:80]}")
             continue
