@@ -5,10 +5,12 @@ rotation of the unit vector x / ||x|| (every entry in [-1, 1], so fp16 cannot ov
 tensor-core product with the exact +-1 matrix (triton_layout.sign_hadamard) over fp16 parts of
 it (2 parts carry 22 mantissa bits for half inputs, 3 parts for fp32), done in column chunks so
 head_dim 256 fits in shared memory; half-precision inputs skip the parts and the normalization
-before the product (raw_dot: x itself times the matrix, scaled by 1 / ||x|| after). Codes come
-from a branchless binary search over the Lloyd-Max boundaries, and each chunk's planes are
-packed and written before the next is computed; the (corrected) norm is written last. Grid axis
-1 picks K (0) or V (1).
+before the product (raw_dot: x itself times the matrix, scaled by 1 / ||x|| after). 4-bit
+Lloyd-Max and companded codes come from arithmetic (the ceiling of an odd polynomial through
+the cell edges, _quantize_companded), uniform ones from a division, other widths from a
+branchless binary search over the boundaries; each chunk's planes are packed and written
+before the next is computed; the (corrected) norm is written last. Grid axis 1 picks K (0) or
+V (1).
 """
 
 from __future__ import annotations
