@@ -24,6 +24,8 @@ if [ -n "${SANITIZER:-}" ]; then
 fi
 for ((i = 0; i < shards; i++)); do
     mapfile -t ids < <(awk -v n="$shards" -v i="$i" '(NR - 1) % n == i' "$list")
+    # A shard with no ids would make pytest collect every package's tests (c0519c2's call).
+    [ "${#ids[@]}" -eq 0 ] && continue
     timeout "$limit" "${wrapper[@]}" python3 -m pytest -v -rf -p no:cacheprovider "${ids[@]}" \
         > "$OUT/kernel-tests-$name-shard$i.txt" 2>&1 &
 done
