@@ -223,14 +223,19 @@ ROUNDED_UP_FMA_ASM = tl.constexpr("fma.rp.f32 $0, $1, $2, 0f4B000007;")
 
 
 @triton.jit
+def _ptx_fma(a, b, ASM_TEXT: tl.constexpr):
+    """One of the quantizer's PTX multiply-adds (its addend in the text) on float32 a and b."""
+    return tl.inline_asm_elementwise(
+        ASM_TEXT, "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
+    )
+
+
+@triton.jit
 def _saturated_unit(product, scale, ASM: tl.constexpr):
     """clamp(product scale + 0.5, 0, 1): one multiply-add with PTX's .sat on the GPU (the
     clamp's two min/max instructions come free)."""
     if ASM:
-        v = tl.inline_asm_elementwise(
-            SATURATED_FMA_ASM, "=f,f,f", [product, scale],
-            dtype=tl.float32, is_pure=True, pack=1,
-        )  # fmt: skip
+        v = _ptx_fma(product, scale, SATURATED_FMA_ASM)
     else:
         v = tl.minimum(tl.maximum(product * scale + 0.5, 0.0), 1.0)
     return v
@@ -242,10 +247,7 @@ def _rounded_up(w, slope, ASM: tl.constexpr):
     product is exact inside it, so no tie breaks the wrong way), whose low bits hold the
     integer."""
     if ASM:
-        r = tl.inline_asm_elementwise(
-            ROUNDED_UP_FMA_ASM, "=f,f,f", [w, slope],
-            dtype=tl.float32, is_pure=True, pack=1,
-        )  # fmt: skip
+        r = _ptx_fma(w, slope, ROUNDED_UP_FMA_ASM)
     else:
         r = tl.ceil(w * slope + 7.0) + _TO_INTEGER_BITS
     return r
