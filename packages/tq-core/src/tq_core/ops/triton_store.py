@@ -424,7 +424,7 @@ def _encode_chunk(
         )
         # 2 and 4 take the squares' polynomial, 3 and 5 the per-byte table (_arithmetic_codes).
         polynomial_squares: tl.constexpr = ARITHMETIC >= 2 and ARITHMETIC % 2 == 0
-        squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1 or polynomial_squares
+        squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1
         if ARITHMETIC >= 2:
             codes, row_sums = _quantize_companded(
                 product, row_scale, compand_ptr, polynomial_squares, 7 if ARITHMETIC >= 4 else 2,
