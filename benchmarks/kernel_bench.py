@@ -601,12 +601,14 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # store/kernels-tune-store-run1/2-h100-6531303), its quantizer in 19 instructions a value
     # (store/kernels-tune-store-run1/2-h100-8770f26). 128 rows on 8 warps, an 80-register cap
     # and 128-column products were no faster (store/kernels-tune-store-levers-h100-1230c14).
-    # This round: the default against the search, 128 rows, the other codebooks, and the
-    # codec without norm correction (no squares of the levels: what they cost).
+    # This round: the squares permuted from fixed-point digits (lloyd_max_arithmetic 3,
+    # companded_arithmetic 3) and 128-column products with the norm from their squares
+    # (chunk 128, product_norm), against the default and the companded codebook's.
     settings = [
-        {}, {"lloyd_max_arithmetic": 0}, {"block_rows": 128}, {"codebook": "uniform"},
-        {"codebook": "companded"}, {"codebook": "companded", "block_rows": 128},
-        {"norm_correction": False}, {"codebook": "companded", "norm_correction": False},
+        {}, {"lloyd_max_arithmetic": 3}, {"chunk": 128},
+        {"chunk": 128, "lloyd_max_arithmetic": 3}, {"codebook": "companded"},
+        {"codebook": "companded", "chunk": 128, "companded_arithmetic": 3},
+        {"codebook": "uniform", "chunk": 128}, {"chunk": 128, "product_norm": 0},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)

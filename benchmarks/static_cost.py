@@ -240,13 +240,16 @@ def compile_decompress(register_lookup: bool, unrotate: bool) -> dict:
 _ARITHMETIC_SETTINGS = ("uniform_arithmetic", "companded_arithmetic", "lloyd_max_arithmetic")
 
 
-def _arithmetic_codes(fmt, arithmetic: dict[str, int]) -> int:
-    """The store's ARITHMETIC for ``fmt`` with the entries of triton_store.TUNING in
-    ``arithmetic`` (any of _ARITHMETIC_SETTINGS) set."""
+def _arithmetic_constants(fmt, arithmetic: dict[str, int], prefix: str) -> dict:
+    """The store's ARITHMETIC and SQUARE_ASM for ``fmt`` (names prefixed) with the entries of
+    triton_store.TUNING in ``arithmetic`` (any of _ARITHMETIC_SETTINGS) set."""
     saved = dict(triton_store.TUNING)
     triton_store.TUNING.update(arithmetic)
     try:
-        return triton_store._arithmetic_codes(fmt)
+        return {
+            f"{prefix}ARITHMETIC": triton_store._arithmetic_codes(fmt),
+            f"{prefix}SQUARE_ASM": triton_store._square_asm(fmt),
+        }
     finally:
         triton_store.TUNING.clear()
         triton_store.TUNING.update(saved)
@@ -286,9 +289,9 @@ def compile_store(
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht, LOG_D=7,
         RAW_DOT=int(raw), BINARY=int(binary), BYTE_SQUARES=int(byte_squares),
         SEARCHED_SQUARES=int(searched), PREFETCH=prefetch,
-        K_ARITHMETIC=_arithmetic_codes(layout.key_format, arithmetic or {}),
-        V_ARITHMETIC=_arithmetic_codes(layout.value_format, arithmetic or {}),
-        ASM=1,
+        **_arithmetic_constants(layout.key_format, arithmetic or {}, "K_"),
+        **_arithmetic_constants(layout.value_format, arithmetic or {}, "V_"),
+        ASM=1, PRODUCT_NORM=triton_store.TUNING["product_norm"],
         **triton_layout.field_constants(layout, "key", "K_"),
         **triton_layout.field_constants(layout, "value", "V_"),
     )  # fmt: skip

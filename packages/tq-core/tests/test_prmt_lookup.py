@@ -79,6 +79,12 @@ def run_ptx(asm: str, registers: dict[str, int]) -> dict[str, int]:
             out = x[0] >> x[1]
         elif op == "sub.u32":
             out = x[0] - x[1]
+        elif op == "add.u32":
+            out = x[0] + x[1]
+        elif op == "shl.b32":
+            out = x[0] << x[1]
+        elif op == "dp4a.u32.u32":
+            out = x[2] + sum(((x[0] >> s) & 0xFF) * ((x[1] >> s) & 0xFF) for s in (0, 8, 16, 24))
         elif op == "mul.lo.u32":
             out = x[0] * x[1]
         elif op == "mul.hi.u32":
@@ -230,3 +236,18 @@ def test_the_fp16_grid_values_less_the_offset_are_the_levels(head_dim, codebook)
     offset, step = triton_layout._grid_offset_step(head_dim, codebook)
     levels = codebook_tensors(head_dim, 4, "cpu", codebook)[0].double()
     torch.testing.assert_close((fp16.double() - offset) * step, levels, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("codebook", ["lloyd-max", "companded"])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_square_sum_asm_adds_the_fixed_point_squares_of_8_codes(head_dim, codebook):
+    """The store's permuted squares: $1 holds 8 codes (nibbles), $2-$4 digit words 0, 2, 4;
+    $0 is the sum of the 8 codes' square_fixed_point integers, exactly (every byte value in
+    every position, and random words)."""
+    asm = triton_layout.square_sum_asm(head_dim, codebook)
+    integers, _ = triton_layout.square_fixed_point(head_dim, codebook)
+    words = triton_layout.square_digit_words(head_dim, codebook)
+    registers = {"$2": words[0], "$3": words[2], "$4": words[4]}
+    for word in _words():
+        out = run_ptx(asm, {"$1": word, **registers})
+        assert out["$0"] == sum(integers[n] for n in _nibbles(word)), hex(word)

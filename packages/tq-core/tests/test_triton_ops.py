@@ -94,8 +94,10 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # (companded_arithmetic 1) or from the byte table (2; with byte_squares 0 a load per code), or
 # by the search (0), its 3 bits Lloyd-Max's; Lloyd-Max's 4-bit codes through its degree-13
 # polynomial (the default), with the squares by a polynomial (lloyd_max_arithmetic 1) or from
-# the byte table (2), 3 and 5 bits still searched, or by the search (0, the default before;
-# the search's own levers turn the polynomial off to reach it).
+# the byte table (2) or permuted from fixed-point digits (3, also companded_arithmetic 3), 3
+# and 5 bits still searched, or by the search (0, the default before; the search's own levers
+# turn the polynomial off to reach it); 128-column products (the whole row: the norm then from
+# the product's squares, product_norm, or from the rows as loaded).
 SEARCH = {"lloyd_max_arithmetic": 0}
 LINEAR_QUANTIZER = {**SEARCH, "binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
@@ -136,6 +138,15 @@ STORE_SETTINGS = [
     ({"lloyd_max_arithmetic": 1}, (256, 5, 4, "float32", "lloyd-max", "companded"), torch.float32),
     ({"lloyd_max_arithmetic": 1}, (256, 4, 2, "float32"), torch.bfloat16),
     ({"lloyd_max_arithmetic": 2}, (128, 4, 4, "float16"), torch.bfloat16),
+    ({"lloyd_max_arithmetic": 3}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"lloyd_max_arithmetic": 3}, (64, 4, 3, "float16", "lloyd-max", "companded"), torch.float16),
+    ({"lloyd_max_arithmetic": 3}, (256, 4, 4, "float32"), torch.float32),
+    ({"companded_arithmetic": 3}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
+    ({"chunk": 128}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"chunk": 128, "lloyd_max_arithmetic": 3}, (128, 4, 4, "float32"), torch.float16),
+    ({"chunk": 128, "product_norm": 0}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"chunk": 128}, (128, 4, 8, "float32", "uniform", "uniform"), torch.bfloat16),
+    ({"chunk": 128}, (64, 16, 4, "float32"), torch.bfloat16),
     (
         {"lloyd_max_arithmetic": 2, "byte_squares": 0},
         (64, 4, 4, "float32", "lloyd-max", "uniform"),
@@ -226,7 +237,7 @@ def test_compander_table_holds_the_clamp_g_and_the_squares(head_dim, codebook):
     codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook="uniform")
     layout = codec.cache_layout(num_kv_heads=1, block_size=16)
     table = triton_layout.compander_table(layout, "key", "cpu")
-    scale, slope, squares = table[0].double(), table[1:8].double(), table[8:]
+    scale, slope, squares = table[0].double(), table[1:8].double(), table[8:16]
     levels, edges = (t.double() for t in codebook_tensors(head_dim, 4, "cpu", codebook))
     if codebook == "companded":
         a, b = compander(head_dim)
@@ -254,6 +265,33 @@ def test_compander_table_holds_the_clamp_g_and_the_squares(head_dim, codebook):
         square = _horner(squares, below * below + below)
         assert abs(square.item() - levels[code].item() ** 2) < 1e-6 * levels[0].item() ** 2
     assert not triton_layout.compander_table(layout, "value", "cpu").any()
+
+
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("codebook", ["companded", "lloyd-max"])
+def test_fixed_point_squares_are_the_squared_levels_to_half_a_unit(head_dim, codebook):
+    """The permuted squares' integers (compander table entries 16-31, unit in 32): each
+    code's integer times the unit is its squared float32 level (fp64) within half a unit, the
+    unit a power of two that puts the largest square above 2^23 (so within 6e-8 of it), and
+    256 of the largest still sum below 2^32 (the kernel's uint32 row sums); entries 33-38 are
+    the 16-bit halves of digit words 0, 2, 4, whose digits rebuild each magnitude's integer."""
+    codec = TQCodec(head_dim, 4, 4, key_codebook=codebook, value_codebook="uniform")
+    layout = codec.cache_layout(num_kv_heads=1, block_size=16)
+    table = triton_layout.compander_table(layout, "key", "cpu").double()
+    integers, unit = table[16:32], table[32].item()
+    levels = codebook_tensors(head_dim, 4, "cpu", codebook)[0].double()
+    assert math.log2(unit) == round(math.log2(unit))
+    assert (integers == integers.round()).all()
+    assert ((integers * unit - levels**2).abs() <= unit / 2).all()
+    assert 2**23 <= integers.max().item() and 256 * integers.max().item() < 2**32
+    words = triton_layout.square_digit_words(head_dim, codebook)
+    halves = table[33:39].long().tolist()
+    assert [halves[i] | halves[i + 1] << 16 for i in (0, 2, 4)] == list(words[0::2])
+    for magnitude in range(8):
+        d0, d1, d2 = (
+            (words[2 * k + magnitude // 4] >> (8 * (magnitude % 4))) & 255 for k in range(3)
+        )
+        assert d0 + 256 * (d1 + 255 * d2) == integers[8 + magnitude].item()
 
 
 def test_the_bf16_sign_matrix_holds_the_same_signs_as_the_fp16_one():

@@ -393,8 +393,12 @@ _BYTE_SQUARES: dict[tuple[int, int, str, torch.device], torch.Tensor] = {}
 _COMPANDER_TABLES: dict[tuple[int, str | None, torch.device], torch.Tensor] = {}
 
 
-#: compander_table's entries: the clamp's scale, g's 7 coefficients, the squares' 8.
-COMPANDER_TABLE_SIZE = 16
+#: compander_table's entries: the clamp's scale, g's 7 coefficients, the squares' 8, the
+#: squares in fixed point for each of the 16 codes, and the fixed point's unit.
+COMPANDER_TABLE_SIZE = 39
+# The fixed-point squares' ceiling: square_fixed_point's digits (d0 + 256 (d1 + 255 d2), each
+# in 0 .. 255) reach every integer below 256 * 255 * 256.
+_FIXED_POINT_LIMIT = 256 * 255 * 256
 # Margin below g's turning point for the clamp: the store's w reaches 0.5 exactly, where g
 # must still rise (the turning point itself, rounded to float32, may lie just past the top).
 _TURN_MARGIN = 1 - 1e-4
@@ -411,6 +415,8 @@ def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
     q = (n - 8) (n - 7) = f (f + 1), f in 0 .. 7 the code's cell counted from the middle
     (float32's Horner stays within 1e-7 of the largest square), through the squared float32
     levels of codes 8 + f (fp64 interpolation; the levels are symmetric, and so is q).
+    Entries 16-31 hold square_fixed_point's integer square of each code (exact in float32),
+    32 its unit, 33-38 the 16-bit halves of square_digit_words 0, 2 and 4.
 
     The companded codebook's g is its compander t (a + b t^2) (codebook.compander) in w:
     entries 1-5 zero. Lloyd-Max's is the degree-13 odd polynomial through its 15 float32
@@ -429,9 +435,84 @@ def compander_table(layout: CacheLayout, tensor: str, device: torch.device) -> t
             table[0], table[1:8] = _compander_polynomial(layout.head_dim, codebook)
             levels = codebook_tensors(layout.head_dim, 4, "cpu", codebook)[0].double().numpy()
             cells = np.arange(8.0)
-            table[8:] = np.polyfit(cells * (cells + 1), levels[8:] ** 2, 7)
+            table[8:16] = np.polyfit(cells * (cells + 1), levels[8:] ** 2, 7)
+            squares, unit = square_fixed_point(layout.head_dim, codebook)
+            table[16:32], table[32] = squares, unit
+            # square_digit_words 0, 2, 4 as 16-bit halves (exact in float32), low half first.
+            words = square_digit_words(layout.head_dim, codebook)[0::2]
+            table[33:39] = [half for w in words for half in (w & 0xFFFF, w >> 16)]
         _COMPANDER_TABLES[key] = torch.tensor(table, dtype=torch.float32, device=device)
     return _COMPANDER_TABLES[key]
+
+
+@functools.cache
+def square_fixed_point(head_dim: int, codebook: str) -> tuple[tuple[int, ...], float]:
+    """(the 16 codes' squared float32 levels as integers, the unit): level n^2 = integer[n] *
+    unit to within half a unit, unit = 2^-k with the largest square as close below
+    _FIXED_POINT_LIMIT (about 2^24) as a power of two puts it, so within 6e-8 of it. Sums of
+    these integers are exact, so a row's sum of squares is exact up to one float32 rounding
+    (the store's permuted squares, square_sum_asm)."""
+    levels = codebook_tensors(head_dim, 4, "cpu", codebook)[0].double().numpy()
+    squares = levels**2
+    exponent = math.floor(math.log2((_FIXED_POINT_LIMIT - 1) / squares.max()))
+    integers = np.rint(squares * 2.0**exponent).astype(np.int64)
+    if integers.max() >= _FIXED_POINT_LIMIT or any(integers != integers[::-1]):
+        raise TQConfigError(f"the {codebook} codebook for head_dim {head_dim} has no symmetric "
+                            f"fixed-point squares")  # fmt: skip
+    return tuple(int(v) for v in integers), 2.0**-exponent
+
+
+def square_digit_words(head_dim: int, codebook: str) -> tuple[int, ...]:
+    """The 6 words square_sum_asm permutes: for digits d0, d1, d2 of the 8 magnitudes'
+    square_fixed_point integers (each d0 + 256 (d1 + 255 d2), digits in 0 .. 255), the digit
+    of magnitudes 0-3 (a byte each, magnitude 0 lowest), then of 4-7."""
+    magnitudes = square_fixed_point(head_dim, codebook)[0][8:]
+    digits = (
+        [v & 255 for v in magnitudes],
+        [(v >> 8) % 255 for v in magnitudes],
+        [(v >> 8) // 255 for v in magnitudes],
+    )
+    return tuple(
+        sum(v << (8 * i) for i, v in enumerate(values[half : half + 4]))
+        for values in digits
+        for half in (0, 4)
+    )
+
+
+@functools.cache
+def square_sum_asm(head_dim: int, codebook: str) -> str:
+    """Inline PTX for the store's norm correction: $1 holds 8 4-bit codes (a nibble each), $0
+    gets the sum of their square_fixed_point integers; $2, $3, $4 hold square_digit_words 0,
+    2, 4 (registers: a permute reads one source word from a register), words 1, 3, 5 are
+    immediates here.
+
+    The codebook is symmetric, so a code's square is that of its magnitude index f (code - 8,
+    or 7 - code below 8; as in nibble_asm). One ``prmt`` picks a digit of 4 codes from the two
+    words holding it for all 8 magnitudes, and one ``dp4a`` adds the 4 bytes into the sum with
+    weight 1 (d0, d1) or 255 (d2). 18 instructions for 8 codes, no memory access.
+    """
+    words = square_digit_words(head_dim, codebook)
+    lines = ["{", ".reg .b32 pos, idx, hi, p, m;"]
+    lines += [
+        # The magnitude index of each nibble: xor with 8 where bit 3 is set, 7 elsewhere.
+        "shr.u32 pos, $1, 3;",
+        "and.b32 pos, pos, 0x11111111;",
+        "add.u32 pos, pos, 0x77777777;",
+        "xor.b32 idx, $1, pos;",
+        "shr.u32 hi, idx, 16;",
+    ]
+    steps = [(4, 5, "0xffffffff"), (3, 3, "0x01010101"), (2, 1, "0x01010101")]
+    accumulator = "0"
+    for register, word, weight in steps:
+        for selector in ("idx", "hi"):
+            lines.append(f"prmt.b32 p, ${register}, {words[word]:#010x}, {selector};")
+            target = "$0" if (register, selector) == (2, "hi") else "m"
+            lines.append(f"dp4a.u32.u32 {target}, p, {weight}, {accumulator};")
+            accumulator = "m"
+        if register == 3:
+            lines.append("shl.b32 m, m, 8;")
+    lines.append("}")
+    return "\n".join(lines)
 
 
 def _compander_polynomial(head_dim: int, codebook: str) -> tuple[float, np.ndarray]:

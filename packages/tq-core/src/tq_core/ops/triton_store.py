@@ -116,7 +116,7 @@ TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
     "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
     "prefetch_ahead": 0, "uniform_arithmetic": 1, "companded_arithmetic": 1,
-    "lloyd_max_arithmetic": 1,
+    "lloyd_max_arithmetic": 1, "product_norm": 1,
 }  # fmt: skip
 
 
@@ -295,6 +295,50 @@ def _quantize_companded(
 
 
 @triton.jit
+def _digit_words(compand_ptr):
+    """square_digit_words 0, 2 and 4 from the compander table's 16-bit halves, read once per
+    program as a vector and picked out with reductions: values the compiler cannot prove
+    uniform, so a permute's register source stays in an ordinary register instead of a copy
+    from a uniform one before every use."""
+    lanes = tl.arange(0, 8)
+    halves = tl.load(compand_ptr + 33 + lanes, mask=lanes < 6, other=0.0).to(tl.int32)
+    d0 = tl.sum(tl.where(lanes == 0, halves, 0)) | (tl.sum(tl.where(lanes == 1, halves, 0)) << 16)
+    d1 = tl.sum(tl.where(lanes == 2, halves, 0)) | (tl.sum(tl.where(lanes == 3, halves, 0)) << 16)
+    d2 = tl.sum(tl.where(lanes == 4, halves, 0)) | (tl.sum(tl.where(lanes == 5, halves, 0)) << 16)
+    return d0, d1, d2
+
+
+@triton.jit
+def _permuted_squares(
+    packed, codes, compand_ptr, digit_words, ASM: tl.constexpr, SQUARE_ASM: tl.constexpr
+):  # fmt: skip
+    """The rows' sums of squared levels of a symmetric 4-bit codebook, in the fixed point of
+    triton_layout.square_fixed_point (entries 16-32 of the compander table): integer sums are
+    exact, so the only rounding is the float32 conversion of each row's chunk sum. On the GPU
+    each thread joins 4 of its packed bytes (8 codes of one row) into a word, and
+    SQUARE_ASM picks and adds their integers with byte permutes and dp4a (18 instructions for
+    8 codes, no table load, no layout change: the joined bytes sit in one thread); the
+    interpreter, which cannot run PTX, reads the same integers per code."""
+    if ASM:
+        ROWS: tl.constexpr = packed.shape[0]
+        WORDS: tl.constexpr = packed.shape[1] // 4
+        grouped = packed.reshape(ROWS, 4, WORDS)
+        words = tl.sum(grouped << (tl.arange(0, 4) * 8)[None, :, None], axis=1)
+        sums = tl.inline_asm_elementwise(
+            SQUARE_ASM,
+            "=r,r,r,r,r",
+            [words, digit_words[0], digit_words[1], digit_words[2]],
+            dtype=tl.uint32,
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        sums = tl.load(compand_ptr + 16 + codes).to(tl.uint32)
+    # uint32: 256 codes of the largest square stay below 2^32.
+    return tl.sum(sums, axis=1).to(tl.float32) * tl.load(compand_ptr + 32)
+
+
+@triton.jit
 def _quantize(
     unit, bound_ptr, cent_ptr, BITS: tl.constexpr, BINARY: tl.constexpr,
     SEARCHED_SQUARES: tl.constexpr,
@@ -399,14 +443,17 @@ def _encode_chunk(
     P0_OFF: tl.constexpr, P0_W: tl.constexpr, P0_SHIFT: tl.constexpr,
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
-    NORM_OFF: tl.constexpr, ARITHMETIC: tl.constexpr, compand_ptr, ASM: tl.constexpr,
+    NORM_OFF: tl.constexpr, ARITHMETIC: tl.constexpr, compand_ptr, digit_words,
+    ASM: tl.constexpr, SQUARE_ASM: tl.constexpr,
 ):  # fmt: skip
     """Quantize and pack one chunk of rotated unit columns, product * row_scale (raw bf16
     values for a 16-bit field); returns the rows' sums of squared centroids over the chunk
     (the norm correction's).
     ARITHMETIC (_arithmetic_codes): 0 the boundary search, 1 an evenly spaced codebook's codes
     and squares by arithmetic, 2 the companded codebook's, 3 its codes by arithmetic and its
-    squares from the per-byte table, 4 and 5 the same for Lloyd-Max's 4-bit codebook."""
+    squares from the per-byte table, 4 the same with its squares permuted from fixed-point
+    digits (_permuted_squares, SQUARE_ASM), 5-7 the same three for Lloyd-Max's 4-bit
+    codebook."""
     quantized_sq = tl.zeros([product.shape[0]], dtype=tl.float32)
     if BITS == 16:
         unit = product * row_scale[:, None]
@@ -422,12 +469,14 @@ def _encode_chunk(
         searched: tl.constexpr = (
             SEARCHED_SQUARES and BINARY and (BITS == 3 or BITS == 4) and ARITHMETIC == 0
         )
-        # 2 and 4 take the squares' polynomial, 3 and 5 the per-byte table (_arithmetic_codes).
-        polynomial_squares: tl.constexpr = ARITHMETIC >= 2 and ARITHMETIC % 2 == 0
+        # 2 and 5 take the squares' polynomial, 3 and 6 the per-byte table, 4 and 7 the
+        # permuted digits (_arithmetic_codes).
+        polynomial_squares: tl.constexpr = ARITHMETIC == 2 or ARITHMETIC == 5
+        permuted_squares: tl.constexpr = ARITHMETIC == 4 or ARITHMETIC == 7
         squares_in_registers: tl.constexpr = searched or ARITHMETIC == 1
         if ARITHMETIC >= 2:
             codes, row_sums = _quantize_companded(
-                product, row_scale, compand_ptr, polynomial_squares, 7 if ARITHMETIC >= 4 else 2,
+                product, row_scale, compand_ptr, polynomial_squares, 7 if ARITHMETIC >= 5 else 2,
                 ASM,
             )  # fmt: skip
         else:
@@ -440,6 +489,10 @@ def _encode_chunk(
                                  P0_OFF, P0_W, P0_SHIFT)  # fmt: skip
         if polynomial_squares:
             quantized_sq = row_sums
+        elif permuted_squares:
+            quantized_sq = _permuted_squares(
+                packed, codes, compand_ptr, digit_words, ASM, SQUARE_ASM
+            )  # fmt: skip
         elif squares_in_registers:
             # In the product's layout, from registers: no table load, no layout change.
             quantized_sq = tl.sum(square, axis=1)
@@ -490,7 +543,8 @@ def _encode_rows(
     P1_OFF: tl.constexpr, P1_W: tl.constexpr, P1_SHIFT: tl.constexpr,
     P2_OFF: tl.constexpr, P2_W: tl.constexpr, P2_SHIFT: tl.constexpr,
     NORM_OFF: tl.constexpr, NORM_F16: tl.constexpr,
-    ARITHMETIC: tl.constexpr, compand_ptr, ASM: tl.constexpr,
+    ARITHMETIC: tl.constexpr, compand_ptr, ASM: tl.constexpr, SQUARE_ASM: tl.constexpr,
+    PRODUCT_NORM: tl.constexpr,
 ):  # fmt: skip
     """K or V of this program's rows (ASM: the quantizer's PTX multiply-adds, off in the
     interpreter)."""
@@ -515,6 +569,14 @@ def _encode_rows(
         x_mid = rest.to(tl.float16)
         x_lo = (rest - x_mid.to(tl.float32)).to(tl.float16)
     COLS: tl.constexpr = D if FWHT else CHUNK
+    # With every column in one product, the norm from its squares (the sign matrix has
+    # orthogonal +-1 columns: ||x M||^2 = D ||x||^2), in the product's own layout: no sum over
+    # the rows as loaded, which the compiler otherwise computes twice, once after moving the
+    # rows through shared memory into the product's layout.
+    product_norm: tl.constexpr = PRODUCT_NORM and RAW_DOT and not FWHT and BITS != 16 and CHUNK == D
+    digit_words = (0, 0, 0)
+    if ASM and (ARITHMETIC == 4 or ARITHMETIC == 7):
+        digit_words = _digit_words(compand_ptr)
     for chunk in tl.static_range(D // COLS):
         cols = chunk * COLS + tl.arange(0, COLS)
         if FWHT:
@@ -526,6 +588,9 @@ def _encode_rows(
                 # One product per chunk (fp16 parts of the unit vector took two); the norm
                 # scales the result afterwards (inside the quantizer's first multiply-add).
                 product = _raw_product(x_in, x, matrix, RAW_DOT)
+                if product_norm:
+                    norm = tl.sqrt(tl.sum(product * product, axis=1)) * inv_sqrt_d
+                    inv_norm = 1.0 / tl.maximum(norm, 1.1754943508222875e-38)
                 row_scale = inv_norm * inv_sqrt_d
             else:
                 product = tl.dot(x_hi, matrix)
@@ -538,7 +603,7 @@ def _encode_rows(
             product, row_scale, norm, chunk, cache_ptr, page_base, vector, keep, cent_ptr,
             bound_ptr, square_ptr, D, COLS, BITS, BINARY, BYTE_SQUARES, SEARCHED_SQUARES,
             P0_OFF, P0_W, P0_SHIFT, P1_OFF, P1_W, P1_SHIFT, P2_OFF, P2_W, P2_SHIFT, NORM_OFF,
-            ARITHMETIC, compand_ptr, ASM,
+            ARITHMETIC, compand_ptr, digit_words, ASM, SQUARE_ASM,
         )  # fmt: skip
     _store_norm(
         norm, quantized_sq, cache_ptr, page_base, vector, keep, NORM_CORRECTION, BITS, NORM_OFF,
@@ -566,7 +631,8 @@ def _store_kernel(
     V_P1_OFF: tl.constexpr, V_P1_W: tl.constexpr, V_P1_SHIFT: tl.constexpr,
     V_P2_OFF: tl.constexpr, V_P2_W: tl.constexpr, V_P2_SHIFT: tl.constexpr,
     V_NORM_OFF: tl.constexpr, V_NORM_F16: tl.constexpr, V_ARITHMETIC: tl.constexpr,
-    ASM: tl.constexpr,
+    ASM: tl.constexpr, K_SQUARE_ASM: tl.constexpr, V_SQUARE_ASM: tl.constexpr,
+    PRODUCT_NORM: tl.constexpr,
 ):  # fmt: skip
     if tl.program_id(1) == 0:
         _encode_rows(
@@ -577,7 +643,7 @@ def _store_kernel(
             K_P0_OFF, K_P0_W, K_P0_SHIFT,
             K_P1_OFF, K_P1_W, K_P1_SHIFT,
             K_P2_OFF, K_P2_W, K_P2_SHIFT, K_NORM_OFF, K_NORM_F16, K_ARITHMETIC,
-            k_compand_ptr, ASM,
+            k_compand_ptr, ASM, K_SQUARE_ASM, PRODUCT_NORM,
         )  # fmt: skip
     else:
         _encode_rows(
@@ -588,7 +654,7 @@ def _store_kernel(
             V_P0_OFF, V_P0_W, V_P0_SHIFT,
             V_P1_OFF, V_P1_W, V_P1_SHIFT,
             V_P2_OFF, V_P2_W, V_P2_SHIFT, V_NORM_OFF, V_NORM_F16, V_ARITHMETIC,
-            v_compand_ptr, ASM,
+            v_compand_ptr, ASM, V_SQUARE_ASM, PRODUCT_NORM,
         )  # fmt: skip
 
 
@@ -606,9 +672,10 @@ def _arithmetic_codes(fmt) -> int:
     """How the store finds this field's codes (the kernel's ARITHMETIC): 1 by arithmetic for an
     evenly spaced codebook of 2-8 bits (uniform_arithmetic on), 2 by arithmetic for the 4-bit
     companded codebook with its squares by a polynomial (companded_arithmetic 1), 3 the same
-    with its squares from the per-byte table (companded_arithmetic 2), 4 and 5 the same for
-    Lloyd-Max's 4-bit codebook through its degree-13 polynomial (lloyd_max_arithmetic 1 and
-    2), 0 by the boundary search."""
+    with its squares from the per-byte table (companded_arithmetic 2), 4 with its squares
+    permuted from fixed-point digits (companded_arithmetic 3), 5-7 the same for Lloyd-Max's
+    4-bit codebook through its degree-13 polynomial (lloyd_max_arithmetic 1-3), 0 by the
+    boundary search."""
     if not fmt.compressed:
         return 0
     if fmt.codebook == "uniform" and 2 <= fmt.mse_bits <= 8 and TUNING["uniform_arithmetic"]:
@@ -616,8 +683,16 @@ def _arithmetic_codes(fmt) -> int:
     if fmt.codebook == "companded" and fmt.mse_bits == 4 and TUNING["companded_arithmetic"]:
         return 1 + TUNING["companded_arithmetic"]
     if fmt.codebook == "lloyd-max" and fmt.mse_bits == 4 and TUNING["lloyd_max_arithmetic"]:
-        return 3 + TUNING["lloyd_max_arithmetic"]
+        return 4 + TUNING["lloyd_max_arithmetic"]
     return 0
+
+
+def _square_asm(fmt) -> str:
+    """The kernel's K_/V_SQUARE_ASM: triton_layout.square_sum_asm where the field takes the
+    permuted squares (ARITHMETIC 4 or 7), empty otherwise."""
+    if _arithmetic_codes(fmt) in (4, 7):
+        return triton_layout.square_sum_asm(fmt.head_dim, fmt.codebook)
+    return ""
 
 
 def _matrix_dtype(key_dtype: torch.dtype, value_dtype: torch.dtype, raw_dot: int):
@@ -688,6 +763,8 @@ def store(
         **triton_layout.field_constants(layout, "value", "V_"),
         K_ARITHMETIC=_arithmetic_codes(layout.key_format),
         V_ARITHMETIC=_arithmetic_codes(layout.value_format), ASM=int(not INTERPRETED),
+        K_SQUARE_ASM=_square_asm(layout.key_format),
+        V_SQUARE_ASM=_square_asm(layout.value_format), PRODUCT_NORM=TUNING["product_norm"],
         num_warps=TUNING["num_warps"],
         **({"maxnreg": TUNING["maxnreg"]} if TUNING["maxnreg"] else {}),
     )  # fmt: skip
