@@ -283,7 +283,7 @@ def test_fixed_point_squares_are_the_squared_levels_to_half_a_unit(head_dim, cod
     assert math.log2(unit) == round(math.log2(unit))
     assert (integers == integers.round()).all()
     assert ((integers * unit - levels**2).abs() <= unit / 2).all()
-    assert 2**23 <= integers.max().item() and 256 * integers.max().item() < 2**32
+    assert integers.max().item() >= 2**23 and 256 * integers.max().item() < 2**32
     words = triton_layout.square_digit_words(head_dim, codebook)
     halves = table[33:39].long().tolist()
     assert [halves[i] | halves[i + 1] << 16 for i in (0, 2, 4)] == list(words[0::2])
