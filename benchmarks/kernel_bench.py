@@ -609,6 +609,7 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
         {"chunk": 128, "lloyd_max_arithmetic": 3}, {"codebook": "companded"},
         {"codebook": "companded", "chunk": 128, "companded_arithmetic": 3},
         {"codebook": "uniform", "chunk": 128}, {"chunk": 128, "product_norm": 0},
+        {"chunk": 128, "lloyd_max_arithmetic": 3, "block_rows": 128, "num_warps": 8},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
