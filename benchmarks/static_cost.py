@@ -339,23 +339,33 @@ def compile_store(
 
 
 def _store_codebook_rows() -> list[dict]:
-    """Today's store (64 columns) over the codebooks: Lloyd-Max's search, then its codes
-    guessed by arithmetic and corrected (squares by a polynomial, then from the per-byte
-    table), the uniform and the companded codebooks' codes by arithmetic (the companded
-    squares by a polynomial, then from the per-byte table, then by the search), and Lloyd-Max's
-    and the companded codebook's without norm correction (no squares: what they cost)."""
+    """Today's store over the codebooks: Lloyd-Max's search, then its codes by arithmetic
+    (squares by a polynomial, from the per-byte table, permuted from fixed-point digits), the
+    uniform and the companded codebooks' codes by arithmetic (the companded squares by a
+    polynomial, from the per-byte table, permuted, by the search), Lloyd-Max's and the
+    companded codebook's without norm correction (no squares: what they cost), then with
+    128-column products (the norm from their squares) and 128 rows on 8 warps."""
     return [
-        compile_store(64, 4, 64, False, True, codebook=codebook, arithmetic=settings,
+        compile_store(rows, warps, chunk, False, True, codebook=codebook, arithmetic=settings,
                       norm_correction=correction)
-        for codebook, settings, correction in (
-            ("lloyd-max", {"lloyd_max_arithmetic": 0}, True),
-            ("lloyd-max", {"lloyd_max_arithmetic": 1}, True),
-            ("lloyd-max", {"lloyd_max_arithmetic": 2}, True), ("uniform", {}, True),
-            ("companded", {"companded_arithmetic": 1}, True),
-            ("companded", {"companded_arithmetic": 2}, True),
-            ("companded", {"companded_arithmetic": 0}, True),
-            ("lloyd-max", {"lloyd_max_arithmetic": 1}, False),
-            ("companded", {"companded_arithmetic": 1}, False),
+        for rows, warps, chunk, codebook, settings, correction in (
+            (64, 4, 64, "lloyd-max", {"lloyd_max_arithmetic": 0}, True),
+            (64, 4, 64, "lloyd-max", {"lloyd_max_arithmetic": 1}, True),
+            (64, 4, 64, "lloyd-max", {"lloyd_max_arithmetic": 2}, True),
+            (64, 4, 64, "lloyd-max", {"lloyd_max_arithmetic": 3}, True),
+            (64, 4, 64, "uniform", {}, True),
+            (64, 4, 64, "companded", {"companded_arithmetic": 1}, True),
+            (64, 4, 64, "companded", {"companded_arithmetic": 2}, True),
+            (64, 4, 64, "companded", {"companded_arithmetic": 3}, True),
+            (64, 4, 64, "companded", {"companded_arithmetic": 0}, True),
+            (64, 4, 64, "lloyd-max", {"lloyd_max_arithmetic": 1}, False),
+            (64, 4, 64, "companded", {"companded_arithmetic": 1}, False),
+            (64, 4, 128, "lloyd-max", {"lloyd_max_arithmetic": 1}, True),
+            (64, 4, 128, "lloyd-max", {"lloyd_max_arithmetic": 3}, True),
+            (64, 4, 128, "companded", {"companded_arithmetic": 1}, True),
+            (64, 4, 128, "companded", {"companded_arithmetic": 3}, True),
+            (64, 4, 128, "uniform", {}, True),
+            (128, 8, 128, "lloyd-max", {"lloyd_max_arithmetic": 3}, True),
         )
     ]  # fmt: skip
 
