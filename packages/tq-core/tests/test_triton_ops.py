@@ -88,16 +88,16 @@ def test_store_writes_the_reference_bytes(codec_spec, dtype, generator):
 # parts of the unit vector on tensor cores (raw_dot 0, the path before raw_dot, half inputs
 # included); the norm correction's squares from the per-byte table (searched_squares 0); every
 # positive boundary compared and the squares read per code (the quantizer before the binary
-# search); 32-column products (the default before 64); evenly spaced codebooks, whose codes
-# come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
+# search); 32- and 64-column products (the defaults before 128); evenly spaced codebooks, whose
+# codes come from arithmetic (uniform_arithmetic, 2-8 bits, K and V each) or, with it off, from the
 # search; the companded codebook's 4-bit codes by arithmetic with their squares by a polynomial
-# (companded_arithmetic 1) or from the byte table (2; with byte_squares 0 a load per code), or
-# by the search (0), its 3 bits Lloyd-Max's; Lloyd-Max's 4-bit codes through its degree-13
-# polynomial (the default), with the squares by a polynomial (lloyd_max_arithmetic 1) or from
-# the byte table (2) or permuted from fixed-point digits (3, also companded_arithmetic 3), 3
-# and 5 bits still searched, or by the search (0, the default before; the search's own levers
-# turn the polynomial off to reach it); 128-column products (the whole row: the norm then from
-# the product's squares, product_norm, or from the rows as loaded).
+# (companded_arithmetic 1), from the byte table (2; with byte_squares 0 a load per code) or
+# permuted from fixed-point digits (3, the default), or by the search (0), its 3 bits
+# Lloyd-Max's; Lloyd-Max's 4-bit codes through its degree-13 polynomial (the default), with
+# the squares the same three ways (lloyd_max_arithmetic 1-3, 3 the default), 3 and 5 bits
+# still searched, or by the search (0, the default before; the search's own levers turn the
+# polynomial off to reach it); the norm from the rows as loaded where a 128-column product
+# (the whole row up to head_dim 128) would give it from its squares (product_norm 0).
 SEARCH = {"lloyd_max_arithmetic": 0}
 LINEAR_QUANTIZER = {**SEARCH, "binary_search": 0, "byte_squares": 0}
 STORE_SETTINGS = [
@@ -138,15 +138,14 @@ STORE_SETTINGS = [
     ({"lloyd_max_arithmetic": 1}, (256, 5, 4, "float32", "lloyd-max", "companded"), torch.float32),
     ({"lloyd_max_arithmetic": 1}, (256, 4, 2, "float32"), torch.bfloat16),
     ({"lloyd_max_arithmetic": 2}, (128, 4, 4, "float16"), torch.bfloat16),
-    ({"lloyd_max_arithmetic": 3}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"lloyd_max_arithmetic": 3}, (64, 4, 3, "float16", "lloyd-max", "companded"), torch.float16),
-    ({"lloyd_max_arithmetic": 3}, (256, 4, 4, "float32"), torch.float32),
-    ({"companded_arithmetic": 3}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
-    ({"chunk": 128}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"chunk": 128, "lloyd_max_arithmetic": 3}, (128, 4, 4, "float32"), torch.float16),
-    ({"chunk": 128, "product_norm": 0}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"chunk": 128}, (128, 4, 8, "float32", "uniform", "uniform"), torch.bfloat16),
-    ({"chunk": 128}, (64, 16, 4, "float32"), torch.bfloat16),
+    ({"chunk": 64}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"chunk": 64, "lloyd_max_arithmetic": 1}, (128, 4, 4, "float32"), torch.float16),
+    ({"lloyd_max_arithmetic": 1}, (64, 4, 3, "float16", "lloyd-max", "companded"), torch.float16),
+    ({}, (256, 4, 4, "float32"), torch.float32),
+    ({"companded_arithmetic": 1}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
+    ({"product_norm": 0}, (128, 4, 4, "float32"), torch.bfloat16),
+    ({"chunk": 64}, (128, 4, 8, "float32", "uniform", "uniform"), torch.bfloat16),
+    ({}, (64, 16, 4, "float32"), torch.bfloat16),
     (
         {"lloyd_max_arithmetic": 2, "byte_squares": 0},
         (64, 4, 4, "float32", "lloyd-max", "uniform"),

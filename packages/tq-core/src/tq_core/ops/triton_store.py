@@ -113,10 +113,10 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # and 128-column products no faster (store/kernels-tune-store-run1/2-h100-8770f26,
 # -levers-h100-1230c14).
 TUNING = {
-    "block_rows": 64, "num_warps": 4, "chunk": 64, "fwht": 0, "raw_dot": 1, "binary_search": 1,
-    "byte_squares": 1, "native_matrix": 1, "searched_squares": 1, "maxnreg": 0,
-    "prefetch_ahead": 0, "uniform_arithmetic": 1, "companded_arithmetic": 1,
-    "lloyd_max_arithmetic": 1, "product_norm": 1,
+    "block_rows": 64, "num_warps": 4, "chunk": 128, "wide_chunk": 64, "fwht": 0, "raw_dot": 1,
+    "binary_search": 1, "byte_squares": 1, "native_matrix": 1, "searched_squares": 1,
+    "maxnreg": 0, "prefetch_ahead": 0, "uniform_arithmetic": 1, "companded_arithmetic": 3,
+    "lloyd_max_arithmetic": 3, "product_norm": 1,
 }  # fmt: skip
 
 
@@ -695,6 +695,14 @@ def _square_asm(fmt) -> str:
     return ""
 
 
+def _columns_per_product(head_dim: int) -> int:
+    """The rotation's columns per product: ``chunk`` (the whole row up to head_dim 128, whose
+    norm then comes from the product, product_norm), ``wide_chunk`` for wider rows (not timed
+    with 128: a head_dim-256 row would hold two 128-column products for its norm)."""
+    chunk = TUNING["chunk"] if head_dim <= 128 else TUNING["wide_chunk"]
+    return min(chunk, head_dim)
+
+
 def _matrix_dtype(key_dtype: torch.dtype, value_dtype: torch.dtype, raw_dot: int):
     """The sign matrix in K/V's own half type where both share one and multiply as they are
     (no conversion of each loaded chunk in the kernel), fp16 otherwise."""
@@ -753,7 +761,7 @@ def store(
         triton_layout.compander_table(layout, "value", device),
         kv_cache.stride(0), num_rows, 1.0 / math.sqrt(head_dim), prefetch_ahead,
         H=layout.num_kv_heads, BLOCK_SIZE=layout.block_size, D=head_dim,
-        CHUNK=min(TUNING.get("chunk", 64), head_dim),
+        CHUNK=_columns_per_product(head_dim),
         BLOCK_T=TUNING["block_rows"], X_PARTS=max(_X_PARTS[key.dtype], _X_PARTS[value.dtype]),
         NORM_CORRECTION=int(layout.codec.norm_correction), FWHT=fwht,
         LOG_D=head_dim.bit_length() - 1, RAW_DOT=raw_dot, BINARY=TUNING["binary_search"],
