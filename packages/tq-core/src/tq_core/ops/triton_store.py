@@ -112,6 +112,17 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # slower at 2,048 tokens, Lloyd-Max's also at 16,384; 128 rows on 8 warps, an 80-register cap
 # and 128-column products no faster (store/kernels-tune-store-run1/2-h100-8770f26,
 # -levers-h100-1230c14).
+# lloyd_max_arithmetic / companded_arithmetic 3 and chunk 128 (0c1ec49): the squares as
+# fixed-point integers permuted from registers and summed by dp4a (_permuted_squares), and the
+# whole row in one 128-column product whose squares give the norm (product_norm): compiled
+# 3,200 / 2,544 instructions against 4,056 / 3,392 (store/static-cost-sm90a-store-codebooks-
+# 00eea77). Permuted squares on 64-column products compiled to 4,112 (the compiler then moved
+# the rows through shared memory into the sums' layout for the norm) and were slower; so were
+# 128-column products with the polynomial squares or without the product's norm. H100, two
+# runs: Lloyd-Max 0.2141-0.2144 ms at 65,536 tokens (53% of the copy bandwidth) against
+# 0.2497, 0.0577-0.0582 at 16,384 against 0.0686-0.0688, 0.0105 at 2,048 against 0.0126-0.0127;
+# companded 0.1932-0.1938 (58%), uniform 0.1791-0.1795 (63%); 128 rows on 8 warps slower
+# (store/kernels-tune-store-run1/2-h100-32ec2c4).
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 128, "wide_chunk": 64, "fwht": 0, "raw_dot": 1,
     "binary_search": 1, "byte_squares": 1, "native_matrix": 1, "searched_squares": 1,
