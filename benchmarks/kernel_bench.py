@@ -601,15 +601,14 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # store/kernels-tune-store-run1/2-h100-6531303), its quantizer in 19 instructions a value
     # (store/kernels-tune-store-run1/2-h100-8770f26). 128 rows on 8 warps, an 80-register cap
     # and 128-column products were no faster (store/kernels-tune-store-levers-h100-1230c14).
-    # This round: the squares permuted from fixed-point digits (lloyd_max_arithmetic 3,
-    # companded_arithmetic 3) and 128-column products with the norm from their squares
-    # (chunk 128, product_norm), against the default and the companded codebook's.
+    # So are the squares permuted from fixed-point digits and 128-column products with the
+    # norm from their squares (store/kernels-tune-store-run1/2-h100-32ec2c4). This round:
+    # register caps (120 registers hold 4 programs a multiprocessor; 96 would hold 5), 32 rows
+    # a program, and the companded and uniform codebooks beside.
     settings = [
-        {}, {"lloyd_max_arithmetic": 3}, {"chunk": 128},
-        {"chunk": 128, "lloyd_max_arithmetic": 3}, {"codebook": "companded"},
-        {"codebook": "companded", "chunk": 128, "companded_arithmetic": 3},
-        {"codebook": "uniform", "chunk": 128}, {"chunk": 128, "product_norm": 0},
-        {"chunk": 128, "lloyd_max_arithmetic": 3, "block_rows": 128, "num_warps": 8},
+        {}, {"maxnreg": 96}, {"maxnreg": 104}, {"maxnreg": 112}, {"block_rows": 32},
+        {"block_rows": 32, "num_warps": 2}, {"codebook": "companded"},
+        {"codebook": "companded", "maxnreg": 96}, {"codebook": "uniform"},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
