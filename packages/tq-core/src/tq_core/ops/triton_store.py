@@ -122,7 +122,9 @@ _X_PARTS = {torch.bfloat16: 2, torch.float16: 2, torch.float32: 3}
 # runs: Lloyd-Max 0.2141-0.2144 ms at 65,536 tokens (53% of the copy bandwidth) against
 # 0.2497, 0.0577-0.0582 at 16,384 against 0.0686-0.0688, 0.0105 at 2,048 against 0.0126-0.0127;
 # companded 0.1932-0.1938 (58%), uniform 0.1791-0.1795 (63%); 128 rows on 8 warps slower
-# (store/kernels-tune-store-run1/2-h100-32ec2c4).
+# (store/kernels-tune-store-run1/2-h100-32ec2c4). Under these defaults a 112-register cap was
+# 2% faster at 16,384 tokens in two runs and equal elsewhere; 96 and 104, and 32-row programs,
+# slower (store/kernels-tune-store-run1/2-h100-12bd139): no cap.
 TUNING = {
     "block_rows": 64, "num_warps": 4, "chunk": 128, "wide_chunk": 64, "fwht": 0, "raw_dot": 1,
     "binary_search": 1, "byte_squares": 1, "native_matrix": 1, "searched_squares": 1,
