@@ -383,11 +383,17 @@ def peer_decode_rows(batch, context, copy_gbps) -> list[dict]:
 
 
 def store_rows(
-    num_tokens, copy_gbps, *, with_peers=True, codebook="lloyd-max", norm_correction=True
+    num_tokens,
+    copy_gbps,
+    *,
+    with_peers=True,
+    codebook="lloyd-max",
+    norm_correction=True,
+    model="llama3-8b",
 ) -> list[dict]:
     """tq's store (K4V4, ``codebook`` for K and V, with or without the codec's norm
-    correction) and, with_peers, the peers' encode."""
-    _, num_kv, head_dim = MODELS["llama3-8b"]
+    correction) of ``model``'s K/V shape and, with_peers, the peers' encode."""
+    _, num_kv, head_dim = MODELS[model]
     codec = TQCodec(
         head_dim, 4, 4, key_codebook=codebook, value_codebook=codebook,
         norm_correction=norm_correction,
@@ -404,7 +410,7 @@ def store_rows(
         inputs.append((k, torch.randn_like(k), slots))
     calls = [lambda k=k, v=v, s=s: triton_store.store(k, v, cache, s, layout) for k, v, s in inputs]
     ms, how = time_calls(calls)
-    base = {"op": "store", "model": "llama3-8b", "batch": num_tokens, "context": 0}
+    base = {"op": "store", "model": model, "batch": num_tokens, "context": 0}
     impl = "tq K4V4" if codebook == "lloyd-max" else f"tq K4V4 {codebook}"
     rows = [{**base, "impl": impl, "bits": "K4V4", "ms": ms, "timing": how, "bytes": nbytes}]
     try:
@@ -602,24 +608,27 @@ def tune_store_rows(num_tokens, copy_gbps) -> list[dict]:
     # (store/kernels-tune-store-run1/2-h100-8770f26). 128 rows on 8 warps, an 80-register cap
     # and 128-column products were no faster (store/kernels-tune-store-levers-h100-1230c14).
     # So are the squares permuted from fixed-point digits and 128-column products with the
-    # norm from their squares (store/kernels-tune-store-run1/2-h100-32ec2c4). This round:
-    # register caps (120 registers hold 4 programs a multiprocessor; 96 would hold 5), 32 rows
-    # a program, and the companded and uniform codebooks beside.
+    # norm from their squares (store/kernels-tune-store-run1/2-h100-32ec2c4); a 112-register
+    # cap only 2% faster at 16K (store/kernels-tune-store-run1/2-h100-12bd139). This round: the
+    # other head_dims ("model": SmolLM2's 64, Gemma-2's 256) under the new defaults and the
+    # settings before them (64-column products, the polynomial squares).
+    before = {"chunk": 64, "lloyd_max_arithmetic": 1, "companded_arithmetic": 1}
     settings = [
-        {}, {"maxnreg": 96}, {"maxnreg": 104}, {"maxnreg": 112}, {"block_rows": 32},
-        {"block_rows": 32, "num_warps": 2}, {"codebook": "companded"},
-        {"codebook": "companded", "maxnreg": 96}, {"codebook": "uniform"},
+        {}, {"model": "smollm2"}, {"model": "smollm2", **before}, {"model": "gemma2-9b"},
+        {"model": "gemma2-9b", **before}, {"model": "gemma2-9b", "wide_chunk": 128},
+        {"model": "smollm2", "codebook": "companded"},
+        {"model": "smollm2", "codebook": "companded", **before},
     ]  # fmt: skip
     for overrides in settings:
         triton_store.TUNING.update(saved)
-        codec_options = {"codebook", "norm_correction"}
+        codec_options = {"codebook", "norm_correction", "model"}
         triton_store.TUNING.update({k: v for k, v in overrides.items() if k not in codec_options})
         codebook = overrides.get("codebook", "lloyd-max")
         correction = overrides.get("norm_correction", True)
         try:
             row = store_rows(
                 num_tokens, copy_gbps, with_peers=False, codebook=codebook,
-                norm_correction=correction,
+                norm_correction=correction, model=overrides.get("model", "llama3-8b"),
             )[0]  # fmt: skip
         except Exception as error:  # a setting that fails to compile is skipped
             print(f"  store {overrides}: {type(error).__name__} {str(error)[:80]}")

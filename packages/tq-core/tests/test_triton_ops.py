@@ -139,7 +139,7 @@ STORE_SETTINGS = [
     ({"lloyd_max_arithmetic": 1}, (256, 4, 2, "float32"), torch.bfloat16),
     ({"lloyd_max_arithmetic": 2}, (128, 4, 4, "float16"), torch.bfloat16),
     ({"chunk": 64}, (128, 4, 4, "float32"), torch.bfloat16),
-    ({"chunk": 64, "lloyd_max_arithmetic": 1}, (128, 4, 4, "float32"), torch.float16),
+    ({"chunk": 64}, (128, 4, 4, "float16", "companded", "lloyd-max"), torch.float16),
     ({"lloyd_max_arithmetic": 1}, (64, 4, 3, "float16", "lloyd-max", "companded"), torch.float16),
     ({}, (256, 4, 4, "float32"), torch.float32),
     ({"companded_arithmetic": 1}, (128, 4, 4, "float32", "companded", "companded"), torch.bfloat16),
@@ -291,6 +291,24 @@ def test_fixed_point_squares_are_the_squared_levels_to_half_a_unit(head_dim, cod
             (words[2 * k + magnitude // 4] >> (8 * (magnitude % 4))) & 255 for k in range(3)
         )
         assert d0 + 256 * (d1 + 255 * d2) == integers[8 + magnitude].item()
+
+
+@pytest.mark.parametrize("codebook", ["lloyd-max", "companded"])
+def test_the_squares_are_permuted_only_where_one_product_holds_the_row(codebook, monkeypatch):
+    """The permuted squares (ARITHMETIC 4 / 7, with their asm) up to head_dim 128, whose row
+    is one 128-column product; the polynomial (2 / 5, no asm) at head_dim 256 or with
+    64-column products, where the permuted sums were slower."""
+    permuted, polynomial = (4, 2) if codebook == "companded" else (7, 5)
+
+    def chosen(head_dim):
+        fmt = TQCodec(head_dim, 4, 4, key_codebook=codebook).cache_layout(1, 16).key_format
+        return triton_store._arithmetic_codes(fmt), bool(triton_store._square_asm(fmt))
+
+    assert chosen(64) == chosen(128) == (permuted, True)
+    assert chosen(256) == (polynomial, False)
+    monkeypatch.setitem(triton_store.TUNING, "chunk", 64)
+    assert chosen(128) == (polynomial, False)
+    assert chosen(64) == (permuted, True)
 
 
 def test_the_bf16_sign_matrix_holds_the_same_signs_as_the_fp16_one():

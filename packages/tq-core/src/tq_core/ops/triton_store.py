@@ -694,10 +694,20 @@ def _arithmetic_codes(fmt) -> int:
     if fmt.codebook == "uniform" and 2 <= fmt.mse_bits <= 8 and TUNING["uniform_arithmetic"]:
         return 1
     if fmt.codebook == "companded" and fmt.mse_bits == 4 and TUNING["companded_arithmetic"]:
-        return 1 + TUNING["companded_arithmetic"]
+        return 1 + _squares_setting(fmt, TUNING["companded_arithmetic"])
     if fmt.codebook == "lloyd-max" and fmt.mse_bits == 4 and TUNING["lloyd_max_arithmetic"]:
-        return 4 + TUNING["lloyd_max_arithmetic"]
+        return 4 + _squares_setting(fmt, TUNING["lloyd_max_arithmetic"])
     return 0
+
+
+def _squares_setting(fmt, setting: int) -> int:
+    """The permuted squares (3) where one product holds the whole row; the polynomial (1)
+    where the row takes several (head_dim 256): there the compiler moved the loaded rows into
+    the permuted sums' layout to compute the norm, and the store was slower than with the
+    polynomial (head_dim 128 at 64 columns, store/kernels-tune-store-run1/2-h100-32ec2c4)."""
+    if setting == 3 and _columns_per_product(fmt.head_dim) < fmt.head_dim:
+        return 1
+    return setting
 
 
 def _square_asm(fmt) -> str:
